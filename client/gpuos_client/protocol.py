@@ -1,0 +1,267 @@
+"""The gpuos-hint wire protocol, version 1 (docs/protocol.md is the prose spec).
+
+Both sides import this module: the client to encode, the daemon to decode and
+validate.  It depends on msgpack only, and only when encode()/decode() run.
+
+Why this shape
+--------------
+* One *batch* per ZeroMQ message: a msgpack map ``{"v", "pid", "pst", "seq",
+  "drop", "ev"}``.  Batching is what keeps the client's hot path cheap: events
+  are plain tuples in a deque and get packed off the hot path, 256 at a time.
+* Each event is a msgpack *array* whose first two items are the kind and the
+  CLOCK_MONOTONIC timestamp in ns.  Arrays cost less to pack and unpack than
+  maps, and the positional layout per kind is fixed by this version; newer
+  minor revisions may only *append* items, which older readers ignore.
+* The pid in the header is a claim the daemon checks against the socket's
+  peer credentials (SO_PEERCRED); it is never trusted on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+VERSION: Final = 1
+#: Versions this module can decode.  Anything else is rejected with
+#: ``unsupported_version``.
+SUPPORTED_VERSIONS: Final = frozenset({1})
+
+# --- event kinds (first item of every event array) ----------------------------
+HELLO: Final = 0  # [0, t, tid, info:map]
+PHASE_BEGIN: Final = 1  # [1, t, tid, span_id, parent_id, name, cls|nil, attrs|nil]
+PHASE_END: Final = 2  # [2, t, tid, span_id, status, attrs|nil]
+MARK: Final = 3  # [3, t, tid, name, attrs|nil]
+CLASS: Final = 4  # [4, t, tid, cls|nil]          process-wide workload class
+HEARTBEAT: Final = 5  # [5, t, tid, open:list[open_span], stats:map]
+BYE: Final = 6  # [6, t, tid]
+
+KIND_NAMES: Final = {
+    HELLO: "hello",
+    PHASE_BEGIN: "phase_begin",
+    PHASE_END: "phase_end",
+    MARK: "mark",
+    CLASS: "class",
+    HEARTBEAT: "heartbeat",
+    BYE: "bye",
+}
+#: Minimum array length per kind (fields a v1 reader needs).
+MIN_LEN: Final = {HELLO: 4, PHASE_BEGIN: 8, PHASE_END: 6, MARK: 5, CLASS: 4, HEARTBEAT: 5, BYE: 3}
+
+# open_span inside a heartbeat: [span_id, parent_id, tid, t_begin, name, cls|nil, attrs|nil]
+OPEN_SPAN_LEN: Final = 7
+
+# Span end statuses a client may send.  The daemon adds its own
+# ("abandoned", "lost_end", "daemon_shutdown") for spans it has to close.
+STATUS_OK: Final = "ok"
+STATUS_ERROR: Final = "error"
+CLIENT_STATUSES: Final = frozenset({STATUS_OK, STATUS_ERROR})
+
+# --- daemon -> client replies (ROUTER -> DEALER), a msgpack map -------------
+REPLY_WELCOME: Final = "welcome"  # answer to hello: {"op","v","daemon","caps"}
+REPLY_RESYNC: Final = "resync"  # "I don't know you (restart?): send hello+heartbeat"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limits:
+    """Hard limits both sides enforce; the daemon rejects what breaks them."""
+
+    max_message_bytes: int = 1 << 20  # one batch, packed
+    max_events_per_message: int = 4096
+    max_name_len: int = 128  # phase / mark / class names, in characters
+    max_depth: int = 64  # phase nesting depth
+    max_attrs: int = 16  # keys per attrs map
+    max_attr_key_len: int = 64
+    max_attr_value_len: int = 256  # str/bytes values; numbers and bools are free
+    max_open_spans: int = 4096  # per heartbeat
+
+
+LIMITS: Final = Limits()
+
+
+class ProtocolError(ValueError):
+    """A message or event that breaks the protocol.
+
+    ``reason`` is a short, stable, machine-readable token (it becomes a label
+    of the daemon's reject counters), ``detail`` a human explanation.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Batch:
+    """A decoded message header plus its raw (not yet validated) events."""
+
+    version: int
+    pid: int
+    pid_start: int
+    seq: int
+    dropped: int
+    events: Sequence[Sequence[Any]]
+
+
+def encode_batch(
+    pid: int, pid_start: int, seq: int, dropped: int, events: Sequence[Sequence[Any]]
+) -> bytes:
+    """Pack one batch.  Called off the hot path, by the client's sender thread."""
+    import msgpack
+
+    return msgpack.packb(
+        {"v": VERSION, "pid": pid, "pst": pid_start, "seq": seq, "drop": dropped, "ev": events},
+        use_bin_type=True,
+    )
+
+
+def decode_batch(data: bytes, limits: Limits = LIMITS) -> Batch:
+    """Unpack and check a batch header; events are checked one by one later.
+
+    Raises ProtocolError with reasons ``oversized``, ``malformed``,
+    ``not_a_batch``, ``unsupported_version``, ``bad_header``, ``too_many_events``.
+    """
+    import msgpack
+
+    if len(data) > limits.max_message_bytes:
+        raise ProtocolError("oversized", f"{len(data)} bytes > {limits.max_message_bytes}")
+    try:
+        msg = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=False,
+            max_array_len=limits.max_events_per_message * 2,
+            max_map_len=max(limits.max_attrs * 4, 64),
+            max_str_len=limits.max_message_bytes,
+            max_bin_len=limits.max_message_bytes,
+        )
+    except Exception as exc:  # msgpack raises a zoo of types on garbage
+        raise ProtocolError("malformed", f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError("not_a_batch", f"top level is {type(msg).__name__}, not a map")
+    version = msg.get("v")
+    if version not in SUPPORTED_VERSIONS:
+        raise ProtocolError("unsupported_version", f"v={version!r}, supported {sorted(SUPPORTED_VERSIONS)}")
+    pid, pst, seq, drop, events = (msg.get(k) for k in ("pid", "pst", "seq", "drop", "ev"))
+    for key, value in (("pid", pid), ("pst", pst), ("seq", seq), ("drop", drop)):
+        if type(value) is not int or value < 0:
+            raise ProtocolError("bad_header", f"{key}={value!r} is not a non-negative int")
+    if not isinstance(events, list):
+        raise ProtocolError("bad_header", "ev is not an array")
+    if len(events) > limits.max_events_per_message:
+        raise ProtocolError("too_many_events", f"{len(events)} > {limits.max_events_per_message}")
+    return Batch(version, pid, pst, seq, drop, events)
+
+
+def check_name(name: Any, limits: Limits = LIMITS, what: str = "name") -> str:
+    """Validate a phase/mark/class name (also used client-side to raise ValueError)."""
+    if type(name) is not str or not name:
+        raise ProtocolError("bad_name", f"{what} must be a non-empty str, got {name!r}")
+    if len(name) > limits.max_name_len:
+        raise ProtocolError("name_too_long", f"{what} has {len(name)} chars > {limits.max_name_len}")
+    return name
+
+
+_SCALARS = (int, float, bool, type(None))
+
+
+def check_attrs(attrs: Any, limits: Limits = LIMITS) -> dict[str, Any] | None:
+    """Validate an attrs map: str keys, scalar or short str values."""
+    if attrs is None:
+        return None
+    if not isinstance(attrs, Mapping):
+        raise ProtocolError("bad_attrs", f"attrs must be a map, got {type(attrs).__name__}")
+    if len(attrs) > limits.max_attrs:
+        raise ProtocolError("too_many_attrs", f"{len(attrs)} > {limits.max_attrs}")
+    for key, value in attrs.items():
+        if type(key) is not str or not key or len(key) > limits.max_attr_key_len:
+            raise ProtocolError("bad_attrs", f"attr key {key!r} is not a short non-empty str")
+        if isinstance(value, str | bytes):
+            if len(value) > limits.max_attr_value_len:
+                raise ProtocolError("attr_too_long", f"attr {key!r} is {len(value)} long")
+        elif not isinstance(value, _SCALARS):
+            raise ProtocolError("bad_attrs", f"attr {key!r} has type {type(value).__name__}")
+    return dict(attrs)
+
+
+def _int(value: Any, what: str) -> int:
+    if type(value) is not int or value < 0:
+        raise ProtocolError("bad_event", f"{what}={value!r} is not a non-negative int")
+    return value
+
+
+def check_event(ev: Any, limits: Limits = LIMITS) -> tuple[int, int, int]:
+    """Check the common prefix of an event; return (kind, t_ns, tid).
+
+    Kind-specific fields are checked by :func:`check_fields`.  Unknown kinds
+    raise ``unknown_kind`` (counted and skipped; the rest of the batch stands).
+    """
+    if not isinstance(ev, list | tuple) or len(ev) < 3:
+        raise ProtocolError("bad_event", "event is not an array of >= 3 items")
+    kind = ev[0]
+    if kind not in MIN_LEN:
+        raise ProtocolError("unknown_kind", f"kind={kind!r}")
+    if len(ev) < MIN_LEN[kind]:
+        raise ProtocolError("bad_event", f"{KIND_NAMES[kind]} needs {MIN_LEN[kind]} items, got {len(ev)}")
+    return kind, _int(ev[1], "t_ns"), _int(ev[2], "tid")
+
+
+def check_fields(kind: int, ev: Sequence[Any], limits: Limits = LIMITS) -> None:
+    """Validate the kind-specific fields of an event already passed to check_event."""
+    if kind == PHASE_BEGIN:
+        _int(ev[3], "span_id")
+        _int(ev[4], "parent_id")
+        check_name(ev[5], limits)
+        if ev[6] is not None:
+            check_name(ev[6], limits, "class")
+        check_attrs(ev[7], limits)
+    elif kind == PHASE_END:
+        _int(ev[3], "span_id")
+        if ev[4] not in CLIENT_STATUSES:
+            raise ProtocolError("bad_event", f"status={ev[4]!r}")
+        check_attrs(ev[5], limits)
+    elif kind == MARK:
+        check_name(ev[3], limits)
+        check_attrs(ev[4], limits)
+    elif kind == CLASS:
+        if ev[3] is not None:
+            check_name(ev[3], limits, "class")
+    elif kind == HEARTBEAT:
+        spans = ev[3]
+        if not isinstance(spans, list) or len(spans) > limits.max_open_spans:
+            raise ProtocolError("bad_event", "heartbeat open-span list missing or too long")
+        for s in spans:
+            if not isinstance(s, list | tuple) or len(s) < OPEN_SPAN_LEN:
+                raise ProtocolError("bad_event", "heartbeat open span malformed")
+            _int(s[0], "span_id")
+            _int(s[1], "parent_id")
+            _int(s[2], "tid")
+            _int(s[3], "t_begin")
+            check_name(s[4], limits)
+            if s[5] is not None:
+                check_name(s[5], limits, "class")
+            check_attrs(s[6], limits)
+        if not isinstance(ev[4], Mapping):
+            raise ProtocolError("bad_event", "heartbeat stats is not a map")
+    elif kind == HELLO:
+        if not isinstance(ev[3], Mapping):
+            raise ProtocolError("bad_event", "hello info is not a map")
+
+
+def parse_peer_address(value: str | None) -> tuple[int, int, int] | None:
+    """Parse libzmq's IPC "Peer-Address" property, ``localhost:UID:GID:PID``.
+
+    libzmq fills it from SO_PEERCRED at connect() time.  Returns
+    (pid, uid, gid), or None when the transport has no credentials (TCP).
+    """
+    if not value:
+        return None
+    parts = value.rsplit(":", 3)
+    if len(parts) != 4:
+        return None
+    try:
+        uid, gid, pid = int(parts[1]), int(parts[2]), int(parts[3])
+    except ValueError:
+        return None
+    return pid, uid, gid
