@@ -104,9 +104,7 @@ class Batch:
     events: Sequence[Sequence[Any]]
 
 
-def encode_batch(
-    pid: int, pid_start: int, seq: int, dropped: int, events: Sequence[Sequence[Any]]
-) -> bytes:
+def encode_batch(pid: int, pid_start: int, seq: int, dropped: int, events: Sequence[Sequence[Any]]) -> bytes:
     """Pack one batch.  Called off the hot path, by the client's sender thread."""
     import msgpack
 

@@ -1,0 +1,101 @@
+"""Where the daemon listens, and the client's knobs, from the environment.
+
+Shared with the daemon (which imports it) so both sides agree on defaults
+without the client ever importing the daemon.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+ENV_ENDPOINT = "GPUOS_HINT_ENDPOINT"
+ENV_CONTROL = "GPUOS_HINT_CONTROL"
+ENV_DISABLE = "GPUOS_HINT_DISABLE"
+
+SYSTEM_RUNTIME_DIR = Path("/run/gpuos-hintd")
+HINT_SOCK = "hint.sock"
+CONTROL_SOCK = "control.sock"
+
+
+def user_runtime_dir(uid: int | None = None) -> Path:
+    """The runtime directory of a daemon run by a normal user (or by root outside systemd).
+
+    $XDG_RUNTIME_DIR/gpuos-hintd when the session has one, else /tmp/gpuos-hintd-UID.
+    """
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isdir(xdg):
+        return Path(xdg) / "gpuos-hintd"
+    return Path(f"/tmp/gpuos-hintd-{os.getuid() if uid is None else uid}")
+
+
+def default_runtime_dir() -> Path:
+    """Root's daemon lives in /run/gpuos-hintd; a user's in its own runtime dir."""
+    return SYSTEM_RUNTIME_DIR if os.geteuid() == 0 else user_runtime_dir()
+
+
+def ipc(path: Path) -> str:
+    return f"ipc://{path}"
+
+
+def client_endpoint() -> str:
+    """The endpoint a client sends hints to.
+
+    $GPUOS_HINT_ENDPOINT wins.  Otherwise a running system daemon's socket if
+    it exists, else this user's daemon's default.
+    """
+    env = os.environ.get(ENV_ENDPOINT)
+    if env:
+        return env
+    system = SYSTEM_RUNTIME_DIR / HINT_SOCK
+    if os.geteuid() == 0 or system.exists():
+        return ipc(system)
+    return ipc(user_runtime_dir() / HINT_SOCK)
+
+
+def control_endpoint_for(hint_endpoint: str) -> str:
+    """The control socket beside a hint socket (ipc), or $GPUOS_HINT_CONTROL."""
+    env = os.environ.get(ENV_CONTROL)
+    if env:
+        return env
+    if hint_endpoint.startswith("ipc://"):
+        return ipc(Path(hint_endpoint[len("ipc://") :]).with_name(CONTROL_SOCK))
+    raise ValueError(f"no default control endpoint for {hint_endpoint!r}: set ${ENV_CONTROL}")
+
+
+def ipc_path(endpoint: str) -> Path | None:
+    return Path(endpoint[len("ipc://") :]) if endpoint.startswith("ipc://") else None
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """Client tuning.  Defaults are what the benchmarks were measured with."""
+
+    endpoint: str
+    disabled: bool = False
+    max_buffered: int = 65536  # events held in-process before new ones are dropped (counted)
+    batch_size: int = 256  # events per message
+    flush_interval_s: float = 0.002  # sender period while events flow
+    idle_after_s: float = 0.1  # no events this long -> sender sleeps until woken or heartbeat
+    heartbeat_s: float = 1.0
+    sndhwm: int = 1000  # messages queued in libzmq (x batch_size events)
+    exit_flush_s: float = 0.25  # bounded wait at interpreter exit for undelivered hints
+
+    @classmethod
+    def from_env(cls) -> ClientConfig:
+        return cls(
+            endpoint=client_endpoint(),
+            disabled=os.environ.get(ENV_DISABLE, "") not in ("", "0", "false", "no"),
+            max_buffered=int(_env_float("GPUOS_HINT_MAX_BUFFERED", 65536)),
+            flush_interval_s=_env_float("GPUOS_HINT_FLUSH_MS", 2.0) / 1000,
+            heartbeat_s=_env_float("GPUOS_HINT_HEARTBEAT_S", 1.0),
+            exit_flush_s=_env_float("GPUOS_HINT_EXIT_FLUSH_MS", 250.0) / 1000,
+        )

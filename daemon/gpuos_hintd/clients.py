@@ -1,0 +1,143 @@
+"""Who is hinting: peer-credential identity, per-client state, admission limits.
+
+A client's identity is what the kernel says about the socket's peer
+(SO_PEERCRED, which libzmq exposes as the "Peer-Address" message property),
+paired with the process start time so a reused pid is never mistaken for the
+old process.  The pid a message *claims* is only accepted if it matches.
+Clients in another pid namespace (containers) claim their namespace's pid;
+we accept that when the peer's /proc/PID/status NSpid line ends with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from . import procfs
+from .errors import AccessDenied, ProcessGone
+from .samplers.base import ProcKey
+
+
+class Rejected(Exception):
+    """A message refused as a whole; ``reason`` becomes a reject-counter label."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclasses.dataclass(slots=True)
+class TokenBucket:
+    rate: float
+    burst: float
+    tokens: float = -1.0
+    last: float = 0.0
+
+    def take(self, n: int, now: float) -> bool:
+        if self.tokens < 0:
+            self.tokens, self.last = self.burst, now
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= n:
+            self.tokens -= n
+            return True
+        return False
+
+
+@dataclasses.dataclass(slots=True)
+class Client:
+    key: ProcKey
+    uid: int
+    gid: int
+    comm: str
+    cmdline: list[str]
+    cgroup: str
+    unit: str | None
+    first_seen_wall_ns: int
+    first_seen_mono_ns: int
+    last_seen_mono_ns: int
+    bucket: TokenBucket
+    routing_id: bytes = b""
+    workload_class: str | None = None
+    hello: dict[str, Any] | None = None
+    tids: set[int] = dataclasses.field(default_factory=set)
+    events: int = 0
+    batches: int = 0
+    last_seq: int = 0
+    seq_gaps: int = 0
+    client_dropped: int = 0
+    client_buffered: int = 0
+    last_heartbeat_mono_ns: int = 0
+    said_bye: bool = False
+    ns_pid: int | None = None  # the pid the client sees, when in another pid namespace
+
+
+def _ns_pid_chain(pid: int, root: Path) -> list[int]:
+    try:
+        status = (root / str(pid) / "status").read_bytes()
+    except OSError:
+        return []
+    for line in status.splitlines():
+        if line.startswith(b"NSpid:"):
+            return [int(x) for x in line.split()[1:]]
+    return []
+
+
+def verify_peer(
+    peer_pid: int, claimed_pid: int, claimed_start: int, root: Path = procfs.PROCFS
+) -> tuple[int, int | None]:
+    """Check a message's claim against the socket peer; return (host pid, ns pid or None).
+
+    Raises Rejected("pid_mismatch") for a claim about another process,
+    Rejected("pid_start_mismatch") for a recycled or forged start time,
+    Rejected("peer_gone") if the peer already exited.
+    """
+    ns_pid = None
+    if claimed_pid != peer_pid:
+        chain = _ns_pid_chain(peer_pid, root)
+        if len(chain) > 1 and chain[-1] == claimed_pid:
+            ns_pid = claimed_pid
+        else:
+            raise Rejected("pid_mismatch", f"message claims pid {claimed_pid}, socket peer is {peer_pid}")
+    try:
+        start = procfs.start_ticks(peer_pid, root)
+    except (ProcessGone, AccessDenied) as exc:
+        raise Rejected("peer_gone", f"pid {peer_pid}: {exc}") from None
+    if start != claimed_start:
+        raise Rejected(
+            "pid_start_mismatch", f"pid {peer_pid} started at tick {start}, message claims {claimed_start}"
+        )
+    return peer_pid, ns_pid
+
+
+def describe_process(pid: int, root: Path = procfs.PROCFS) -> tuple[str, list[str], str, str | None]:
+    """(comm, cmdline, cgroup, systemd unit) of a new client; blanks where unreadable."""
+    try:
+        comm = str(procfs.read_stat(root, pid)["comm"])
+    except (ProcessGone, AccessDenied):
+        comm = ""
+    try:
+        cmdline = procfs.read_cmdline(root, pid)
+    except (ProcessGone, AccessDenied):
+        cmdline = []
+    try:
+        cgroup = procfs.read_cgroup(root, pid)
+    except (ProcessGone, AccessDenied):
+        cgroup = ""
+    return comm, cmdline, cgroup, procfs.systemd_unit(cgroup)
+
+
+def is_alive(key: ProcKey, root: Path = procfs.PROCFS) -> bool:
+    """Same pid, same start time, and not a zombie (exited, not yet reaped by its parent)."""
+    try:
+        stat = procfs.read_stat(root, key.pid)
+    except (ProcessGone, AccessDenied):
+        return False
+    return int(stat["starttime"]) == key.start and stat["state"] not in ("Z", "X")
+
+
+def now_wall_ns() -> int:
+    return time.time_ns()

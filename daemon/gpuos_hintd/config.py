@@ -1,0 +1,159 @@
+"""Daemon configuration: embedded defaults < TOML file < environment < command line.
+
+Every option has a sane default, so `gpuos-hintd` with no arguments runs.
+An invalid file or value raises ConfigError naming the key and the problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from gpuos_client.config import (
+    CONTROL_SOCK,
+    ENV_CONTROL,
+    ENV_ENDPOINT,
+    HINT_SOCK,
+    default_runtime_dir,
+    ipc,
+)
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ENV_STATE_DIR = "GPUOS_HINT_STATE_DIR"
+ENV_CONFIG = "GPUOS_HINT_CONFIG"
+ENV_METRICS_PORT = "GPUOS_HINT_METRICS_PORT"
+SYSTEM_CONFIG = Path("/etc/gpuos-hintd/config.toml")
+
+
+def default_state_dir() -> Path:
+    """/var/lib/gpuos-hintd for root, $XDG_STATE_HOME (~/.local/state)/gpuos-hintd otherwise."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/gpuos-hintd")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "gpuos-hintd"
+
+
+@dataclasses.dataclass(slots=True)
+class Config:
+    endpoint: str = ""
+    control: str = ""
+    state_dir: Path = dataclasses.field(default_factory=default_state_dir)
+    sample_hz: float = 10.0
+    reap_interval_s: float = 1.0
+    socket_mode: int = 0o666  # who may send hints; identity is checked from peer credentials anyway
+    log_level: str = "info"
+    log_format: str = "auto"  # auto | json | console | journald
+    # admission limits
+    max_clients: int = 1024
+    max_open_spans_per_client: int = 4096
+    rate_events_per_s: float = 500_000.0  # per client, token bucket
+    rate_burst_events: float = 1_000_000.0
+    allow_unauthenticated: bool = False  # TCP has no peer credentials: refuse unless this is set
+    # store
+    retention_samples_s: float = 24 * 3600.0
+    retention_spans_s: float = 30 * 24 * 3600.0
+    store_samples: bool = True
+    # samplers: names to turn off (e.g. ["syscalls_ebpf"])
+    disable_samplers: list[str] = dataclasses.field(default_factory=list)
+    # opt-in samplers to turn on (e.g. ["syscalls_ebpf"], which needs root and bpftrace)
+    enable_samplers: list[str] = dataclasses.field(default_factory=list)
+    metrics_port: int | None = None
+    metrics_top_k: int = 50
+    config_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        runtime = default_runtime_dir()
+        if not self.endpoint:
+            self.endpoint = ipc(runtime / HINT_SOCK)
+        if not self.control:
+            self.control = (
+                ipc(Path(self.endpoint[6:]).with_name(CONTROL_SOCK))
+                if self.endpoint.startswith("ipc://")
+                else ipc(runtime / CONTROL_SOCK)
+            )
+
+    def validate(self) -> Config:
+        for name in ("endpoint", "control"):
+            value = getattr(self, name)
+            if not value.startswith(("ipc://", "tcp://")):
+                raise ConfigError(f"{name}={value!r}: must be ipc://PATH or tcp://HOST:PORT")
+        if not 0.1 <= self.sample_hz <= 1000:
+            raise ConfigError(f"sample_hz={self.sample_hz}: must be within 0.1..1000")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"log_level={self.log_level!r}: debug|info|warning|error")
+        if self.log_format not in ("auto", "json", "console", "journald"):
+            raise ConfigError(f"log_format={self.log_format!r}: auto|json|console|journald")
+        if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
+            raise ConfigError(f"metrics_port={self.metrics_port}: not a port")
+        for name in ("max_clients", "max_open_spans_per_client"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1")
+        return self
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    current = Config.__dataclass_fields__[key].type
+    try:
+        if key == "state_dir" or key == "config_file":
+            return Path(value)
+        if key == "socket_mode":
+            return int(value, 8) if isinstance(value, str) else int(value)
+        if key == "metrics_port":
+            return None if value in (None, "", "off") else int(value)
+        if key in ("disable_samplers", "enable_samplers"):
+            return [str(v) for v in (value.split(",") if isinstance(value, str) else value)]
+        if "bool" in str(current):
+            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+        if "float" in str(current):
+            return float(value)
+        if "int" in str(current):
+            return int(value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}={value!r}: {exc}") from None
+
+
+def load(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Build the configuration.  ``overrides`` come from the command line (None = unset)."""
+    values: dict[str, Any] = {}
+    path = path or (Path(os.environ[ENV_CONFIG]) if os.environ.get(ENV_CONFIG) else None)
+    if path is None and SYSTEM_CONFIG.exists() and os.geteuid() == 0:
+        path = SYSTEM_CONFIG
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        flat = {**data.pop("daemon", {}), **data}
+        for key, value in flat.items():
+            if isinstance(value, dict):
+                raise ConfigError(f"{path}: unknown section [{key}]")
+            if key not in _FIELDS or key == "config_file":
+                raise ConfigError(f"{path}: unknown option {key!r}")
+            values[key] = _coerce(key, value)
+        values["config_file"] = Path(path)
+    env = {
+        "endpoint": os.environ.get(ENV_ENDPOINT),
+        "control": os.environ.get(ENV_CONTROL),
+        "state_dir": os.environ.get(ENV_STATE_DIR),
+        "metrics_port": os.environ.get(ENV_METRICS_PORT),
+    }
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for key, value in {**env, **given}.items():
+        if value is not None:
+            values[key] = _coerce(key, value)
+    return Config(**values).validate()

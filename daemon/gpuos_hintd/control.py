@@ -1,0 +1,35 @@
+"""Client side of the daemon's control socket (used by gpuos-hintctl and tests)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import zmq
+
+from .errors import GpuosError
+
+
+class DaemonUnavailable(GpuosError):
+    """No daemon answered on the control endpoint in time."""
+
+
+def request(endpoint: str, op: str, timeout_s: float = 2.0, **args: Any) -> Any:
+    """Send one request, wait (bounded) for its reply; return its result."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(endpoint)
+        sock.send(msgpack.packb({"op": op, **args}))
+        if not sock.poll(int(timeout_s * 1000)):
+            raise DaemonUnavailable(
+                f"no gpuos-hintd answered on {endpoint} within {timeout_s:g}s "
+                "(is it running? start it with `gpuos-hintd` or `systemctl start gpuos-hintd`)"
+            )
+        reply = msgpack.unpackb(sock.recv(), raw=False)
+    finally:
+        sock.close()
+    if not reply.get("ok"):
+        raise GpuosError(f"daemon refused {op!r}: {reply.get('error')}")
+    return reply.get("result")

@@ -1,0 +1,256 @@
+"""Correlation: attribute sampled signals to the phases open at the time.
+
+Streaming, O(open spans) per tick, bounded memory: a span never waits for
+the whole history.  For each process the correlator keeps only the previous
+sample and, for each of its spans:
+
+* counters (cumulative: CPU ns, faults, syscalls, energy mJ) - the value at
+  the span's start and at its end, *interpolated linearly* between the two
+  samples around each edge; the span gets the difference.  Hint timestamps are
+  exact, samples are 100 ms apart: interpolation is what lets a 5 ms phase get
+  a 5 ms share of the CPU time instead of all or nothing.
+* gauges (RSS, GPU utilisation, power) - mean and max over the samples that
+  fall inside the span; a span with no sample inside gets the value
+  interpolated at its midpoint and is flagged ``estimated``.
+
+A span is finalised at the first tick at or after its end.  Processes that
+vanish get their open spans closed as ``abandoned`` at the last time they
+were seen alive.  A short ring of recent samples stays per process so that a
+device interval arriving late (CUDA events resolve after the host phase ends)
+can still get GPU figures of its own.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from .samplers.base import Metric, ProcKey, ProcSample, Value
+from .store import SpanRow
+
+HISTORY_TICKS = 600  # 60 s at 10 Hz, for late device intervals
+
+
+@dataclasses.dataclass(slots=True)
+class Snapshot:
+    t_ns: int
+    values: dict[str, Value]
+    threads: dict[int, dict[str, Value]]
+
+
+@dataclasses.dataclass(slots=True)
+class OpenSpan:
+    """A span the correlator is still gathering signals for."""
+
+    row: SpanRow
+    start_vals: dict[str, Value] | None = None
+    start_estimated: bool = False
+    gauge_sum: dict[str, float] = dataclasses.field(default_factory=dict)
+    gauge_max: dict[str, float] = dataclasses.field(default_factory=dict)
+    gauge_n: dict[str, int] = dataclasses.field(default_factory=dict)
+    samples: int = 0
+
+    @property
+    def ended(self) -> bool:
+        return self.row.status != "open"
+
+
+def _lerp(a: Value, b: Value, frac: float) -> Value:
+    if a is None or b is None:
+        return b if a is None else a
+    return a + (b - a) * frac
+
+
+def interpolate(prev: Snapshot | None, cur: Snapshot, t_ns: int, tid: int) -> dict[str, Value]:
+    """Every value (process scope + thread ``tid``) at time t_ns, linear between prev and cur."""
+    vals: dict[str, Value] = dict(cur.values)
+    vals.update(cur.threads.get(tid, {}))
+    if prev is None or cur.t_ns <= prev.t_ns:
+        return vals
+    frac = min(max((t_ns - prev.t_ns) / (cur.t_ns - prev.t_ns), 0.0), 1.0)
+    before = dict(prev.values)
+    before.update(prev.threads.get(tid, {}))
+    return {k: _lerp(before.get(k), v, frac) for k, v in vals.items()}
+
+
+class Correlator:
+    """Per-process span bookkeeping; the daemon core feeds it events and samples."""
+
+    def __init__(self, metrics: Mapping[str, Metric], emit: Callable[[list[SpanRow]], None]) -> None:
+        self.metrics = dict(metrics)
+        self.emit = emit
+        self.prev: dict[ProcKey, Snapshot] = {}
+        self.history: dict[ProcKey, collections.deque[Snapshot]] = {}
+        self.spans: dict[ProcKey, dict[int, OpenSpan]] = {}
+        self.finalized = 0
+
+    def set_metrics(self, metrics: Mapping[str, Metric]) -> None:
+        self.metrics = dict(metrics)
+
+    # --------------------------------------------------------------- events
+    def begin(self, key: ProcKey, row: SpanRow) -> None:
+        spans = self.spans.setdefault(key, {})
+        spans[row.span_id] = OpenSpan(row)
+
+    def end(self, key: ProcKey, span_id: int, t_ns: int, status: str) -> SpanRow | None:
+        span = self.spans.get(key, {}).get(span_id)
+        if span is None or span.ended:
+            return None
+        span.row.end_ns = max(t_ns, span.row.start_ns)
+        span.row.status = status
+        return span.row
+
+    def open_spans(self, key: ProcKey) -> Iterable[OpenSpan]:
+        return (s for s in self.spans.get(key, {}).values() if not s.ended)
+
+    def get(self, key: ProcKey, span_id: int) -> OpenSpan | None:
+        return self.spans.get(key, {}).get(span_id)
+
+    # -------------------------------------------------------------- samples
+    def on_sample(self, key: ProcKey, t_ns: int, sample: ProcSample) -> None:
+        cur = Snapshot(t_ns, sample.values, sample.threads)
+        prev = self.prev.get(key)
+        hist = self.history.get(key)
+        if hist is None:
+            hist = self.history[key] = collections.deque(maxlen=HISTORY_TICKS)
+        hist.append(cur)
+        done: list[SpanRow] = []
+        for span in list(self.spans.get(key, {}).values()):
+            row = span.row
+            if span.start_vals is None:
+                if row.start_ns > t_ns:
+                    continue
+                span.start_vals = interpolate(prev, cur, row.start_ns, row.tid)
+                # No sample before the start: the first one stands in, and it is said.
+                span.start_estimated = prev is None or row.start_ns < prev.t_ns
+            if row.start_ns <= t_ns and (not span.ended or t_ns <= row.end_ns):
+                self._add_gauges(span, cur, row.tid)
+            if span.ended and row.end_ns <= t_ns:
+                end_vals = interpolate(prev, cur, row.end_ns, row.tid)
+                done.append(self._finalize(key, span, end_vals, prev, cur))
+        self.prev[key] = cur
+        if done:
+            self.emit(done)
+
+    def _add_gauges(self, span: OpenSpan, snap: Snapshot, tid: int) -> None:
+        span.samples += 1
+        metrics = self.metrics
+        for source in (snap.values, snap.threads.get(tid, {})):
+            for name, value in source.items():
+                m = metrics.get(name)
+                if m is None or m.kind != "gauge" or value is None:
+                    continue
+                span.gauge_sum[name] = span.gauge_sum.get(name, 0.0) + value
+                span.gauge_n[name] = span.gauge_n.get(name, 0) + 1
+                if value > span.gauge_max.get(name, float("-inf")):
+                    span.gauge_max[name] = value
+
+    def _finalize(
+        self,
+        key: ProcKey,
+        span: OpenSpan,
+        end_vals: dict[str, Value],
+        prev: Snapshot | None,
+        cur: Snapshot | None,
+    ) -> SpanRow:
+        row = span.row
+        start_vals = span.start_vals or {}
+        signals: dict[str, Any] = {}
+        estimated = span.start_estimated
+        for name, m in self.metrics.items():
+            if m.kind == "counter":
+                a, b = start_vals.get(name), end_vals.get(name)
+                if a is not None and b is not None:
+                    signals[name] = _round(max(b - a, 0))
+            else:
+                n = span.gauge_n.get(name, 0)
+                if n:
+                    signals[f"{name}_mean"] = _round(span.gauge_sum[name] / n)
+                    signals[f"{name}_max"] = _round(span.gauge_max[name])
+                elif cur is not None:
+                    mid = (row.start_ns + row.end_ns) // 2
+                    v = interpolate(prev, cur, mid, row.tid).get(name)
+                    if v is not None:
+                        signals[f"{name}_mean"] = signals[f"{name}_max"] = _round(v)
+                        estimated = True
+        _derive(signals, row.duration_ns)
+        if signals.get("gpu_energy_estimated_max"):
+            signals["gpu_energy_is_estimate"] = True
+        row.signals = signals
+        row.samples = span.samples
+        row.estimated = estimated or span.samples == 0
+        self.spans.get(key, {}).pop(row.span_id, None)
+        self.finalized += 1
+        return row
+
+    # ------------------------------------------------------------- lifetime
+    def close_process(self, key: ProcKey, status: str, at_ns: int | None = None) -> list[SpanRow]:
+        """Close every span of a gone (or forgotten) process with what was seen last.
+
+        Open spans end at ``at_ns`` (default: the last sample) with ``status``;
+        spans that had already ended keep their own status and end.
+        """
+        prev = self.prev.pop(key, None)
+        self.history.pop(key, None)
+        spans = self.spans.pop(key, {})
+        out = []
+        for span in spans.values():
+            row = span.row
+            if not span.ended:
+                row.end_ns = max(
+                    at_ns if at_ns is not None else (prev.t_ns if prev else row.start_ns), row.start_ns
+                )
+                row.status = status
+            vals = interpolate(None, prev, row.end_ns, row.tid) if prev else {}
+            if span.start_vals is None and prev is not None:
+                span.start_vals = vals
+                span.start_estimated = True
+            out.append(self._finalize(key, span, vals, None, prev))
+        if out:
+            self.emit(out)
+        return out
+
+    def device_signals(self, key: ProcKey, begin_ns: int, end_ns: int) -> dict[str, Any]:
+        """GPU gauges over a device interval, from the recent-sample ring (best effort)."""
+        hist = self.history.get(key)
+        if not hist:
+            return {}
+        inside = [s for s in hist if begin_ns <= s.t_ns <= end_ns]
+        out: dict[str, Any] = {}
+        for name, m in self.metrics.items():
+            if m.kind != "gauge" or not name.startswith("gpu_"):
+                continue
+            vals = [s.values[name] for s in inside if s.values.get(name) is not None]
+            if vals:
+                out[f"dev_{name}_mean"] = _round(sum(vals) / len(vals))
+                out[f"dev_{name}_max"] = _round(max(vals))
+        if out:
+            out["dev_samples"] = len(inside)
+        return out
+
+    def forget(self, key: ProcKey) -> None:
+        self.prev.pop(key, None)
+        self.history.pop(key, None)
+        self.spans.pop(key, None)
+
+
+def _round(v: float | int) -> float | int:
+    if isinstance(v, float):
+        return round(v, 3) if abs(v) < 1e12 else round(v)
+    return v
+
+
+def _derive(signals: dict[str, Any], duration_ns: int) -> None:
+    """Figures computed from others: CPU utilisation, mean power from energy."""
+    if duration_ns <= 0:
+        return
+    cpu = (signals.get("cpu_user_ns") or 0) + (signals.get("cpu_sys_ns") or 0)
+    if "cpu_user_ns" in signals or "cpu_sys_ns" in signals:
+        signals["cpu_pct"] = _round(100.0 * cpu / duration_ns)
+    if "thread_cpu_ns" in signals:
+        signals["thread_cpu_pct"] = _round(100.0 * signals["thread_cpu_ns"] / duration_ns)
+    if signals.get("gpu_energy_mj") is not None:
+        signals["gpu_energy_j"] = _round(signals["gpu_energy_mj"] / 1000.0)
+        signals["gpu_avg_power_w"] = _round(signals["gpu_energy_mj"] / (duration_ns / 1e9) / 1000.0)

@@ -1,0 +1,572 @@
+"""HintService: the transport-free core of the daemon (dynolog's ServiceHandler idea).
+
+It takes decoded bytes plus the peer's credentials, returns replies, samples on
+`tick()`, reaps dead clients on `reap()`, and answers `status()`.  It knows no
+socket, so tests and benchmarks drive it directly, and the ZeroMQ server
+(server.py) stays a thin loop.  Everything here runs on one thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import structlog
+from gpuos_client import protocol as P
+
+from . import __version__, procfs
+from .clients import Client, Rejected, TokenBucket, describe_process, is_alive, verify_peer
+from .config import Config
+from .correlate import Correlator
+from .phase_stats import PhaseStats
+from .samplers.base import Metric, NullSampler, ProcKey, ProcSample, Sampler, Target
+from .store import DeviceInterval, MarkRow, ProcessRow, SampleRow, SpanRow, Store
+
+log = structlog.get_logger("gpuos_hintd.service")
+
+DEVICE_MARK = "__device__"
+RECENT_EXITED = 32
+SpanSink = Callable[[list[SpanRow]], None]
+
+
+@dataclasses.dataclass(slots=True)
+class SamplerState:
+    sampler: Sampler
+    available: bool
+    reason: str
+    ticks: int = 0
+    errors: int = 0
+    last_ms: float = 0.0
+    max_ms: float = 0.0
+    last_error: str | None = None
+
+
+class HintService:
+    def __init__(
+        self,
+        config: Config,
+        store: Store | None,
+        samplers: Iterable[Sampler] = (),
+        procfs_root: Path = procfs.PROCFS,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.procfs = procfs_root
+        self.boot_id = procfs.boot_id(procfs_root)
+        self.limits = P.LIMITS
+        self.started_mono = time.monotonic()
+        self.started_wall_ns = time.time_ns()
+        self.clients: dict[ProcKey, Client] = {}
+        self.by_routing: dict[bytes, ProcKey] = {}
+        self.exited: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_EXITED)
+        self.rejected: collections.Counter[str] = collections.Counter()
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.samplers: list[SamplerState] = []
+        self.metrics: dict[str, Metric] = {}
+        self.sinks: list[SpanSink] = []
+        self.phase_stats = PhaseStats()
+        self.correlator = Correlator({}, self._on_spans)
+        for s in samplers:
+            self.add_sampler(s)
+        self._handlers: dict[int, Callable[[Client, list[Any], int, int], list[bytes] | None]] = {
+            P.HELLO: self._on_hello,
+            P.PHASE_BEGIN: self._on_begin,
+            P.PHASE_END: self._on_end,
+            P.MARK: self._on_mark,
+            P.CLASS: self._on_class,
+            P.HEARTBEAT: self._on_heartbeat,
+            P.BYE: self._on_bye,
+        }
+        self._marks: list[MarkRow] = []
+        self._baseline_due: list[Client] = []
+        self._procs_dirty: set[ProcKey] = set()
+
+    # ------------------------------------------------------------ samplers
+    def add_sampler(self, sampler: Sampler) -> None:
+        """Register a sampler; an unavailable one is kept (as a NullSampler) with its reason."""
+        ok, reason = sampler.available()
+        if not ok:
+            sampler.close()
+            sampler = NullSampler(sampler.name, reason)
+        for name in sampler.metrics:
+            if name in self.metrics:
+                raise ValueError(f"metric {name!r} of sampler {sampler.name!r} is already declared")
+        self.metrics.update(sampler.metrics)
+        self.samplers.append(SamplerState(sampler, ok, reason))
+        self.correlator.set_metrics(self.metrics)
+        log.info("sampler", name=sampler.name, available=ok, reason=reason or None)
+
+    # --------------------------------------------------------------- ingest
+    def ingest(self, data: bytes, peer: tuple[int, int, int] | None, routing_id: bytes = b"") -> list[bytes]:
+        """Handle one message; return replies for the sender (possibly none).
+
+        Never raises: a bad message is counted under its reason and logged
+        (rate-limited by reason), and everything the daemon already holds stays.
+        """
+        self.counters["messages"] += 1
+        try:
+            batch = P.decode_batch(data, self.limits)
+            client = self._admit(batch, peer, routing_id)
+        except (P.ProtocolError, Rejected) as exc:
+            self._reject(exc.reason, exc.detail, peer, n=1)
+            return []
+        replies: list[bytes] = []
+        if batch.seq != client.last_seq + 1 and client.last_seq:
+            client.seq_gaps += 1
+        client.last_seq = batch.seq
+        client.batches += 1
+        client.client_dropped = max(client.client_dropped, batch.dropped)
+        client.last_seen_mono_ns = time.monotonic_ns()
+        handlers = self._handlers
+        check_fields = P.check_fields
+        limits = self.limits
+        nev = 0
+        for ev in batch.events:
+            try:
+                kind, t_ns, tid = P.check_event(ev, limits)
+                check_fields(kind, ev, limits)
+                out = handlers[kind](client, ev, t_ns, tid)
+            except P.ProtocolError as exc:
+                self._reject(exc.reason, exc.detail, peer, n=1, unit="event")
+                continue
+            except Rejected as exc:
+                self._reject(exc.reason, exc.detail, peer, n=1, unit="event")
+                continue
+            nev += 1
+            if out:
+                replies.extend(out)
+        client.events += nev
+        self.counters["events"] += nev
+        if self._baseline_due:
+            # A new client's first sample right after its first batch (so its phase
+            # threads are known), not up to a tick later; likewise a client saying bye.
+            due, self._baseline_due = self._baseline_due, []
+            self._sample_now(due)
+        if client.hello is None and client.batches == 1:
+            # A client we never greeted: the daemon restarted under it.  Ask it to resync.
+            replies.append(msgpack.packb({"op": P.REPLY_RESYNC}))
+            self.counters["resync_requests"] += 1
+        return replies
+
+    def _admit(self, batch: P.Batch, peer: tuple[int, int, int] | None, routing_id: bytes) -> Client:
+        if peer is None:
+            if not self.config.allow_unauthenticated:
+                raise Rejected("no_credentials", "transport has no peer credentials (TCP?)")
+            peer = (batch.pid, -1, -1)
+        peer_pid, uid, gid = peer
+        key_hint = self.by_routing.get(routing_id) if routing_id else None
+        if key_hint is not None and key_hint.pid == peer_pid and key_hint.start == batch.pid_start:
+            client = self.clients.get(key_hint)
+            if client is not None and (client.ns_pid or client.key.pid) == batch.pid:
+                return self._charge(client, batch)
+        host_pid, ns_pid = verify_peer(peer_pid, batch.pid, batch.pid_start, self.procfs)
+        key = ProcKey(host_pid, batch.pid_start)
+        client = self.clients.get(key)
+        if client is None:
+            if len(self.clients) >= self.config.max_clients:
+                raise Rejected("too_many_clients", f"limit {self.config.max_clients}")
+            client = self._new_client(key, uid, gid, ns_pid)
+        if routing_id:
+            client.routing_id = routing_id
+            self.by_routing[routing_id] = key
+        return self._charge(client, batch)
+
+    def _charge(self, client: Client, batch: P.Batch) -> Client:
+        if not client.bucket.take(len(batch.events), time.monotonic()):
+            raise Rejected(
+                "rate_limited", f"pid {client.key.pid} over {self.config.rate_events_per_s:.0f} ev/s"
+            )
+        return client
+
+    def _new_client(self, key: ProcKey, uid: int, gid: int, ns_pid: int | None) -> Client:
+        comm, cmdline, cgroup, unit = describe_process(key.pid, self.procfs)
+        now = time.monotonic_ns()
+        client = Client(
+            key=key,
+            uid=uid,
+            gid=gid,
+            comm=comm,
+            cmdline=cmdline,
+            cgroup=cgroup,
+            unit=unit,
+            first_seen_wall_ns=time.time_ns(),
+            first_seen_mono_ns=now,
+            last_seen_mono_ns=now,
+            bucket=TokenBucket(self.config.rate_events_per_s, self.config.rate_burst_events),
+            ns_pid=ns_pid,
+        )
+        self.clients[key] = client
+        self._procs_dirty.add(key)
+        self.counters["clients_seen"] += 1
+        log.info("client_connected", pid=key.pid, comm=comm, uid=uid, unit=unit, ns_pid=ns_pid)
+        self._baseline_due.append(client)
+        return client
+
+    def _reject(
+        self, reason: str, detail: str, peer: tuple[int, int, int] | None, n: int, unit: str = "message"
+    ) -> None:
+        self.rejected[reason] += n
+        total = self.rejected[reason]
+        if total <= 10 or total & (total - 1) == 0:  # log the first 10, then at powers of two
+            log.warning(
+                "rejected",
+                reason=reason,
+                unit=unit,
+                detail=detail[:200],
+                peer_pid=peer[0] if peer else None,
+                count=total,
+            )
+
+    # ------------------------------------------------------------ handlers
+    def _on_hello(self, c: Client, ev: list[Any], t: int, tid: int) -> list[bytes]:
+        info = dict(ev[3])
+        c.hello = {
+            k: info[k] for k in ("wall_ns", "mono_ns", "argv", "client", "proto", "python") if k in info
+        }
+        caps = {"op": P.REPLY_WELCOME, "v": P.VERSION, "daemon": __version__, "caps": ["device_marks"]}
+        return [msgpack.packb(caps)]
+
+    def _on_begin(self, c: Client, ev: list[Any], t: int, tid: int) -> None:
+        corr = self.correlator
+        span_id, parent_id, name, cls, attrs = ev[3], ev[4], ev[5], ev[6], ev[7]
+        if corr.get(c.key, span_id) is not None:
+            return  # already known (recovered from a heartbeat that overtook it)
+        self._open_span(c, span_id, parent_id, tid, t, name, cls, attrs, recovered=False)
+
+    def _open_span(
+        self,
+        c: Client,
+        span_id: int,
+        parent_id: int,
+        tid: int,
+        t: int,
+        name: str,
+        cls: str | None,
+        attrs: dict[str, Any] | None,
+        recovered: bool,
+    ) -> None:
+        spans = self.correlator.spans.get(c.key)
+        if spans is not None and len(spans) >= self.config.max_open_spans_per_client:
+            raise Rejected("too_many_open_spans", f"pid {c.key.pid} has {len(spans)}")
+        parent = self.correlator.get(c.key, parent_id) if parent_id else None
+        path = f"{parent.row.path}/{name}" if parent else name
+        depth = parent.row.depth + 1 if parent else 1
+        row = SpanRow(
+            boot_id=self.boot_id,
+            pid=c.key.pid,
+            pid_start=c.key.start,
+            span_id=span_id,
+            parent_span_id=parent_id,
+            tid=tid,
+            name=name,
+            path=path,
+            depth=depth,
+            workload_class=cls or c.workload_class,
+            attrs=attrs,
+            start_ns=t,
+            end_ns=t,
+            start_wall_ns=self._wall(c, t),
+            status="open",
+            recovered=recovered,
+        )
+        if tid not in c.tids:
+            c.tids.add(tid)
+        self.correlator.begin(c.key, row)
+
+    def _on_end(self, c: Client, ev: list[Any], t: int, tid: int) -> None:
+        row = self.correlator.end(c.key, ev[3], t, ev[4])
+        if row is None:
+            self.counters["orphan_ends"] += 1
+        elif ev[5]:
+            row.attrs = {**(row.attrs or {}), **ev[5]}
+
+    def _on_mark(self, c: Client, ev: list[Any], t: int, tid: int) -> None:
+        name, attrs = ev[3], ev[4]
+        if name == DEVICE_MARK and attrs:
+            self._device_interval(c, attrs)
+            return
+        self._marks.append(
+            MarkRow(self.boot_id, c.key.pid, c.key.start, tid, t, self._wall(c, t), name, attrs)
+        )
+
+    def _device_interval(self, c: Client, attrs: dict[str, Any]) -> None:
+        span_id, begin, end = attrs.get("span"), attrs.get("dev_begin_ns"), attrs.get("dev_end_ns")
+        if not all(type(v) is int for v in (span_id, begin, end)):
+            raise Rejected("bad_device_mark", f"{attrs!r}")
+        open_span = self.correlator.get(c.key, span_id)
+        if open_span is not None:
+            open_span.row.dev_start_ns, open_span.row.dev_end_ns = begin, end
+            return
+        self.counters["device_intervals_late"] += 1
+        if self.store is not None:
+            sig = self.correlator.device_signals(c.key, begin, end)
+            self.store.submit(
+                "device", [DeviceInterval(self.boot_id, c.key.pid, c.key.start, span_id, begin, end, sig)]
+            )
+
+    def _on_class(self, c: Client, ev: list[Any], t: int, tid: int) -> None:
+        c.workload_class = ev[3]
+        self._procs_dirty.add(c.key)
+        self._marks.append(
+            MarkRow(
+                self.boot_id, c.key.pid, c.key.start, tid, t, self._wall(c, t), "__class__", {"class": ev[3]}
+            )
+        )
+
+    def _on_heartbeat(self, c: Client, ev: list[Any], t: int, tid: int) -> None:
+        c.last_heartbeat_mono_ns = time.monotonic_ns()
+        stats = ev[4]
+        if isinstance(stats.get("dropped"), int):
+            c.client_dropped = max(c.client_dropped, stats["dropped"])
+        if isinstance(stats.get("buffered"), int):
+            c.client_buffered = stats["buffered"]
+        if "cls" in stats and (stats["cls"] is None or isinstance(stats["cls"], str)):
+            if stats["cls"] != c.workload_class:
+                c.workload_class = stats["cls"]
+                self._procs_dirty.add(c.key)
+        listed = set()
+        for span_id, parent_id, stid, t_begin, name, cls, attrs in (s[: P.OPEN_SPAN_LEN] for s in ev[3]):
+            listed.add(span_id)
+            if self.correlator.get(c.key, span_id) is None:
+                # The daemon restarted, or the begin was dropped: rebuild the span.
+                self._open_span(c, span_id, parent_id, stid, t_begin, name, cls, attrs, recovered=True)
+                self.counters["spans_recovered"] += 1
+        # Spans the daemon holds open that the client no longer has lost their end
+        # (dropped from a full buffer).  Only those begun before the snapshot count.
+        for span in list(self.correlator.open_spans(c.key)):
+            if span.row.span_id not in listed and span.row.start_ns <= t:
+                self.correlator.end(c.key, span.row.span_id, t, "lost_end")
+                self.counters["spans_lost_end"] += 1
+
+    def _on_bye(self, c: Client, ev: list[Any], t: int, tid: int) -> None:
+        c.said_bye = True
+        self._baseline_due.append(c)  # a last sample while the process still exists
+
+    def _wall(self, c: Client, t_mono: int) -> int:
+        """Wall-clock ns of a monotonic timestamp, via the daemon's own clocks."""
+        return time.time_ns() - (time.monotonic_ns() - t_mono)
+
+    # ------------------------------------------------------------- sampling
+    def tick(self) -> None:
+        """Sample every live client once, feed the correlator, flush rows to the store."""
+        self._sample_now(list(self.clients.values()))
+        self.flush_rows()
+
+    def _sample_now(self, clients: list[Client]) -> None:
+        if not clients:
+            return
+        targets = [Target(c.key, frozenset(c.tids)) for c in clients]
+        now = time.monotonic_ns()
+        merged: dict[ProcKey, ProcSample] = {}
+        for st in self.samplers:
+            if not st.available:
+                continue
+            t0 = time.perf_counter()
+            try:
+                result = st.sampler.sample(targets, now)
+            except Exception as exc:  # a failing sampler is skipped for this tick
+                st.errors += 1
+                st.last_error = f"{type(exc).__name__}: {exc}"
+                if st.errors <= 5 or st.errors % 100 == 0:
+                    log.warning(
+                        "sampler_failed", sampler=st.sampler.name, error=st.last_error, count=st.errors
+                    )
+                continue
+            finally:
+                st.last_ms = (time.perf_counter() - t0) * 1000
+                st.max_ms = max(st.max_ms, st.last_ms)
+                st.ticks += 1
+            for key, ps in result.items():
+                m = merged.get(key)
+                if m is None:
+                    merged[key] = ProcSample(dict(ps.values), {t: dict(v) for t, v in ps.threads.items()})
+                else:
+                    m.values.update(ps.values)
+                    for tid, vals in ps.threads.items():
+                        m.threads.setdefault(tid, {}).update(vals)
+        wall = time.time_ns()
+        rows: list[SampleRow] = []
+        for key, ps in merged.items():
+            self.correlator.on_sample(key, now, ps)
+            if self.config.store_samples:
+                rows.append(SampleRow(self.boot_id, key.pid, key.start, 0, now, wall, ps.values))
+                rows.extend(
+                    SampleRow(self.boot_id, key.pid, key.start, tid, now, wall, vals)
+                    for tid, vals in ps.threads.items()
+                )
+        if rows and self.store is not None:
+            self.store.submit("samples", rows)
+
+    def flush_rows(self) -> None:
+        if self.store is None:
+            self._marks.clear()
+            self._procs_dirty.clear()
+            return
+        if self._marks:
+            self.store.submit("marks", self._marks)
+            self._marks = []
+        if self._procs_dirty:
+            rows = [self._process_row(self.clients[k]) for k in self._procs_dirty if k in self.clients]
+            self._procs_dirty.clear()
+            if rows:
+                self.store.submit("processes", rows)
+
+    def _process_row(self, c: Client, exit_reason: str | None = None) -> ProcessRow:
+        return ProcessRow(
+            boot_id=self.boot_id,
+            pid=c.key.pid,
+            pid_start=c.key.start,
+            uid=c.uid,
+            gid=c.gid,
+            comm=c.comm,
+            cmdline=" ".join(c.cmdline)[:1024],
+            cgroup=c.cgroup,
+            unit=c.unit,
+            workload_class=c.workload_class,
+            first_seen_wall_ns=c.first_seen_wall_ns,
+            last_seen_wall_ns=time.time_ns(),
+            exit_reason=exit_reason,
+            events=c.events,
+            client_dropped=c.client_dropped,
+        )
+
+    def _on_spans(self, rows: list[SpanRow]) -> None:
+        self.counters["spans_closed"] += len(rows)
+        for row in rows:
+            self.phase_stats.add(row)
+        if self.store is not None:
+            self.store.submit("spans", rows)
+        for sink in self.sinks:
+            try:
+                sink(rows)
+            except Exception as exc:
+                log.warning("span_sink_failed", sink=repr(sink), error=str(exc))
+
+    # --------------------------------------------------------------- reaper
+    def reap(self) -> list[ProcKey]:
+        """Close the spans of clients whose process is gone ("abandoned" if still open)."""
+        gone = [k for k in self.clients if not is_alive(k, self.procfs)]
+        for key in gone:
+            c = self.clients.pop(key)
+            if c.routing_id:
+                self.by_routing.pop(c.routing_id, None)
+            last = self.correlator.prev.get(key)
+            at = max(c.last_seen_mono_ns, last.t_ns if last else 0)
+            closed = self.correlator.close_process(key, "abandoned", at)
+            abandoned = sum(1 for r in closed if r.status == "abandoned")
+            reason = "exited" if c.said_bye else "died"
+            self.counters["clients_exited"] += 1
+            self.counters["spans_abandoned"] += abandoned
+            if self.store is not None:
+                self.store.submit("processes", [self._process_row(c, reason)])
+            self.exited.append(
+                {
+                    "pid": key.pid,
+                    "comm": c.comm,
+                    "reason": reason,
+                    "abandoned_spans": abandoned,
+                    "events": c.events,
+                    "dropped": c.client_dropped,
+                    "wall_ns": time.time_ns(),
+                }
+            )
+            log.info("client_gone", pid=key.pid, comm=c.comm, reason=reason, abandoned_spans=abandoned)
+        return gone
+
+    # ------------------------------------------------------------- shutdown
+    def shutdown(self) -> None:
+        """Close every open span as "interrupted" (a restarted daemon recovers them from heartbeats)."""
+        self._sample_now(list(self.clients.values()))
+        for key in list(self.clients):
+            self.correlator.close_process(key, "interrupted")
+        self.flush_rows()
+        for st in self.samplers:
+            try:
+                st.sampler.close()
+            except Exception as exc:
+                log.warning("sampler_close_failed", sampler=st.sampler.name, error=str(exc))
+
+    # --------------------------------------------------------------- status
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic_ns()
+        clients = []
+        for c in self.clients.values():
+            open_paths = sorted(
+                (s.row.start_ns, s.row.path, s.row.tid) for s in self.correlator.open_spans(c.key)
+            )
+            clients.append(
+                {
+                    "pid": c.key.pid,
+                    "ns_pid": c.ns_pid,
+                    "comm": c.comm,
+                    "cmdline": c.cmdline[:8],
+                    "uid": c.uid,
+                    "unit": c.unit,
+                    "cgroup": c.cgroup,
+                    "workload_class": c.workload_class,
+                    "events": c.events,
+                    "batches": c.batches,
+                    "seq_gaps": c.seq_gaps,
+                    "dropped": c.client_dropped,
+                    "buffered": c.client_buffered,
+                    "open_phases": [
+                        {"path": p, "tid": tid, "age_s": round((now - t) / 1e9, 3)}
+                        for t, p, tid in open_paths
+                    ],
+                    "last_seen_s": round((now - c.last_seen_mono_ns) / 1e9, 3),
+                    "client_version": (c.hello or {}).get("client"),
+                }
+            )
+        return {
+            "daemon": {
+                "version": __version__,
+                "pid": os.getpid(),
+                "uptime_s": round(time.monotonic() - self.started_mono, 3),
+                "started_wall_ns": self.started_wall_ns,
+                "endpoint": self.config.endpoint,
+                "control": self.config.control,
+                "state_dir": str(self.config.state_dir),
+                "sample_hz": self.config.sample_hz,
+                "protocol": P.VERSION,
+            },
+            "counters": {
+                **dict(self.counters),
+                "rejected_total": sum(self.rejected.values()),
+                "client_dropped_total": sum(c.client_dropped for c in self.clients.values())
+                + sum(e["dropped"] for e in self.exited),
+            },
+            "rejected": dict(self.rejected),
+            "clients": clients,
+            "exited": list(self.exited),
+            "samplers": [
+                {
+                    "name": st.sampler.name,
+                    "available": st.available,
+                    "reason": st.reason or None,
+                    "metrics": len(st.sampler.metrics),
+                    "ticks": st.ticks,
+                    "errors": st.errors,
+                    "last_ms": round(st.last_ms, 3),
+                    "max_ms": round(st.max_ms, 3),
+                    "last_error": st.last_error,
+                    "health": _safe(st.sampler.health),
+                    "devices": _safe(st.sampler.devices),
+                }
+                for st in self.samplers
+            ],
+            "store": self.store.health() if self.store else None,
+            "phases": self.phase_stats.top(20),
+        }
+
+
+def _safe(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
