@@ -70,6 +70,8 @@ class HintService:
         self.samplers: list[SamplerState] = []
         self.metrics: dict[str, Metric] = {}
         self.sinks: list[SpanSink] = []
+        #: Called on the daemon's thread after every sampling tick (metrics, exporters).
+        self.tick_hooks: list[Callable[[HintService], None]] = []
         self.phase_stats = PhaseStats()
         self.correlator = Correlator({}, self._on_spans)
         for s in samplers:
@@ -357,6 +359,11 @@ class HintService:
         """Sample every live client once, feed the correlator, flush rows to the store."""
         self._sample_now(list(self.clients.values()))
         self.flush_rows()
+        for hook in self.tick_hooks:
+            try:
+                hook(self)
+            except Exception as exc:
+                log.warning("tick_hook_failed", hook=repr(hook), error=str(exc))
 
     def _sample_now(self, clients: list[Client]) -> None:
         if not clients:
