@@ -177,17 +177,21 @@ class _FdState:
 
 
 class DrmScanner:
-    """Finds a process's DRM fds (cached) and parses their fdinfo.  Shared with the ROCm sampler."""
+    """Finds a process's DRM fds (cached) and parses their fdinfo.  Shared with the ROCm and
+    maps samplers (``prefixes`` picks which fd links count: /dev/dri/ by default)."""
 
-    def __init__(self, procfs: Path = PROCFS, refresh_ticks: int = 50) -> None:
+    def __init__(
+        self, procfs: Path = PROCFS, refresh_ticks: int = 50, prefixes: tuple[str, ...] = ("/dev/dri/",)
+    ) -> None:
         self.procfs = Path(procfs)
+        self.prefixes = prefixes
         self.refresh_ticks = refresh_ticks
         self._state: dict[ProcKey, _FdState] = {}
         self.readlinks = 0  # for tests and health: how much work the cache saved
         self.fdinfo_reads = 0
 
     def dri_fds(self, key: ProcKey) -> dict[str, str]:
-        """fd -> link for the process's /dev/dri/* fds.  Raises OSError if /proc/PID/fd is unreadable."""
+        """fd -> link for fds under ``prefixes``; OSError if /proc/PID/fd is unreadable."""
         fd_dir = self.procfs / str(key.pid) / "fd"
         names = frozenset(os.listdir(fd_dir))
         st = self._state.get(key)
@@ -205,7 +209,7 @@ class DrmScanner:
             except OSError:
                 continue  # closed meanwhile
             self.readlinks += 1
-            if link.startswith("/dev/dri/"):
+            if link.startswith(self.prefixes):
                 dri[fd] = link
         st.fds, st.dri = names, dri
         return dri
