@@ -198,7 +198,7 @@ def check_event(ev: Any, limits: Limits = LIMITS) -> tuple[int, int, int]:
     if not isinstance(ev, list | tuple) or len(ev) < 3:
         raise ProtocolError("bad_event", "event is not an array of >= 3 items")
     kind = ev[0]
-    if kind not in MIN_LEN:
+    if type(kind) is not int or kind not in MIN_LEN:
         raise ProtocolError("unknown_kind", f"kind={kind!r}")
     if len(ev) < MIN_LEN[kind]:
         raise ProtocolError("bad_event", f"{KIND_NAMES[kind]} needs {MIN_LEN[kind]} items, got {len(ev)}")
