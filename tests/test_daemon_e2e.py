@@ -203,7 +203,8 @@ def _raw_socket(d):
 
 
 def _start_ticks(pid):
-    data = open(f"/proc/{pid}/stat", "rb").read()
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
     return int(data[data.rfind(b")") + 2 :].split()[19])
 
 

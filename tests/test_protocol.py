@@ -24,7 +24,7 @@ def test_round_trip():
     assert (b.version, b.pid, b.pid_start, b.seq, b.dropped) == (1, 10, 20, 3, 4)
     assert b.events == events
     for ev in b.events:
-        kind, t, tid = P.check_event(ev)
+        kind, _t, tid = P.check_event(ev)
         P.check_fields(kind, ev)
         assert tid == 7
 
