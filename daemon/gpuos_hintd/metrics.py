@@ -1,0 +1,464 @@
+"""Prometheus /metrics for gpuos-hintd (the optional ``metrics`` extra: prometheus-client).
+
+Threading.  The daemon is single-threaded (server.py); the HTTP server that
+answers scrapes runs in its own thread.  That thread never touches a daemon
+dict: everything it shows comes from an immutable `Snapshot` that the daemon
+thread publishes at the end of each sampling tick (a tick hook) by swapping one
+reference.  Finalised spans are folded into per-phase aggregates by a span sink,
+also on the daemon thread.  So a scrape costs the daemon nothing, and a tick
+costs it one small snapshot (measured in tests/test_metrics.py and exported as
+``gpuos_hintd_metrics_hook_seconds``).
+
+Label cardinality.  Phase metrics carry ``phase`` (the phase path, e.g.
+``decode/sample``) and ``workload_class``.  Both come from clients, so they are
+bounded: at most ``top_k`` (phase, workload_class) keys keep their labels, and
+everything else is counted under ``phase="__other__", workload_class="__other__"``,
+so a scrape has at most top_k + 1 phase series per metric.  The policy:
+
+* A key is *labelled* from its first span while fewer than top_k keys are.
+* Once top_k keys are labelled, a new key's spans go to ``__other__``, while
+  its own span count is still tracked (for up to MAX_TRACKED keys).  At every
+  tick the keys are ranked by (cumulative span count, descending; then phase
+  and class, ascending - so ties never depend on arrival or hash order), and
+  an unlabelled key that now ranks in the top_k takes the place of the lowest
+  labelled one.
+* A span is attributed to the series its key had when it closed, so every
+  series only ever goes up: a promoted key's series starts at its promotion,
+  and a demoted key's accumulated figures are added to ``__other__`` as it
+  leaves.  The sum over all phase series therefore always equals the number
+  of spans the daemon closed, and ``rate()`` stays correct across changes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import socketserver
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import structlog
+
+from .errors import GpuosError
+
+if TYPE_CHECKING:
+    from .service import HintService
+    from .store import SpanRow
+
+log = structlog.get_logger("gpuos_hintd.metrics")
+
+OTHER = "__other__"
+#: Duration buckets (seconds): 100 us .. 100 s, 1-2.5-5 per decade.
+DURATION_BUCKETS: tuple[float, ...] = (
+    *(round(m * 10.0**e, 6) for e in range(-4, 2) for m in (1.0, 2.5, 5.0)),
+    100.0,
+)
+#: Distinct (phase, class) keys whose span counts are tracked for ranking; beyond
+#: this, new keys go straight to __other__ and are counted in untracked_spans.
+MAX_TRACKED = 4096
+
+INSTALL_HINT = (
+    "Prometheus metrics need the prometheus-client package: "
+    "pip install 'gpuos-hint[metrics]' (or apt install python3-prometheus-client)"
+)
+
+
+class MetricsUnavailable(GpuosError):
+    """prometheus-client is not installed, or the port cannot be bound."""
+
+
+def _prometheus() -> Any:
+    try:
+        import prometheus_client
+    except ImportError as exc:
+        raise MetricsUnavailable(f"{INSTALL_HINT} ({exc})") from None
+    return prometheus_client
+
+
+# ----------------------------------------------------------------- aggregates
+@dataclasses.dataclass(slots=True)
+class Agg:
+    """Cumulative figures of one phase series (only ever grows)."""
+
+    spans: int = 0
+    not_ok: int = 0
+    duration_s: float = 0.0
+    buckets: list[int] = dataclasses.field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
+    cpu_s: float = 0.0
+    energy_j: float = 0.0
+
+    def absorb(self, other: Agg) -> None:
+        self.spans += other.spans
+        self.not_ok += other.not_ok
+        self.duration_s += other.duration_s
+        self.cpu_s += other.cpu_s
+        self.energy_j += other.energy_j
+        for i, n in enumerate(other.buckets):
+            self.buckets[i] += n
+
+    def frozen(self) -> tuple[int, int, float, tuple[int, ...], float, float]:
+        return (self.spans, self.not_ok, self.duration_s, tuple(self.buckets), self.cpu_s, self.energy_j)
+
+
+Key = tuple[str, str]  # (phase path, workload class or "")
+
+
+class PhaseSeries:
+    """The bounded phase aggregates.  Used on the daemon thread only."""
+
+    def __init__(self, top_k: int, max_tracked: int = MAX_TRACKED) -> None:
+        if top_k < 0:
+            raise ValueError("top_k must be >= 0")
+        self.top_k = top_k
+        self.max_tracked = max_tracked
+        self.counts: dict[Key, int] = {}  # every tracked key's cumulative span count
+        self.labelled: dict[Key, Agg] = {}
+        self.other = Agg()
+        self.untracked_spans = 0
+        self.promotions = 0
+        self.dirty = True
+        self._touched: set[Key] = set()  # unlabelled keys with spans since the last rerank
+
+    def add(self, row: SpanRow) -> None:
+        key = (row.path, row.workload_class or "")
+        n = self.counts.get(key)
+        if n is None:
+            if len(self.counts) >= self.max_tracked:
+                self.untracked_spans += 1
+                self._fold(self.other, row)
+                return
+            n = 0
+        self.counts[key] = n + 1
+        agg = self.labelled.get(key)
+        if agg is None:
+            if len(self.labelled) < self.top_k:
+                agg = self.labelled[key] = Agg()
+            else:
+                self._touched.add(key)
+                agg = self.other
+        self._fold(agg, row)
+
+    @staticmethod
+    def _fold(agg: Agg, row: SpanRow) -> None:
+        d = row.duration_ns / 1e9
+        agg.spans += 1
+        agg.not_ok += row.status != "ok"
+        agg.duration_s += d
+        agg.buckets[bisect.bisect_left(DURATION_BUCKETS, d)] += 1
+        sig = row.signals
+        cpu = (sig.get("cpu_user_ns") or 0) + (sig.get("cpu_sys_ns") or 0)
+        if cpu:
+            agg.cpu_s += cpu / 1e9
+        e = sig.get("gpu_energy_mj")
+        if e:
+            agg.energy_j += e / 1000.0
+
+    def rerank(self) -> None:
+        """Promote unlabelled keys that now rank in the top_k (see the module docstring)."""
+        if not self._touched:
+            return
+        counts, touched = self.counts, self._touched
+        self._touched = set()
+        # Only a key that got spans can have overtaken a labelled one (counts only grow),
+        # so the full sort runs only when one of those now beats the weakest labelled key.
+        weakest = max((-counts[k], k) for k in self.labelled) if self.labelled else None
+        if weakest is not None and not any((-counts[k], k) < weakest for k in touched if k in counts):
+            return
+        ranked = sorted(counts, key=lambda k: (-counts[k], k))[: self.top_k]
+        want = set(ranked)
+        for key in [k for k in self.labelled if k not in want]:
+            self.other.absorb(self.labelled.pop(key))
+        for key in ranked:
+            if key not in self.labelled:
+                self.labelled[key] = Agg()
+                self.promotions += 1
+        self.dirty = True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What a scrape shows; built on the daemon thread, read (only) by the HTTP thread."""
+
+    phases: tuple[tuple[str, str, tuple[int, int, float, tuple[int, ...], float, float]], ...] = ()
+    counters: tuple[tuple[str, str, float], ...] = ()  # (name, help, value)
+    gauges: tuple[tuple[str, str, float], ...] = ()
+    rejected: tuple[tuple[str, int], ...] = ()
+    samplers: tuple[tuple[str, bool, float, int, int], ...] = ()  # name, up, last_s, ticks, errors
+    gpus: tuple[tuple[str, tuple[str, str, str, str], float], ...] = ()  # metric, labels, value
+    version: str = ""
+
+
+#: Device fields of Sampler.devices() -> (metric, help, scale).  The energy
+#: counter is a counter (since driver load); the rest are gauges.
+GPU_FIELDS: tuple[tuple[str, str, str, float], ...] = (
+    ("util_gpu_pct", "gpuos_gpu_utilization_percent", "GPU (SM) utilisation, percent", 1.0),
+    ("util_mem_pct", "gpuos_gpu_memory_utilization_percent", "memory-controller utilisation", 1.0),
+    ("mem_used_bytes", "gpuos_gpu_memory_used_bytes", "device memory in use", 1.0),
+    ("mem_total_bytes", "gpuos_gpu_memory_total_bytes", "device memory size", 1.0),
+    ("power_mw", "gpuos_gpu_power_watts", "power draw (NVML's averaged figure)", 1e-3),
+    ("sm_clock_mhz", "gpuos_gpu_sm_clock_hertz", "SM clock", 1e6),
+    ("energy_mj", "gpuos_gpu_energy_joules_total", "energy counter since driver load", 1e-3),
+)
+
+
+# ------------------------------------------------------------------ exporter
+class MetricsExporter:
+    """Span sink + tick hook on the daemon thread; a custom collector for the HTTP thread."""
+
+    def __init__(self, service: HintService, top_k: int = 50) -> None:
+        pc = _prometheus()
+        self._pc = pc
+        self.service = service
+        self.series = PhaseSeries(top_k)
+        self.registry = pc.CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+        self.hook_s = 0.0
+        self.hook_max_s = 0.0
+        self._dropped_live: dict[Any, int] = {}
+        self._dropped_retired = 0
+        self._phase_snap: tuple[Any, ...] = ()
+        self._snap = Snapshot()
+        self.server: MetricsHTTPServer | None = None
+
+    def attach(self) -> MetricsExporter:
+        self.service.sinks.append(self.on_spans)
+        self.service.tick_hooks.append(self.on_tick)
+        self.on_tick(self.service)
+        return self
+
+    # -- daemon thread --------------------------------------------------------
+    def on_spans(self, rows: list[SpanRow]) -> None:
+        add = self.series.add
+        for row in rows:
+            add(row)
+        self.series.dirty = True
+
+    def on_tick(self, svc: HintService) -> None:
+        t0 = time.perf_counter()
+        series = self.series
+        series.rerank()
+        if series.dirty:
+            phases = [(p, c, a.frozen()) for (p, c), a in sorted(series.labelled.items())]
+            phases.append((OTHER, OTHER, series.other.frozen()))
+            self._phase_snap = tuple(phases)
+            series.dirty = False
+        self._snap = self._build(svc)
+        self.hook_s = time.perf_counter() - t0
+        self.hook_max_s = max(self.hook_max_s, self.hook_s)
+
+    def _client_dropped(self, svc: HintService) -> int:
+        """Monotonic: drops of live clients plus those of clients that have gone."""
+        live = self._dropped_live
+        now = {k: c.client_dropped for k, c in svc.clients.items()}
+        for key in live.keys() - now.keys():
+            self._dropped_retired += live[key]
+        self._dropped_live = now
+        return self._dropped_retired + sum(now.values())
+
+    def _build(self, svc: HintService) -> Snapshot:
+        c = svc.counters
+        store = svc.store.health() if svc.store is not None else {}
+        counters = (
+            ("gpuos_hintd_messages", "hint messages received", c["messages"]),
+            ("gpuos_hintd_events", "hint events accepted", c["events"]),
+            (
+                "gpuos_hintd_client_dropped",
+                "events clients dropped before sending",
+                self._client_dropped(svc),
+            ),
+            ("gpuos_hintd_clients_seen", "client processes seen", c["clients_seen"]),
+            ("gpuos_hintd_clients_exited", "client processes gone", c["clients_exited"]),
+            ("gpuos_hintd_spans_closed", "spans finalised", c["spans_closed"]),
+            ("gpuos_hintd_spans_abandoned", "spans closed because their process died", c["spans_abandoned"]),
+            ("gpuos_hintd_spans_lost_end", "spans whose end the client dropped", c["spans_lost_end"]),
+            ("gpuos_hintd_spans_recovered", "spans rebuilt from heartbeats", c["spans_recovered"]),
+            ("gpuos_hintd_orphan_ends", "phase ends without a known begin", c["orphan_ends"]),
+            ("gpuos_hintd_store_write_errors", "failed SQLite write batches", store.get("write_errors", 0)),
+            ("gpuos_hintd_store_shed_rows", "rows shed while writes failed", store.get("shed_rows", 0)),
+            (
+                "gpuos_hintd_metrics_phase_promotions",
+                "phase keys promoted into the top-K",
+                self.series.promotions,
+            ),
+            (
+                "gpuos_hintd_metrics_untracked_spans",
+                f"spans of (phase, class) keys beyond the {MAX_TRACKED} tracked",
+                self.series.untracked_spans,
+            ),
+        )
+        gauges = (
+            ("gpuos_hintd_clients", "client processes connected now", len(svc.clients)),
+            (
+                "gpuos_hintd_open_spans",
+                "spans open now",
+                sum(len(v) for v in svc.correlator.spans.values()),
+            ),
+            ("gpuos_hintd_start_time_seconds", "daemon start, unix time", svc.started_wall_ns / 1e9),
+            (
+                "gpuos_hintd_store_backlog_batches",
+                "write batches held for retry",
+                store.get("backlog_batches", 0),
+            ),
+            (
+                "gpuos_hintd_metrics_phase_keys",
+                "distinct (phase, class) keys tracked",
+                len(self.series.counts),
+            ),
+            ("gpuos_hintd_metrics_top_k", "phase keys that keep their labels", self.series.top_k),
+            ("gpuos_hintd_metrics_hook_seconds", "cost of the last metrics tick hook", self.hook_s),
+        )
+        samplers = tuple(
+            (st.sampler.name, st.available, st.last_ms / 1000.0, st.ticks, st.errors) for st in svc.samplers
+        )
+        gpus: list[tuple[str, tuple[str, str, str, str], float]] = []
+        for st in svc.samplers:
+            if not st.available:
+                continue
+            try:
+                devices = st.sampler.devices()
+            except Exception:
+                continue
+            for d in devices:
+                labels = (
+                    str(d.get("index", "")),
+                    str(d.get("uuid", "")),
+                    str(d.get("name", "")),
+                    st.sampler.name,
+                )
+                for field, metric, _help, scale in GPU_FIELDS:
+                    v = d.get(field)
+                    if isinstance(v, int | float) and not isinstance(v, bool):
+                        gpus.append((metric, labels, v * scale))
+                if "lost" in d:
+                    gpus.append(("gpuos_gpu_lost", labels, 1.0 if d["lost"] else 0.0))
+        from . import __version__
+
+        return Snapshot(
+            phases=self._phase_snap,
+            counters=counters,
+            gauges=gauges,
+            rejected=tuple(sorted(svc.rejected.items())),
+            samplers=samplers,
+            gpus=tuple(gpus),
+            version=__version__,
+        )
+
+    # -- HTTP thread ----------------------------------------------------------
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        snap = self._snap  # one read of an immutable object: nothing else is shared
+        m = self._pc.metrics_core
+        yield m.InfoMetricFamily("gpuos_hintd_build", "daemon version", value={"version": snap.version})
+        spans = m.CounterMetricFamily(
+            "gpuos_phase_spans", "spans closed, by phase path (top-K, rest __other__)", labels=LABELS
+        )
+        not_ok = m.CounterMetricFamily(
+            "gpuos_phase_spans_not_ok", "spans that did not end ok (error, abandoned, ...)", labels=LABELS
+        )
+        dur = m.HistogramMetricFamily(
+            "gpuos_phase_duration_seconds", "host-side span duration", labels=LABELS
+        )
+        cpu = m.CounterMetricFamily(
+            "gpuos_phase_cpu_seconds", "process CPU time (user+sys) during spans", labels=LABELS
+        )
+        energy = m.CounterMetricFamily(
+            "gpuos_phase_gpu_energy_joules", "GPU energy attributed to spans", labels=LABELS
+        )
+        for phase, cls, (n, bad, dsum, buckets, cpu_s, e_j) in snap.phases:
+            labels = [phase, cls]
+            spans.add_metric(labels, n)
+            not_ok.add_metric(labels, bad)
+            cum, acc = [], 0
+            for le, k in zip((*DURATION_BUCKETS, float("inf")), buckets, strict=True):
+                acc += k
+                cum.append((_le(le), acc))
+            dur.add_metric(labels, cum, dsum)
+            cpu.add_metric(labels, cpu_s)
+            energy.add_metric(labels, e_j)
+        yield from (spans, not_ok, dur, cpu, energy)
+        for name, help_text, value in snap.counters:
+            yield m.CounterMetricFamily(name, help_text, value=value)
+        for name, help_text, value in snap.gauges:
+            yield m.GaugeMetricFamily(name, help_text, value=value)
+        rej = m.CounterMetricFamily("gpuos_hintd_rejected", "rejected messages/events", labels=["reason"])
+        for reason, n in snap.rejected:
+            rej.add_metric([reason], n)
+        yield rej
+        up = m.GaugeMetricFamily("gpuos_hintd_sampler_up", "1 if the sampler runs here", labels=["sampler"])
+        last = m.GaugeMetricFamily(
+            "gpuos_hintd_sampler_last_duration_seconds", "duration of its last sample", labels=["sampler"]
+        )
+        ticks = m.CounterMetricFamily("gpuos_hintd_sampler_ticks", "samples taken", labels=["sampler"])
+        errs = m.CounterMetricFamily("gpuos_hintd_sampler_errors", "failed samples", labels=["sampler"])
+        for name, ok, last_s, n, e in snap.samplers:
+            up.add_metric([name], 1.0 if ok else 0.0)
+            last.add_metric([name], last_s)
+            ticks.add_metric([name], n)
+            errs.add_metric([name], e)
+        yield from (up, last, ticks, errs)
+        families: dict[str, Any] = {}
+        for metric, labels, value in snap.gpus:
+            fam = families.get(metric)
+            if fam is None:
+                help_text = next(
+                    (h for _f, mm, h, _s in GPU_FIELDS if mm == metric), "GPU lost (1) or present"
+                )
+                cls_ = m.CounterMetricFamily if metric.endswith("_total") else m.GaugeMetricFamily
+                name = metric[: -len("_total")] if metric.endswith("_total") else metric
+                fam = families[metric] = cls_(name, help_text, labels=GPU_LABELS)
+            fam.add_metric(list(labels), value)
+        yield from families.values()
+
+    # -- HTTP server ----------------------------------------------------------
+    def serve(self, port: int, addr: str = "127.0.0.1") -> MetricsHTTPServer:
+        app = self._pc.make_wsgi_app(self.registry)
+        try:
+            httpd = make_server(addr, port, app, MetricsHTTPServer, handler_class=_QuietHandler)
+        except OSError as exc:
+            raise MetricsUnavailable(f"cannot listen on {addr}:{port} for /metrics: {exc}") from None
+        thread = threading.Thread(target=httpd.serve_forever, name="gpuos-metrics", daemon=True)
+        thread.start()
+        self.server = httpd
+        return httpd
+
+
+LABELS = ["phase", "workload_class"]
+GPU_LABELS = ["gpu", "uuid", "name", "sampler"]
+
+
+def _le(v: float) -> str:
+    return "+Inf" if v == float("inf") else repr(float(v))
+
+
+class MetricsHTTPServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # scrapes are not worth a log line
+        pass
+
+
+def start_metrics_server(
+    service: HintService, port: int, top_k: int = 50, addr: str = "127.0.0.1"
+) -> MetricsExporter:
+    """Attach the exporter to the service and serve /metrics on addr:port (0 = any free port).
+
+    The real port is logged ("metrics_listening") and kept in ``service.metrics_url``.
+    """
+    exporter = MetricsExporter(service, top_k).attach()
+    httpd = exporter.serve(port, addr)
+    url = f"http://{addr}:{httpd.port}/metrics"
+    service.metrics_url = url  # type: ignore[attr-defined]
+    log.info("metrics_listening", url=url, port=httpd.port, top_k=top_k)
+    return exporter
