@@ -21,9 +21,14 @@ __version__ = "0.1.0"
 def _start_early() -> None:
     """Start the sender now, in the background, so that its imports (zmq,
     msgpack) and the hello to the daemon happen while the program is still
-    starting up - not inside its first phase.  GPUOS_HINT_LAZY=1 defers it."""
+    starting up - not inside its first phase.  GPUOS_HINT_LAZY=1 defers it.
+    The daemon and gpuos-hintctl import this package for its protocol and
+    config modules only: they never hint, so nothing starts in them."""
     import os
+    import sys
 
+    if "gpuos_hintd" in sys.modules:
+        return
     if os.environ.get("GPUOS_HINT_LAZY", "") in ("", "0"):
         from ._runtime import get_runtime
 

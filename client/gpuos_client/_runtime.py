@@ -281,8 +281,7 @@ class Runtime:
     def _heartbeat_event(self) -> tuple[Any, ...]:
         opened = self.open.copy()  # atomic under the GIL
         spans = [
-            (ev[3], ev[4], ev[2], ev[1], ev[5], ev[6], ev[7])
-            for ev in list(opened.values())[: P.LIMITS.max_open_spans]
+            (ev[3], ev[4], ev[2], ev[1], ev[5], ev[6], ev[7]) for ev in list(opened.values())[: P.LIMITS.max_open_spans]
         ]
         stats = {"dropped": self.total_dropped(), "buffered": len(self.buf)}
         stats["sent"] = self.sent_events
