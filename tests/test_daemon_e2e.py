@@ -216,9 +216,7 @@ def test_spoofed_pid_is_rejected(daemon):
         s.send(P.encode_batch(victim.pid, _start_ticks(victim.pid), 1, 0, ev))
         # Right pid, forged start time (what a recycled pid would look like).
         s.send(P.encode_batch(os.getpid(), _start_ticks(os.getpid()) + 1, 2, 0, ev))
-        st = daemon.wait_for(
-            lambda: (x := daemon.status())["rejected"].get("pid_start_mismatch") and x, what="rejects"
-        )
+        st = daemon.wait_for(lambda: (x := daemon.status())["rejected"].get("pid_start_mismatch") and x, what="rejects")
         assert st["rejected"]["pid_mismatch"] == 1
         assert st["rejected"]["pid_start_mismatch"] == 1
         assert not any(c["pid"] == victim.pid for c in st["clients"])
@@ -255,9 +253,7 @@ def test_bad_input_is_rejected_and_counted_while_good_clients_go_on(daemon):
             s.send(m)
     s.send_multipart([b"extra", b"frames"])
     assert good.wait(30) == 0, good.stderr.read().decode()
-    st = daemon.wait_for(
-        lambda: (x := daemon.status())["rejected"].get("unknown_kind") == 5 and x, what="counts"
-    )
+    st = daemon.wait_for(lambda: (x := daemon.status())["rejected"].get("unknown_kind") == 5 and x, what="counts")
     assert st["rejected"]["malformed"] == 5
     assert st["rejected"]["unsupported_version"] == 5
     assert st["rejected"]["oversized"] == 5
@@ -278,9 +274,7 @@ def test_flood_is_rate_limited_counted_and_daemon_keeps_serving(daemon_factory):
     for seq in range(1, 51):  # 50k events in well under a second
         s.send(P.encode_batch(me, st0, seq, 0, ev))
     st = d.wait_for(lambda: (x := d.status())["rejected"].get("rate_limited") and x, what="rate limit")
-    accepted = d.wait_for(
-        lambda: d.query("SELECT count(*) FROM marks WHERE name='flood'")[0][0], what="marks"
-    )
+    accepted = d.wait_for(lambda: d.query("SELECT count(*) FROM marks WHERE name='flood'")[0][0], what="marks")
     assert accepted + st["rejected"]["rate_limited"] * 1000 == 50_000  # every event accounted for
     assert 2000 <= accepted < 10_000
     d.client("import gpuos_client as h\nwith h.phase('after_flood'): pass\nh.flush()")

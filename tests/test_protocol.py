@@ -106,9 +106,7 @@ def test_decode_never_raises_anything_but_protocol_error(data):
 
 json_like = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=20) | st.floats(),
-    lambda children: (
-        st.lists(children, max_size=8) | st.dictionaries(st.text(max_size=8), children, max_size=8)
-    ),
+    lambda children: st.lists(children, max_size=8) | st.dictionaries(st.text(max_size=8), children, max_size=8),
     max_leaves=30,
 )
 

@@ -186,12 +186,13 @@ class workload_class:
     clears the process-wide class.
     """
 
-    __slots__ = ("_previous", "cls")
+    __slots__ = ("_prev_pending", "_previous", "cls")
 
     def __init__(self, cls: str | None) -> None:
         self.cls = None if cls is None else _checked(cls, "workload class")
         rt = get_runtime()
         self._previous = rt.process_class
+        self._prev_pending = rt._class_pending
         if not rt.disabled:
             rt.set_process_class(self.cls)
 
@@ -202,7 +203,7 @@ class workload_class:
             # __init__ - unsent if the sender has not run since, else reverted.
             pending = rt._class_pending
             if pending is not None and pending[1] == self.cls:
-                rt._class_pending = None
+                rt._class_pending = self._prev_pending  # an earlier unsent statement still goes out
                 rt.process_class = self._previous
             else:
                 rt.set_process_class(self._previous)

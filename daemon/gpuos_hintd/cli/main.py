@@ -82,8 +82,7 @@ def _print_json(obj: Any) -> None:
 def render_status(st: dict[str, Any]) -> str:
     d, c = st["daemon"], st["counters"]
     lines = [
-        f"gpuos-hintd {d['version']}  pid {d['pid']}  up {duration(d['uptime_s'])}  "
-        f"sampling {d['sample_hz']:g} Hz",
+        f"gpuos-hintd {d['version']}  pid {d['pid']}  up {duration(d['uptime_s'])}  sampling {d['sample_hz']:g} Hz",
         f"  endpoint {d['endpoint']}",
         f"  store    {(st.get('store') or {}).get('path', '-')}",
         f"  events {c.get('events', 0):,}  spans closed {c.get('spans_closed', 0):,}  "
@@ -91,9 +90,7 @@ def render_status(st: dict[str, Any]) -> str:
         f"abandoned {c.get('spans_abandoned', 0):,}",
     ]
     if st.get("rejected"):
-        lines.append(
-            "  rejected by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(st["rejected"].items()))
-        )
+        lines.append("  rejected by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(st["rejected"].items())))
     store = st.get("store") or {}
     if store.get("write_errors"):
         lines.append(
@@ -118,9 +115,7 @@ def render_status(st: dict[str, Any]) -> str:
                     f"{cl['last_seen_s']:.1f}s",
                 ]
             )
-        lines.append(
-            table(["PID", "COMMAND", "CLASS", "EVENTS", "DROPPED", "OPEN PHASES", "SEEN"], rows, "r  rr")
-        )
+        lines.append(table(["PID", "COMMAND", "CLASS", "EVENTS", "DROPPED", "OPEN PHASES", "SEEN"], rows, "r  rr"))
     lines.append("")
     lines.append("Samplers")
     rows = []
@@ -146,9 +141,7 @@ def render_status(st: dict[str, Any]) -> str:
             ]
             for p in phases[:10]
         ]
-        lines.append(
-            table(["PHASE", "CLASS", "COUNT", "MEAN MS", "TOTAL S", "CPU %", "ENERGY J"], rows, "  rrrrr")
-        )
+        lines.append(table(["PHASE", "CLASS", "COUNT", "MEAN MS", "TOTAL S", "CPU %", "ENERGY J"], rows, "  rrrrr"))
     return "\n".join(lines)
 
 
@@ -183,8 +176,9 @@ def _spans_args(p: argparse.ArgumentParser) -> None:
 @command("spans", "recorded phase spans with their signals (from the store)")
 @args(_spans_args)
 def cmd_spans(ns: argparse.Namespace) -> int:
+    since = parse_since(ns.since)  # bad arguments are reported before anything is opened
     conn = open_readonly(state_dir(ns))
-    rows = query_spans(conn, SpanQuery(ns.pid, ns.name, parse_since(ns.since), ns.status, ns.limit))
+    rows = query_spans(conn, SpanQuery(ns.pid, ns.name, since, ns.status, ns.limit))
     if ns.json:
         _print_json(rows)
         return 0
@@ -244,8 +238,9 @@ def _phases_args(p: argparse.ArgumentParser) -> None:
 @command("phases", "per-phase summary: count, duration, CPU, GPU, energy (from the store)")
 @args(_phases_args)
 def cmd_phases(ns: argparse.Namespace) -> int:
+    since = parse_since(ns.since)
     conn = open_readonly(state_dir(ns))
-    rows = phase_summary(conn, parse_since(ns.since))
+    rows = phase_summary(conn, since)
     if ns.json:
         _print_json(rows)
         return 0
