@@ -59,9 +59,7 @@ def zero_mapper():
         "print('ready', flush=True)\n"
         "sys.stdin.read()\n"
     )
-    p = subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "ready"
     yield p
     p.stdin.close()

@@ -178,9 +178,7 @@ def test_replay_raises_like_pynvml():
 
 
 def test_recorder_and_replay_agree_on_the_calls():
-    spec = importlib.util.spec_from_file_location(
-        "record_nvml", ROOT / "benchmarks" / "gpu" / "record_nvml.py"
-    )
+    spec = importlib.util.spec_from_file_location("record_nvml", ROOT / "benchmarks" / "gpu" / "record_nvml.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.FRAME_FUNCTIONS == FRAME_FUNCTIONS
@@ -238,9 +236,7 @@ def test_h100_energy_is_conserved_and_monotone(h100):
     counters = [f["devices"][0]["nvmlDeviceGetTotalEnergyConsumption"] for f in replay.frames]
     assert all(isinstance(c, int) for c in counters), "H100 has an energy counter"
     # Everything the counter moved by (up to its last change) is attributed or residual.
-    assert dev["attributed_mj"] + dev["residual_mj"] == pytest.approx(
-        counters[-1] - counters[0], rel=1e-6, abs=1
-    )
+    assert dev["attributed_mj"] + dev["residual_mj"] == pytest.approx(counters[-1] - counters[0], rel=1e-6, abs=1)
     assert dev["residual_mj"] >= 0
     for k in keys:
         series = [t[k]["gpu_energy_mj"] for t in ticks]

@@ -60,9 +60,7 @@ def test_counts_and_pid_attribution():
     # Pretend the pty is a GPU node: exercises the per-fd ioctl split for real.
     s = SyscallEbpfSampler(gpu_paths=("/dev/nvidia", "/dev/pts/"))
     kids = [
-        subprocess.Popen(
-            [sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
+        subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         for _ in range(2)
     ]
     try:
@@ -82,17 +80,13 @@ def test_counts_and_pid_attribution():
 
         def settled():
             v = s.sample(targets, 0)[targets[0].key].values
-            return (
-                v if (v["sys_other_count"] or 0) >= N_GETPPID and (v["sys_io_count"] or 0) >= N_READ else None
-            )
+            return v if (v["sys_other_count"] or 0) >= N_GETPPID and (v["sys_io_count"] or 0) >= N_READ else None
 
         v = _wait(settled, timeout=5)
         assert v["sys_ioctl_count"] >= N_IOCTL
         assert v["sys_ioctl_gpu_count"] >= N_IOCTL  # the pty counted as the "GPU" fd
         assert v["sys_total_count"] >= N_GETPPID + N_IOCTL + N_READ
-        assert v["sys_total_count"] == sum(
-            v[k] for k in v if k not in ("sys_total_count", "sys_ioctl_gpu_count")
-        )
+        assert v["sys_total_count"] == sum(v[k] for k in v if k not in ("sys_total_count", "sys_ioctl_gpu_count"))
         # The other child, blocked in read(stdin), issued (almost) nothing.
         other = s.sample(targets, 0)[targets[1].key].values
         assert other["sys_total_count"] is not None and other["sys_total_count"] < 50

@@ -181,9 +181,7 @@ class HintService:
 
     def _charge(self, client: Client, batch: P.Batch) -> Client:
         if not client.bucket.take(len(batch.events), time.monotonic()):
-            raise Rejected(
-                "rate_limited", f"pid {client.key.pid} over {self.config.rate_events_per_s:.0f} ev/s"
-            )
+            raise Rejected("rate_limited", f"pid {client.key.pid} over {self.config.rate_events_per_s:.0f} ev/s")
         return client
 
     def _new_client(self, key: ProcKey, uid: int, gid: int, ns_pid: int | None) -> Client:
@@ -228,9 +226,7 @@ class HintService:
     # ------------------------------------------------------------ handlers
     def _on_hello(self, c: Client, ev: list[Any], t: int, tid: int) -> list[bytes]:
         info = dict(ev[3])
-        c.hello = {
-            k: info[k] for k in ("wall_ns", "mono_ns", "argv", "client", "proto", "python") if k in info
-        }
+        c.hello = {k: info[k] for k in ("wall_ns", "mono_ns", "argv", "client", "proto", "python") if k in info}
         caps = {"op": P.REPLY_WELCOME, "v": P.VERSION, "daemon": __version__, "caps": ["device_marks"]}
         return [msgpack.packb(caps)]
 
@@ -293,9 +289,7 @@ class HintService:
         if name == DEVICE_MARK and attrs:
             self._device_interval(c, attrs)
             return
-        self._marks.append(
-            MarkRow(self.boot_id, c.key.pid, c.key.start, tid, t, self._wall(c, t), name, attrs)
-        )
+        self._marks.append(MarkRow(self.boot_id, c.key.pid, c.key.start, tid, t, self._wall(c, t), name, attrs))
 
     def _device_interval(self, c: Client, attrs: dict[str, Any]) -> None:
         span_id, begin, end = attrs.get("span"), attrs.get("dev_begin_ns"), attrs.get("dev_end_ns")
@@ -316,9 +310,7 @@ class HintService:
         c.workload_class = ev[3]
         self._procs_dirty.add(c.key)
         self._marks.append(
-            MarkRow(
-                self.boot_id, c.key.pid, c.key.start, tid, t, self._wall(c, t), "__class__", {"class": ev[3]}
-            )
+            MarkRow(self.boot_id, c.key.pid, c.key.start, tid, t, self._wall(c, t), "__class__", {"class": ev[3]})
         )
 
     def _on_heartbeat(self, c: Client, ev: list[Any], t: int, tid: int) -> None:
@@ -381,9 +373,7 @@ class HintService:
                 st.errors += 1
                 st.last_error = f"{type(exc).__name__}: {exc}"
                 if st.errors <= 5 or st.errors % 100 == 0:
-                    log.warning(
-                        "sampler_failed", sampler=st.sampler.name, error=st.last_error, count=st.errors
-                    )
+                    log.warning("sampler_failed", sampler=st.sampler.name, error=st.last_error, count=st.errors)
                 continue
             finally:
                 st.last_ms = (time.perf_counter() - t0) * 1000
@@ -504,9 +494,7 @@ class HintService:
         now = time.monotonic_ns()
         clients = []
         for c in self.clients.values():
-            open_paths = sorted(
-                (s.row.start_ns, s.row.path, s.row.tid) for s in self.correlator.open_spans(c.key)
-            )
+            open_paths = sorted((s.row.start_ns, s.row.path, s.row.tid) for s in self.correlator.open_spans(c.key))
             clients.append(
                 {
                     "pid": c.key.pid,
@@ -523,8 +511,7 @@ class HintService:
                     "dropped": c.client_dropped,
                     "buffered": c.client_buffered,
                     "open_phases": [
-                        {"path": p, "tid": tid, "age_s": round((now - t) / 1e9, 3)}
-                        for t, p, tid in open_paths
+                        {"path": p, "tid": tid, "age_s": round((now - t) / 1e9, 3)} for t, p, tid in open_paths
                     ],
                     "last_seen_s": round((now - c.last_seen_mono_ns) / 1e9, 3),
                     "client_version": (c.hello or {}).get("client"),
