@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import heapq
 import socketserver
 import threading
 import time
@@ -167,7 +168,7 @@ class PhaseSeries:
         weakest = max((-counts[k], k) for k in self.labelled) if self.labelled else None
         if weakest is not None and not any((-counts[k], k) < weakest for k in touched if k in counts):
             return
-        ranked = sorted(counts, key=lambda k: (-counts[k], k))[: self.top_k]
+        ranked = heapq.nsmallest(self.top_k, counts, key=lambda k: (-counts[k], k))
         want = set(ranked)
         for key in [k for k in self.labelled if k not in want]:
             self.other.absorb(self.labelled.pop(key))
@@ -360,15 +361,11 @@ class MetricsExporter:
         not_ok = m.CounterMetricFamily(
             "gpuos_phase_spans_not_ok", "spans that did not end ok (error, abandoned, ...)", labels=LABELS
         )
-        dur = m.HistogramMetricFamily(
-            "gpuos_phase_duration_seconds", "host-side span duration", labels=LABELS
-        )
+        dur = m.HistogramMetricFamily("gpuos_phase_duration_seconds", "host-side span duration", labels=LABELS)
         cpu = m.CounterMetricFamily(
             "gpuos_phase_cpu_seconds", "process CPU time (user+sys) during spans", labels=LABELS
         )
-        energy = m.CounterMetricFamily(
-            "gpuos_phase_gpu_energy_joules", "GPU energy attributed to spans", labels=LABELS
-        )
+        energy = m.CounterMetricFamily("gpuos_phase_gpu_energy_joules", "GPU energy attributed to spans", labels=LABELS)
         for phase, cls, (n, bad, dsum, buckets, cpu_s, e_j) in snap.phases:
             labels = [phase, cls]
             spans.add_metric(labels, n)
@@ -405,9 +402,7 @@ class MetricsExporter:
         for metric, labels, value in snap.gpus:
             fam = families.get(metric)
             if fam is None:
-                help_text = next(
-                    (h for _f, mm, h, _s in GPU_FIELDS if mm == metric), "GPU lost (1) or present"
-                )
+                help_text = next((h for _f, mm, h, _s in GPU_FIELDS if mm == metric), "GPU lost (1) or present")
                 cls_ = m.CounterMetricFamily if metric.endswith("_total") else m.GaugeMetricFamily
                 name = metric[: -len("_total")] if metric.endswith("_total") else metric
                 fam = families[metric] = cls_(name, help_text, labels=GPU_LABELS)
@@ -449,9 +444,7 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-def start_metrics_server(
-    service: HintService, port: int, top_k: int = 50, addr: str = "127.0.0.1"
-) -> MetricsExporter:
+def start_metrics_server(service: HintService, port: int, top_k: int = 50, addr: str = "127.0.0.1") -> MetricsExporter:
     """Attach the exporter to the service and serve /metrics on addr:port (0 = any free port).
 
     The real port is logged ("metrics_listening") and kept in ``service.metrics_url``.
