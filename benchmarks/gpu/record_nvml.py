@@ -147,15 +147,11 @@ def record_device(nv: Any, h: Any, last_seen: dict[int, int], idx: int) -> dict[
         )
         out["nvmlDeviceGetPowerUsage"] = call("nvmlDeviceGetPowerUsage", int)
         out["nvmlDeviceGetTotalEnergyConsumption"] = call("nvmlDeviceGetTotalEnergyConsumption", int)
-        out["nvmlDeviceGetClockInfo"] = {
-            str(nv.NVML_CLOCK_SM): call("nvmlDeviceGetClockInfo", int, nv.NVML_CLOCK_SM)
-        }
+        out["nvmlDeviceGetClockInfo"] = {str(nv.NVML_CLOCK_SM): call("nvmlDeviceGetClockInfo", int, nv.NVML_CLOCK_SM)}
         ev = call("nvmlDeviceGetCurrentClocksEventReasons", int)
         out["nvmlDeviceGetCurrentClocksEventReasons"] = ev
         if isinstance(ev, dict) and ev.get("error") == "FunctionNotFound":  # drivers < 535
-            out["nvmlDeviceGetCurrentClocksThrottleReasons"] = call(
-                "nvmlDeviceGetCurrentClocksThrottleReasons", int
-            )
+            out["nvmlDeviceGetCurrentClocksThrottleReasons"] = call("nvmlDeviceGetCurrentClocksThrottleReasons", int)
         out["nvmlDeviceGetPcieThroughput"] = {
             str(c): call("nvmlDeviceGetPcieThroughput", int, c)
             for c in (nv.NVML_PCIE_UTIL_TX_BYTES, nv.NVML_PCIE_UTIL_RX_BYTES)
