@@ -46,6 +46,11 @@ def make_service(cfg: Config) -> HintService:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["install-unit"]:  # systemd unit, sysusers, tmpfiles: see install.py
+        from .install import main as install_main
+
+        return install_main(argv[1:])
     args = build_parser().parse_args(argv)
     overrides = {
         "endpoint": args.endpoint,
