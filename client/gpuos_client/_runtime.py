@@ -337,6 +337,7 @@ class Runtime:
             "open_phases": len(self.open),
             "pending_batch": self._pending is not None,
             "errors": self.errors,
+            "last_error": self.last_error,
             "daemon": (self.daemon_caps or {}).get("daemon"),
         }
 

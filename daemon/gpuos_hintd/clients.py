@@ -92,8 +92,8 @@ def verify_peer(
     """Check a message's claim against the socket peer; return (host pid, ns pid or None).
 
     Raises Rejected("pid_mismatch") for a claim about another process,
-    Rejected("pid_start_mismatch") for a recycled or forged start time,
-    Rejected("peer_gone") if the peer already exited.
+    Rejected("pid_start_mismatch") for a recycled or forged start time.  A
+    peer that already exited is accepted on its socket credentials alone.
     """
     ns_pid = None
     if claimed_pid != peer_pid:
@@ -104,12 +104,16 @@ def verify_peer(
             raise Rejected("pid_mismatch", f"message claims pid {claimed_pid}, socket peer is {peer_pid}")
     try:
         start = procfs.start_ticks(peer_pid, root)
-    except (ProcessGone, AccessDenied) as exc:
-        raise Rejected("peer_gone", f"pid {peer_pid}: {exc}") from None
+    except AccessDenied as exc:
+        raise Rejected("peer_unreadable", f"pid {peer_pid}: {exc}") from None
+    except ProcessGone:
+        # The peer exited after sending (its last batches, flushed at exit, are
+        # often read after that).  SO_PEERCRED vouched for the pid at connect
+        # time and no other process holds it now, so the claim stands; only the
+        # start time cannot be checked any more.
+        return peer_pid, ns_pid
     if start != claimed_start:
-        raise Rejected(
-            "pid_start_mismatch", f"pid {peer_pid} started at tick {start}, message claims {claimed_start}"
-        )
+        raise Rejected("pid_start_mismatch", f"pid {peer_pid} started at tick {start}, message claims {claimed_start}")
     return peer_pid, ns_pid
 
 

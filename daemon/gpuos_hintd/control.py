@@ -27,7 +27,7 @@ def request(endpoint: str, op: str, timeout_s: float = 2.0, **args: Any) -> Any:
                 f"no gpuos-hintd answered on {endpoint} within {timeout_s:g}s "
                 "(is it running? start it with `gpuos-hintd` or `systemctl start gpuos-hintd`)"
             )
-        reply = msgpack.unpackb(sock.recv(), raw=False)
+        reply = msgpack.unpackb(sock.recv(), raw=False, strict_map_key=False)
     finally:
         sock.close()
     if not reply.get("ok"):

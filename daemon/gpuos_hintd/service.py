@@ -70,6 +70,7 @@ class HintService:
         self.samplers: list[SamplerState] = []
         self.metrics: dict[str, Metric] = {}
         self.sinks: list[SpanSink] = []
+        self.metrics_url: str | None = None  # set by metrics.start_metrics_server
         #: Called on the daemon's thread after every sampling tick (metrics, exporters).
         self.tick_hooks: list[Callable[[HintService], None]] = []
         self.phase_stats = PhaseStats()
@@ -528,6 +529,7 @@ class HintService:
                 "state_dir": str(self.config.state_dir),
                 "sample_hz": self.config.sample_hz,
                 "protocol": P.VERSION,
+                "metrics_url": self.metrics_url,
             },
             "counters": {
                 **dict(self.counters),

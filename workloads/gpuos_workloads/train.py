@@ -54,9 +54,12 @@ def run(args: Any) -> dict[str, Any]:
     with hints.phase("prepare"):
         paths = make_dataset(workdir, args.shards, args.batch * 2, args.features, args.seed)
     rng = xp.random.default_rng(args.seed) if hasattr(xp.random, "default_rng") else xp.random
-    w1 = (rng.standard_normal((args.features, args.hidden), dtype=xp.float32) * 0.05).astype(xp.float32)
-    w2 = (rng.standard_normal((args.hidden, 1), dtype=xp.float32) * 0.05).astype(xp.float32)
+    # 1/sqrt(fan-in) initialisation and a step size scaled by the width keep any size stable.
+    w1 = (rng.standard_normal((args.features, args.hidden), dtype=xp.float32) / args.features**0.5).astype(xp.float32)
+    w2 = (rng.standard_normal((args.hidden, 1), dtype=xp.float32) / args.hidden**0.5).astype(xp.float32)
+    lr = args.lr * 1024 / args.hidden
     m1, m2 = xp.zeros_like(w1), xp.zeros_like(w2)
+    ema1 = w1.copy()
     target_w = rng.standard_normal((args.features, 1), dtype=xp.float32).astype(xp.float32)
     progress(
         args.quiet,
@@ -74,20 +77,22 @@ def run(args: Any) -> dict[str, Any]:
                 with hints.phase("forward"), timer.section("forward"):
                     h = xp.maximum(x @ w1, 0)
                     pred = h @ w2
-                    y = x @ target_w
+                    y = x @ target_w / args.features**0.5
                     err = pred - y
                 with hints.phase("backward"), timer.section("backward"):
                     g2 = h.T @ err / args.batch
                     gh = (err @ w2.T) * (h > 0)
                     g1 = x.T @ gh / args.batch
                 with hints.phase("optimizer"), timer.section("optimizer"):
-                    for _ in range(args.optimizer_sweeps):  # momentum SGD, a memory-bound sweep
-                        m1 *= 0.9
-                        m1 += g1
-                        m2 *= 0.9
-                        m2 += g2
-                    w1 -= args.lr * m1
-                    w2 -= args.lr * m2
+                    m1 *= 0.9  # momentum SGD
+                    m1 += g1
+                    m2 *= 0.9
+                    m2 += g2
+                    w1 -= lr * m1
+                    w2 -= lr * m2
+                    for _ in range(args.optimizer_sweeps):  # weight averaging: memory-bound sweeps
+                        ema1 *= 0.99
+                        ema1 += 0.01 * w1
             if step % args.log_every == 0 or step == args.steps - 1:
                 losses.append(float((err**2).mean()))  # a host sync, as logging does
         if args.checkpoint_every and (step + 1) % args.checkpoint_every == 0:
@@ -144,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--features", type=int, default=512)
     p.add_argument("--hidden", type=int, default=2048)
     p.add_argument("--shards", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--optimizer-sweeps", type=int, default=4)
     p.add_argument("--checkpoint-every", type=int, default=10, help="0 = never")
     p.add_argument("--log-every", type=int, default=10)

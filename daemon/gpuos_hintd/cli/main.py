@@ -326,6 +326,8 @@ def _load_plugins() -> None:
     """Subcommands living in their own modules register themselves on import."""
     import importlib
 
+    # Under `python -m gpuos_hintd.cli.main` this module is __main__: let plugins register into it.
+    sys.modules.setdefault(f"{__package__}.main", sys.modules[__name__])
     for mod in ("export", "top", "evaluate"):
         try:
             importlib.import_module(f"{__package__}.{mod}")
