@@ -43,7 +43,10 @@ cat "$R/status.txt" "$R/phases.txt"; head -30 "$R/spans.txt"
 
 echo "== 4. GPU overhead of hints"
 python3 benchmarks/gpu/bench_overhead.py --out "$R/gpu_overhead.json" | tail -12
+python3 -c "import json; [print(f, json.load(open('$R/'+f))['client']) for f in ('llm.json', 'train.json')]"
 kill -TERM $DPID; wait $DPID; echo "daemon exit $?"
+echo "== client hot path on this host's CPU"
+python3 benchmarks/bench_client.py --pairs 100000 --out "$R/client_hot_path_gpu_host.json" | tail -9
 cp /tmp/gpuos/state/gpuos-hint.db "$R/store.db" 2>/dev/null
 
 echo "== 5. tests"
