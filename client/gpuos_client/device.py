@@ -67,7 +67,7 @@ def _fresh_anchor(cp: Any) -> tuple[Any, int] | None:
     ev.record(_anchor_stream)
     deadline = time.monotonic_ns() + 50_000_000
     while time.monotonic_ns() < deadline:
-        if ev.query():
+        if ev.done:
             return ev, time.monotonic_ns()
     return None
 
@@ -124,7 +124,7 @@ def collect_device_times(rt: Any) -> list[tuple[Any, ...]]:
     for item in taken:
         span_id, start_ev, end_ev = item
         try:
-            if not end_ev.query():
+            if not end_ev.done:
                 keep.append(item)
                 continue
             if anchor is None:

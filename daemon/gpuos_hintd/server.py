@@ -77,6 +77,7 @@ class Server:
         self.poller = zmq.Poller()
         self.poller.register(self.hint, zmq.POLLIN)
         self.poller.register(self.control, zmq.POLLIN)
+        self.poller.register(service.worker.wake_fd, zmq.POLLIN)  # sampling results are ready
         self.control_ops: dict[str, Callable[[dict[str, Any]], Any]] = {
             "ping": lambda req: {"ok": True, "version": __version__, "pid": os.getpid()},
             "status": lambda req: self.service.status(),
@@ -151,9 +152,11 @@ class Server:
                 self._drain_hints(next_tick)
             if self.control in ready:
                 self._drain_control()
+            if svc.worker.wake_fd in ready:
+                svc.apply_samples()
             now = time.monotonic_ns()
             if now >= next_tick:
-                svc.tick()
+                svc.request_tick()  # the worker samples; results come back through wake_fd
                 # Skip missed ticks instead of bursting to catch up.
                 next_tick += period_ns * max(1, (now - next_tick) // period_ns + 1)
             if now >= next_reap:
@@ -255,6 +258,4 @@ class Server:
                 path.unlink()
             except OSError:
                 pass
-        log.info(
-            "stopped", **{k: v for k, v in self.service.counters.items() if k in ("events", "spans_closed")}
-        )
+        log.info("stopped", **{k: v for k, v in self.service.counters.items() if k in ("events", "spans_closed")})

@@ -9,7 +9,6 @@ socket, so tests and benchmarks drive it directly, and the ZeroMQ server
 from __future__ import annotations
 
 import collections
-import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -25,7 +24,8 @@ from .clients import Client, Rejected, TokenBucket, describe_process, is_alive, 
 from .config import Config
 from .correlate import Correlator
 from .phase_stats import PhaseStats
-from .samplers.base import Metric, NullSampler, ProcKey, ProcSample, Sampler, Target
+from .samplers.base import Metric, NullSampler, ProcKey, Sampler, Target
+from .sampling import SampleResult, SamplerState, SamplingWorker
 from .store import DeviceInterval, MarkRow, ProcessRow, SampleRow, SpanRow, Store
 
 log = structlog.get_logger("gpuos_hintd.service")
@@ -33,18 +33,6 @@ log = structlog.get_logger("gpuos_hintd.service")
 DEVICE_MARK = "__device__"
 RECENT_EXITED = 32
 SpanSink = Callable[[list[SpanRow]], None]
-
-
-@dataclasses.dataclass(slots=True)
-class SamplerState:
-    sampler: Sampler
-    available: bool
-    reason: str
-    ticks: int = 0
-    errors: int = 0
-    last_ms: float = 0.0
-    max_ms: float = 0.0
-    last_error: str | None = None
 
 
 class HintService:
@@ -77,6 +65,7 @@ class HintService:
         self.correlator = Correlator({}, self._on_spans)
         for s in samplers:
             self.add_sampler(s)
+        self.worker = SamplingWorker(self.samplers)
         self._handlers: dict[int, Callable[[Client, list[Any], int, int], list[bytes] | None]] = {
             P.HELLO: self._on_hello,
             P.PHASE_BEGIN: self._on_begin,
@@ -348,49 +337,38 @@ class HintService:
         return time.time_ns() - (time.monotonic_ns() - t_mono)
 
     # ------------------------------------------------------------- sampling
-    def tick(self) -> None:
-        """Sample every live client once, feed the correlator, flush rows to the store."""
-        self._sample_now(list(self.clients.values()))
-        self.flush_rows()
-        for hook in self.tick_hooks:
-            try:
-                hook(self)
-            except Exception as exc:
-                log.warning("tick_hook_failed", hook=repr(hook), error=str(exc))
+    def request_tick(self) -> bool:
+        """Post a sampling tick to the worker; skipped (and counted) while the last one runs."""
+        if self.worker.outstanding:
+            self.counters["ticks_skipped"] += 1
+            return False
+        self.worker.submit("tick", self._targets(self.clients.values()))
+        return True
+
+    def apply_samples(self, results: list[SampleResult] | None = None) -> None:
+        """Feed finished samples to the correlator and the store (on the daemon thread)."""
+        for res in self.worker.ready() if results is None else results:
+            self._apply(res)
+
+    def tick(self, timeout: float = 5.0) -> None:
+        """Sample every live client now and wait for it (sync requests, tests, shutdown)."""
+        self.worker.submit("sync", self._targets(self.clients.values()))
+        for res in self.worker.wait("sync", timeout):
+            self._apply(res)
+
+    def _targets(self, clients: Iterable[Client]) -> list[Target]:
+        return [Target(c.key, frozenset(c.tids)) for c in clients]
 
     def _sample_now(self, clients: list[Client]) -> None:
-        if not clients:
-            return
-        targets = [Target(c.key, frozenset(c.tids)) for c in clients]
-        now = time.monotonic_ns()
-        merged: dict[ProcKey, ProcSample] = {}
-        for st in self.samplers:
-            if not st.available:
-                continue
-            t0 = time.perf_counter()
-            try:
-                result = st.sampler.sample(targets, now)
-            except Exception as exc:  # a failing sampler is skipped for this tick
-                st.errors += 1
-                st.last_error = f"{type(exc).__name__}: {exc}"
-                if st.errors <= 5 or st.errors % 100 == 0:
-                    log.warning("sampler_failed", sampler=st.sampler.name, error=st.last_error, count=st.errors)
-                continue
-            finally:
-                st.last_ms = (time.perf_counter() - t0) * 1000
-                st.max_ms = max(st.max_ms, st.last_ms)
-                st.ticks += 1
-            for key, ps in result.items():
-                m = merged.get(key)
-                if m is None:
-                    merged[key] = ProcSample(dict(ps.values), {t: dict(v) for t, v in ps.threads.items()})
-                else:
-                    m.values.update(ps.values)
-                    for tid, vals in ps.threads.items():
-                        m.threads.setdefault(tid, {}).update(vals)
-        wall = time.time_ns()
+        if clients:
+            self.worker.submit("baseline", self._targets(clients))
+
+    def _apply(self, res: SampleResult) -> None:
+        now, wall = res.t_ns, time.time_ns() - (time.monotonic_ns() - res.t_ns)
         rows: list[SampleRow] = []
-        for key, ps in merged.items():
+        for key, ps in res.samples.items():
+            if key not in self.clients:
+                continue  # reaped while it was being sampled
             self.correlator.on_sample(key, now, ps)
             if self.config.store_samples:
                 rows.append(SampleRow(self.boot_id, key.pid, key.start, 0, now, wall, ps.values))
@@ -400,6 +378,15 @@ class HintService:
                 )
         if rows and self.store is not None:
             self.store.submit("samples", rows)
+        if res.tag == "baseline":
+            return
+        self.counters["ticks"] += 1
+        self.flush_rows()
+        for hook in self.tick_hooks:
+            try:
+                hook(self)
+            except Exception as exc:
+                log.warning("tick_hook_failed", hook=repr(hook), error=str(exc))
 
     def flush_rows(self) -> None:
         if self.store is None:
@@ -480,10 +467,12 @@ class HintService:
     # ------------------------------------------------------------- shutdown
     def shutdown(self) -> None:
         """Close every open span as "interrupted" (a restarted daemon recovers them from heartbeats)."""
-        self._sample_now(list(self.clients.values()))
+        self.apply_samples()
+        self.tick()
         for key in list(self.clients):
             self.correlator.close_process(key, "interrupted")
         self.flush_rows()
+        self.worker.close()
         for st in self.samplers:
             try:
                 st.sampler.close()
