@@ -19,8 +19,10 @@ export PYTHONPATH=/tmp/site:$PWD/client:$PWD/daemon:$PWD/workloads PYTHONUNBUFFE
 echo "== host"; nvidia-smi --query-gpu=name,driver_version,memory.total,power.limit --format=csv; python3 --version
 ctl() { python3 -m gpuos_hintd.cli.main "$@"; }
 
+echo "== 0. NVML call costs"
+python3 benchmarks/gpu/nvml_call_cost.py --out "$R/nvml_call_cost.json"
 echo "== 1. NVML recording"
-python3 benchmarks/gpu/record_nvml.py --seconds 20 --out "$OUT/h100_recording.json" | tail -5
+[[ -n "${SKIP_RECORD:-}" ]] || python3 benchmarks/gpu/record_nvml.py --seconds 20 --out "$OUT/h100_recording.json" | tail -5
 
 echo "== 2. daemon + workloads"
 export GPUOS_HINT_ENDPOINT=ipc:///tmp/gpuos/hint.sock GPUOS_HINT_STATE_DIR=/tmp/gpuos/state
@@ -50,7 +52,7 @@ python3 benchmarks/bench_client.py --pairs 100000 --out "$R/client_hot_path_gpu_
 cp /tmp/gpuos/state/gpuos-hint.db "$R/store.db" 2>/dev/null
 
 echo "== 5. tests"
-mkdir -p tests/data/nvml && cp "$OUT/h100_recording.json" tests/data/nvml/h100_recording.json
+[[ -f "$OUT/h100_recording.json" ]] && cp "$OUT/h100_recording.json" tests/data/nvml/h100_recording.json
 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_sampler_nvml.py -rs 2>&1 | tee "$R/pytest.txt" | tail -15
 cd "$OUT" && tar czf results.tgz run && rm -rf run
 ls -la "$OUT"
