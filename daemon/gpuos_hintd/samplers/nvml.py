@@ -65,6 +65,8 @@ class _Dev:
     util_first: bool = True
     ledger: EnergyLedger = dataclasses.field(default_factory=EnergyLedger)
     split_method: str = "none"
+    pcie: tuple[int | None, int | None] = (None, None)  # last (tx, rx) KB/s
+    pcie_read_ns: int = 0
 
 
 _DEVICE_FIELDS = (
@@ -117,8 +119,15 @@ class NVMLSampler(Sampler):
         "gpu_pcie_rx_bytes_per_s": Metric("bytes/s", "gauge", help="device PCIe RX throughput (sum)"),
     }
 
-    def __init__(self, backend: Any | None = None, proc_util_hold_s: float = 1.0) -> None:
-        """``backend``: the pynvml module (default, imported lazily) or a ReplayNVML."""
+    def __init__(self, backend: Any | None = None, proc_util_hold_s: float = 1.0, pcie_interval_s: float = 5.0) -> None:
+        """``backend``: the pynvml module (default, imported lazily) or a ReplayNVML.
+
+        ``pcie_interval_s``: nvmlDeviceGetPcieThroughput measures over a 20 ms
+        window inside the call (21 ms each on an H100, two per GPU: measured by
+        benchmarks/gpu/nvml_call_cost.py), so it is read at most this often and
+        the last value held in between; 0 reads it every tick.
+        """
+        self._pcie_ns = int(pcie_interval_s * 1e9)
         self._nv: Any | None = backend
         self._lock = threading.Lock()
         self._inited = False
@@ -260,8 +269,13 @@ class NVMLSampler(Sampler):
             reasons = q(dev, ev, h)
             if reasons is None and self._unsupported.get(ev) == "FunctionNotFound":
                 reasons = q(dev, "nvmlDeviceGetCurrentClocksThrottleReasons", h)  # drivers < 535
-            tx = q(dev, "nvmlDeviceGetPcieThroughput", h, nv.NVML_PCIE_UTIL_TX_BYTES)
-            rx = q(dev, "nvmlDeviceGetPcieThroughput", h, nv.NVML_PCIE_UTIL_RX_BYTES)
+            if now_ns - dev.pcie_read_ns >= self._pcie_ns or dev.pcie_read_ns == 0:
+                dev.pcie = (
+                    q(dev, "nvmlDeviceGetPcieThroughput", h, nv.NVML_PCIE_UTIL_TX_BYTES),
+                    q(dev, "nvmlDeviceGetPcieThroughput", h, nv.NVML_PCIE_UTIL_RX_BYTES),
+                )
+                dev.pcie_read_ns = now_ns
+            tx, rx = dev.pcie
             dev.read = {
                 "util_gpu_pct": util.gpu if util is not None else None,
                 "util_mem_pct": util.memory if util is not None else None,
@@ -282,9 +296,7 @@ class NVMLSampler(Sampler):
 
     def _read_proc_util(self, dev: _Dev, now_ns: int) -> None:
         """Per-process SM/memory utilisation since the last seen sample (NVML timestamps, us)."""
-        samples = self._query(
-            dev, "nvmlDeviceGetProcessUtilization", dev.handle, dev.util_last_seen_us, not_found=[]
-        )
+        samples = self._query(dev, "nvmlDeviceGetProcessUtilization", dev.handle, dev.util_last_seen_us, not_found=[])
         first, dev.util_first = dev.util_first, False
         if samples is None:
             dev.proc_sm, dev.proc_mem = None, {}
@@ -365,9 +377,7 @@ class NVMLSampler(Sampler):
         out["gpu_mem_util_pct"] = _mean(vals("util_mem_pct"))
         sm = [d.proc_sm.get(key.pid, 0.0) for d in devs if d.proc_sm is not None]
         out["gpu_proc_sm_util_pct"] = _mean(sm)
-        out["gpu_proc_mem_util_pct"] = _mean(
-            [d.proc_mem.get(key.pid, 0.0) for d in devs if d.proc_sm is not None]
-        )
+        out["gpu_proc_mem_util_pct"] = _mean([d.proc_mem.get(key.pid, 0.0) for d in devs if d.proc_sm is not None])
         mem = [d.procs[key.pid] for d in devs if d.procs.get(key.pid) is not None]
         out["gpu_mem_bytes"] = sum(mem) if mem else None
         for metric, field in (
@@ -413,8 +423,6 @@ class NVMLSampler(Sampler):
             "unsupported": dict(self._unsupported),
             "errors": dict(self._errors),
             "energy": {
-                d.index: {"split_method": d.split_method, **d.ledger.summary()}
-                for d in self._devs
-                if not d.lost
+                d.index: {"split_method": d.split_method, **d.ledger.summary()} for d in self._devs if not d.lost
             },
         }
