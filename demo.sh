@@ -33,7 +33,7 @@ bold "Running the instrumented workload: python -m gpuos_workloads.llm ${*:---re
 args=("$@"); (( $# )) || args=(--requests 3 --prompt-tokens 2048 --steps 48)
 python -m gpuos_workloads.llm --quiet "${args[@]}" &
 wl=$!
-sleep 0.3
+sleep 1.0  # past model set-up, into the first prefill
 bold "gpuos-hintctl status   (while the workload runs)"
 gpuos-hintctl status || true
 wait $wl

@@ -53,13 +53,19 @@ extras="dev"
 (( want_test )) || extras="workloads,metrics"
 sum=$( (cat pyproject.toml; echo "$extras") | sha256sum | cut -d' ' -f1)
 if [[ ! -f $stamp ]] || ! grep -q "$sum" "$stamp"; then
-  say "installing gpuos-hint into .venv (extras: $extras)"
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  .venv/bin/python -m pip install -q -e ".[$extras]"
+  say "installing gpuos-hint into .venv (extras: $extras; log: .venv/setup.log)"
+  log=.venv/setup.log
+  : > "$log"
+  .venv/bin/python -m pip install -q --upgrade pip >>"$log" 2>&1 || true
+  if ! .venv/bin/python -m pip install -q -e ".[$extras]" >>"$log" 2>&1; then
+    cat "$log" >&2
+    say "pip install failed (full log above)"
+    exit 1
+  fi
   # systemd-python builds from source against libsystemd; optional (sd_notify has a fallback).
   if pkg-config --exists libsystemd 2>/dev/null; then
-    .venv/bin/python -m pip install -q "systemd-python>=235" \
-      || say "systemd-python did not build; journald logging falls back to stderr"
+    .venv/bin/python -m pip install -q "systemd-python>=235" >>"$log" 2>&1 \
+      || say "systemd-python did not build (see $log); journald logging uses the native protocol instead"
   fi
   echo "$sum" >> "$stamp"
 fi
