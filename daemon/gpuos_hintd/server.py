@@ -71,6 +71,8 @@ class Server:
         self.stop_requested = False
         self.reload_requested = False
         self.reload_hook: Callable[[], None] | None = None
+        self._sig_r: int | None = None
+        self._sig_w: int | None = None
         self._bound: list[Path] = []
         self.hint = self._bind(zmq.ROUTER, config.endpoint, config.socket_mode, hint=True)
         self.control = self._bind(zmq.ROUTER, config.control, config.socket_mode, hint=False)
@@ -118,6 +120,13 @@ class Server:
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGHUP, on_hup)
+        # Wake the poller as a signal arrives, so stop/reload act at once, not at the next timeout
+        # (`systemctl reload` would otherwise return before the daemon applied the change).
+        self._sig_r, self._sig_w = os.pipe()
+        os.set_blocking(self._sig_r, False)
+        os.set_blocking(self._sig_w, False)
+        signal.set_wakeup_fd(self._sig_w, warn_on_full_buffer=False)
+        self.poller.register(self._sig_r, zmq.POLLIN)
 
     def run(self) -> None:
         svc, cfg, notifier = self.service, self.config, self.notifier
@@ -154,6 +163,11 @@ class Server:
                 self._drain_control()
             if svc.worker.wake_fd in ready:
                 svc.apply_samples()
+            if self._sig_r is not None and self._sig_r in ready:
+                try:
+                    os.read(self._sig_r, 512)
+                except BlockingIOError:
+                    pass
             now = time.monotonic_ns()
             if now >= next_tick:
                 svc.request_tick()  # the worker samples; results come back through wake_fd
@@ -258,4 +272,11 @@ class Server:
                 path.unlink()
             except OSError:
                 pass
+        if self._sig_r is not None:
+            signal.set_wakeup_fd(-1)
+            for fd in (self._sig_r, self._sig_w):
+                try:
+                    os.close(fd)  # type: ignore[arg-type]
+                except OSError:
+                    pass
         log.info("stopped", **{k: v for k, v in self.service.counters.items() if k in ("events", "spans_closed")})
