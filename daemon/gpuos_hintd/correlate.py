@@ -199,9 +199,7 @@ class Correlator:
         for span in spans.values():
             row = span.row
             if not span.ended:
-                row.end_ns = max(
-                    at_ns if at_ns is not None else (prev.t_ns if prev else row.start_ns), row.start_ns
-                )
+                row.end_ns = max(at_ns if at_ns is not None else (prev.t_ns if prev else row.start_ns), row.start_ns)
                 row.status = status
             vals = interpolate(None, prev, row.end_ns, row.tid) if prev else {}
             if span.start_vals is None and prev is not None:

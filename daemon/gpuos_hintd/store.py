@@ -203,9 +203,7 @@ class Store:
             if row is None:
                 conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             elif int(row[0]) > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path} has schema v{row[0]}, newer than this daemon's v{SCHEMA_VERSION}"
-                )
+                raise StoreError(f"{self.path} has schema v{row[0]}, newer than this daemon's v{SCHEMA_VERSION}")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
         self._conn = conn
@@ -339,9 +337,7 @@ class Store:
         self._last_prune = now
         wall = time.time_ns()
         try:
-            self._conn.execute(
-                "DELETE FROM samples WHERE wall_ns < ?", (wall - int(self.retention.samples_s * 1e9),)
-            )
+            self._conn.execute("DELETE FROM samples WHERE wall_ns < ?", (wall - int(self.retention.samples_s * 1e9),))
             cut = wall - int(self.retention.spans_s * 1e9)
             self._conn.execute("DELETE FROM spans WHERE start_wall_ns < ?", (cut,))
             self._conn.execute("DELETE FROM marks WHERE wall_ns < ?", (cut,))
@@ -482,9 +478,7 @@ def _span_dict(row: sqlite3.Row) -> dict[str, Any]:
 
 def iter_spans(conn: sqlite3.Connection, since_wall_ns: int | None = None) -> Iterator[dict[str, Any]]:
     """All spans in start order (exports, evaluation)."""
-    cur = conn.execute(
-        "SELECT * FROM spans WHERE start_wall_ns >= ? ORDER BY start_ns", (since_wall_ns or 0,)
-    )
+    cur = conn.execute("SELECT * FROM spans WHERE start_wall_ns >= ? ORDER BY start_ns", (since_wall_ns or 0,))
     for row in cur:
         yield _span_dict(row)
 
@@ -504,9 +498,7 @@ PHASE_SUMMARY_SIGNALS: tuple[tuple[str, str], ...] = (
 
 def phase_summary(conn: sqlite3.Connection, since_wall_ns: int | None = None) -> list[dict[str, Any]]:
     """Per phase path: count, duration stats and the mean/sum of key signals."""
-    sig = ", ".join(
-        f"{how}(json_extract(signals, '$.{name}')) AS {name}" for name, how in PHASE_SUMMARY_SIGNALS
-    )
+    sig = ", ".join(f"{how}(json_extract(signals, '$.{name}')) AS {name}" for name, how in PHASE_SUMMARY_SIGNALS)
     rows = conn.execute(
         f"""SELECT path AS name, workload_class, count(*) AS count,
                    sum(status='abandoned') AS abandoned, avg(duration_ns) AS mean_ns,

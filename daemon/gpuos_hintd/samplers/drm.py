@@ -254,9 +254,7 @@ class DRMSampler(Sampler):
     metrics: ClassVar[dict[str, Metric]] = {
         "drm_clients": Metric("count", "gauge", help="distinct DRM clients (de-duplicated fds)"),
         "drm_mem_bytes": Metric("bytes", "gauge", help="GPU buffer memory of its clients, all regions"),
-        "drm_mem_vram_bytes": Metric(
-            "bytes", "gauge", help="same, device-local regions only (vram*, local*)"
-        ),
+        "drm_mem_vram_bytes": Metric("bytes", "gauge", help="same, device-local regions only (vram*, local*)"),
         **_engine_metrics(),
     }
 

@@ -251,9 +251,7 @@ class ReplayNVML:
         return int(self._value(device, "nvmlDeviceGetPcieThroughput", str(counter)))
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle: _Handle) -> list[types.SimpleNamespace]:
-        return [
-            types.SimpleNamespace(**p) for p in self._value(handle, "nvmlDeviceGetComputeRunningProcesses")
-        ]
+        return [types.SimpleNamespace(**p) for p in self._value(handle, "nvmlDeviceGetComputeRunningProcesses")]
 
     def nvmlDeviceGetProcessUtilization(self, handle: _Handle, timeStamp: int) -> list[types.SimpleNamespace]:
         self._value(handle, "nvmlDeviceGetProcessUtilization")  # raises the recorded error, if any

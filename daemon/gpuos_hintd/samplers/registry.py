@@ -37,9 +37,7 @@ def sampler_classes(module_name: str) -> list[type[Sampler]]:
     ]
 
 
-def build(
-    disabled: Iterable[str] = (), enabled: Iterable[str] = (), modules: Iterable[str] = KNOWN
-) -> list[Sampler]:
+def build(disabled: Iterable[str] = (), enabled: Iterable[str] = (), modules: Iterable[str] = KNOWN) -> list[Sampler]:
     """Instantiate every known sampler not disabled; failures become NullSamplers."""
     off = set(disabled)
     on = set(enabled)

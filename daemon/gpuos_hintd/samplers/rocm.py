@@ -97,9 +97,7 @@ class ROCmSampler(Sampler):
         "amdgpu_sclk_mhz": Metric("MHz", "gauge", help="current shader clock of its GPUs (max)"),
     }
 
-    def __init__(
-        self, sysfs: Path = Path("/sys"), procfs: Path = PROCFS, use_pyamdgpuinfo: bool | None = None
-    ) -> None:
+    def __init__(self, sysfs: Path = Path("/sys"), procfs: Path = PROCFS, use_pyamdgpuinfo: bool | None = None) -> None:
         self.sysfs = Path(sysfs)
         self.scanner = DrmScanner(procfs)
         self._cards: list[_Card] | None = None
@@ -121,9 +119,7 @@ class ROCmSampler(Sampler):
                 continue  # connectors: card0-DP-1
             dev = entry / "device"
             try:
-                driver = next(
-                    ln for ln in (dev / "uevent").read_text().splitlines() if ln.startswith("DRIVER=")
-                )
+                driver = next(ln for ln in (dev / "uevent").read_text().splitlines() if ln.startswith("DRIVER="))
             except (OSError, StopIteration):
                 continue
             if driver != "DRIVER=amdgpu":
@@ -235,9 +231,7 @@ class ROCmSampler(Sampler):
         self.scanner.forget_except(keys)
         return {key: ProcSample(values=self._values(key, uses.get(key, {}), by_slot)) for key in keys}
 
-    def _shares(
-        self, c: _Card, uses: dict[ProcKey, dict[str, list[DrmClient]]], dt: int
-    ) -> dict[ProcKey, float]:
+    def _shares(self, c: _Card, uses: dict[ProcKey, dict[str, list[DrmClient]]], dt: int) -> dict[ProcKey, float]:
         here = {k: per[c.slot] for k, per in uses.items() if c.slot in per}
         if not here:
             c.split_method = "none"
@@ -259,9 +253,7 @@ class ROCmSampler(Sampler):
         c.split_method = "even"
         return {k: 1.0 / len(here) for k in here}
 
-    def _values(
-        self, key: ProcKey, per: dict[str, list[DrmClient]], by_slot: dict[Any, _Card]
-    ) -> dict[str, Value]:
+    def _values(self, key: ProcKey, per: dict[str, list[DrmClient]], by_slot: dict[Any, _Card]) -> dict[str, Value]:
         out: dict[str, Value] = dict.fromkeys(self.metrics)
         cards = [by_slot[s] for s in per]
         out["amdgpu_devices"] = len(cards)
@@ -282,11 +274,7 @@ class ROCmSampler(Sampler):
         out["amdgpu_mem_busy_pct"] = sum(mem_busy) / len(mem_busy) if mem_busy else None
         out["amdgpu_power_mw"] = sum(power) if power else None
         out["amdgpu_sclk_mhz"] = max(sclk) if sclk else None
-        vram = [
-            m
-            for cl in (c for cs in per.values() for c in cs)
-            if (m := cl.mem_bytes(local_only=True)) is not None
-        ]
+        vram = [m for cl in (c for cs in per.values() for c in cs) if (m := cl.mem_bytes(local_only=True)) is not None]
         out["amdgpu_vram_bytes"] = sum(vram) if vram else None
         out["amdgpu_energy_estimated"] = int(any(c.ledger.estimated for c in cards))
         return out
@@ -311,7 +299,5 @@ class ROCmSampler(Sampler):
             "sysfs": str(self.sysfs),
             "cards": [c.name for c in self._cards or []],
             "pyamdgpuinfo": sorted(self._pyamd),
-            "energy": {
-                c.name: {"split_method": c.split_method, **c.ledger.summary()} for c in self._cards or []
-            },
+            "energy": {c.name: {"split_method": c.split_method, **c.ledger.summary()} for c in self._cards or []},
         }

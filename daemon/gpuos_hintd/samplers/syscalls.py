@@ -293,9 +293,7 @@ class SyscallSampler(Sampler):
             else:
                 counts[cls] += 1
             if tid in target.tids:
-                ps.threads[tid] = {
-                    m: (None if cls is None else int(cls == c)) for m, c in self._THREAD_METRICS.items()
-                }
+                ps.threads[tid] = {m: (None if cls is None else int(cls == c)) for m, c in self._THREAD_METRICS.items()}
         n = sum(counts.values()) + unknown
         v: dict[str, Value] = ps.values
         v["threads_total"] = len(tids)

@@ -151,9 +151,7 @@ class SyscallEbpfSampler(Sampler):
         "sys_poll_count": Metric(
             "calls", "counter", help="poll, ppoll, select, pselect6, epoll_wait, epoll_pwait(2) calls"
         ),
-        "sys_io_count": Metric(
-            "calls", "counter", help="read/write, p/v variants, sendfile, send*/recv* calls"
-        ),
+        "sys_io_count": Metric("calls", "counter", help="read/write, p/v variants, sendfile, send*/recv* calls"),
         "sys_mmap_count": Metric("calls", "counter", help="mmap, munmap and mremap calls"),
         "sys_other_count": Metric("calls", "counter", help="all other syscalls (incl. nanosleep)"),
     }
@@ -254,9 +252,7 @@ class SyscallEbpfSampler(Sampler):
         out: dict[ProcKey, ProcSample] = {}
         for pid, key in keys.items():
             c = snapshot.get(pid)
-            values: dict[str, Value] = (
-                dict.fromkeys(COUNTERS) if c is None else dict(zip(COUNTERS, c, strict=True))
-            )
+            values: dict[str, Value] = dict.fromkeys(COUNTERS) if c is None else dict(zip(COUNTERS, c, strict=True))
             out[key] = ProcSample(values=values)
         return out
 
