@@ -118,15 +118,27 @@ def verify_peer(
 
 
 def describe_process(pid: int, root: Path = procfs.PROCFS) -> tuple[str, list[str], str, str | None]:
-    """(comm, cmdline, cgroup, systemd unit) of a new client; blanks where unreadable."""
-    try:
-        comm = str(procfs.read_stat(root, pid)["comm"])
-    except (ProcessGone, AccessDenied):
-        comm = ""
-    try:
-        cmdline = procfs.read_cmdline(root, pid)
-    except (ProcessGone, AccessDenied):
-        cmdline = []
+    """(comm, cmdline, cgroup, systemd unit) of a new client; blanks where unreadable.
+
+    Once per client, so psutil's richer handling (zombies, kernel threads,
+    truncated names) is worth its cost here; the per-tick paths use raw files.
+    """
+    comm, cmdline = "", []
+    if root == procfs.PROCFS:
+        import psutil
+
+        try:
+            p = psutil.Process(pid)
+            with p.oneshot():
+                comm, cmdline = p.name(), p.cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    else:  # a recorded tree (tests): raw files only
+        try:
+            comm = str(procfs.read_stat(root, pid)["comm"])
+            cmdline = procfs.read_cmdline(root, pid)
+        except (ProcessGone, AccessDenied):
+            pass
     try:
         cgroup = procfs.read_cgroup(root, pid)
     except (ProcessGone, AccessDenied):

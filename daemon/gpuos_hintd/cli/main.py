@@ -203,6 +203,7 @@ def cmd_spans(ns: argparse.Namespace) -> int:
                 num(s.get("gpu_util_pct_mean")),
                 num(s["gpu_power_mw_mean"] / 1000 if s.get("gpu_power_mw_mean") is not None else None),
                 num(s.get("gpu_energy_j"), 3),
+                thread_state(s),
             ]
         )
     print(
@@ -220,14 +221,33 @@ def cmd_spans(ns: argparse.Namespace) -> int:
                 "GPU %",
                 "POWER W",
                 "ENERGY J",
+                "THREAD STATE",
             ],
             out,
-            "rr  rr rrrrr",
+            "rr  rr rrrrr ",
         )
     )
     if any(r["estimated"] for r in rows):
         print("* estimated: the span was shorter than the sampling period, figures are interpolated")
     return 0
+
+
+#: The syscalls sampler's per-thread states, as shown in the THREAD STATE column.
+THREAD_STATES = (
+    ("run", "thread_running_mean"),
+    ("gpu", "thread_in_gpu_ioctl_mean"),
+    ("sync", "thread_in_sync_wait_mean"),
+    ("io", "thread_in_io_mean"),
+)
+
+
+def thread_state(signals: dict[str, Any]) -> str:
+    """Where the phase's thread was, from the syscall sampler: e.g. 'sync 70% run 30%'."""
+    parts = [(signals.get(key), label) for label, key in THREAD_STATES]
+    parts = [(v, label) for v, label in parts if isinstance(v, int | float) and v > 0.005]
+    if not parts:
+        return "-"
+    return " ".join(f"{label} {v * 100:.0f}%" for v, label in sorted(parts, reverse=True)[:3])
 
 
 def _phases_args(p: argparse.ArgumentParser) -> None:
