@@ -58,6 +58,10 @@ pytestmark = [pytest.mark.systemd, pytest.mark.root, pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = Path(sys.executable)  # the venv's python; its gpuos-hintd is beside it
 HINTD = PYTHON.parent / "gpuos-hintd"
+# PrivateTmp= hides the host's /tmp from the service: a checkout (and its .venv) under /tmp - as CI
+# may place it - would make ExecStart vanish.  Only then does the test drop-in turn PrivateTmp off.
+_UNDER_TMP = any(str(p).startswith(("/tmp/", "/var/tmp/")) for p in (REPO, PYTHON))
+TMP_DROPIN = "PrivateTmp=no\\n" if _UNDER_TMP else ""
 HINTCTL = PYTHON.parent / "gpuos-hintctl"
 UNIT = "gpuos-hintd.service"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -244,7 +248,8 @@ def test_service_lifecycle(container: Container) -> None:
     # A short watchdog for the test, the way an admin would: a drop-in.
     c.sh(
         "mkdir -p /etc/systemd/system/gpuos-hintd.service.d && "
-        "printf '[Service]\\nWatchdogSec=3s\\nExecStopPost=/bin/sh -c \"echo main-exit $$SERVICE_RESULT $$EXIT_CODE $$EXIT_STATUS\"\\n' "
+        'printf \'[Service]\\nWatchdogSec=3s\\nExecStopPost=/bin/sh -c "echo main-exit $$SERVICE_RESULT $$EXIT_CODE $$EXIT_STATUS"\\n'
+        f"{TMP_DROPIN}' "
         "> /etc/systemd/system/gpuos-hintd.service.d/50-test.conf && "
         "systemctl daemon-reload"
     )
