@@ -167,6 +167,12 @@ def main(argv: list[str] | None = None) -> int:
             f"gpuos-hintd user cannot run {exec_path}; install into e.g. /opt/gpuos-hint (python -m venv)",
             file=sys.stderr,
         )
+    if str(exec_path).startswith(("/tmp/", "/var/tmp/")):
+        print(
+            f"gpuos-hintd install-unit: warning: {exec_path} is under a temporary directory, which the unit's "
+            "PrivateTmp=yes hides from the service; install into e.g. /opt/gpuos-hint",
+            file=sys.stderr,
+        )
     prefix: Path = args.prefix
     live = prefix.resolve() == Path("/")
     if live and not args.dry_run and os.geteuid() != 0:
