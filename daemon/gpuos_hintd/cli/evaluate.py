@@ -1,0 +1,61 @@
+"""`gpuos-hintctl evaluate`: OS-only phase inference vs the hints, from the store (read-only).
+
+    gpuos-hintctl evaluate [--store PATH | --state-dir DIR] [--since 1h] [--tolerance-ms N]
+                           [--json FILE|-] [--md FILE|-]
+
+Prints the Markdown report unless --json - or --md - says otherwise; the method
+is in gpuos_hintd/evaluate and docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from ..errors import StoreError
+from ..evaluate import evaluate_store, report
+from ..store import DB_NAME
+from .main import args, command, parse_since, state_dir
+
+
+def _args(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--store", help="a store file (e.g. a copied gpuos-hint.db)")
+    src.add_argument("--state-dir", dest="eval_state_dir", help="the daemon's state dir (default: as for spans)")
+    p.add_argument("--since", help="only samples and spans since (90s, 15m, 2h, 1d, or ISO time)")
+    p.add_argument("--tolerance-ms", type=float, help="boundary match tolerance (default: 2 sample periods)")
+    p.add_argument("--json", metavar="FILE", help="write the full result as JSON ('-' = stdout)")
+    p.add_argument("--md", metavar="FILE", help="write the Markdown report ('-' = stdout, the default)")
+
+
+def _write(path: str, text: str) -> None:
+    if path == "-":
+        sys.stdout.write(text)
+        return
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, target)
+
+
+@command("evaluate", "how well OS signals alone find phases, and what hints add (from the store)")
+@args(_args)
+def cmd_evaluate(ns: argparse.Namespace) -> int:
+    since = parse_since(ns.since)
+    base = Path(ns.eval_state_dir) if ns.eval_state_dir else state_dir(ns)
+    path = Path(ns.store) if ns.store else base / DB_NAME
+    if not path.is_file():
+        raise StoreError(f"no store at {path}")
+    result = evaluate_store(path, since, ns.tolerance_ms)
+    md = report.markdown(result)
+    if ns.json:
+        _write(ns.json, report.to_json(result))
+    if ns.md:
+        _write(ns.md, md)
+    if not ns.json and not ns.md:
+        sys.stdout.write(md)
+    return 0 if "error" not in result else 1
