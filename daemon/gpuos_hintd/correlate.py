@@ -63,8 +63,16 @@ def _lerp(a: Value, b: Value, frac: float) -> Value:
     return a + (b - a) * frac
 
 
-def interpolate(prev: Snapshot | None, cur: Snapshot, t_ns: int, tid: int) -> dict[str, Value]:
-    """Every value (process scope + thread ``tid``) at time t_ns, linear between prev and cur."""
+def interpolate(
+    prev: Snapshot | None, cur: Snapshot, t_ns: int, tid: int, names: Iterable[str] | None = None
+) -> dict[str, Value]:
+    """Every value (process scope + thread ``tid``) at time t_ns, linear between prev and cur.
+
+    With ``names``, only those (the ones present) are computed: the same values,
+    without building and interpolating every other metric of the sample.
+    """
+    if names is not None:
+        return _interpolate_some(prev, cur, t_ns, tid, names)
     vals: dict[str, Value] = dict(cur.values)
     vals.update(cur.threads.get(tid, {}))
     if prev is None or cur.t_ns <= prev.t_ns:
@@ -75,19 +83,93 @@ def interpolate(prev: Snapshot | None, cur: Snapshot, t_ns: int, tid: int) -> di
     return {k: _lerp(before.get(k), v, frac) for k, v in vals.items()}
 
 
+_EMPTY: dict[str, Value] = {}
+#: (values that need no interpolation, [(name, before, after - before)] for those that do)
+_Edges = tuple[dict[str, Value], list[tuple[str, Any, Any]]]
+
+
+def _edges(prev: Snapshot | None, cur: Snapshot, tid: int, names: Iterable[str]) -> _Edges:
+    """What interpolate() needs for ``names`` between two snapshots, computed once per (tick, thread).
+
+    A thread value shadows the process one; a value missing on one side is taken
+    from the other (as _lerp does); ``before + (after - before) * frac`` is then the
+    same arithmetic as _lerp's, for any number of spans.
+    """
+    cv, ct = cur.values, cur.threads.get(tid, _EMPTY)
+    lerp = prev is not None and cur.t_ns > prev.t_ns
+    pv, pt = (prev.values, prev.threads.get(tid, _EMPTY)) if lerp and prev is not None else (_EMPTY, _EMPTY)
+    fixed: dict[str, Value] = {}
+    live: list[tuple[str, Any, Any]] = []
+    for k in names:
+        if k in ct:
+            v = ct[k]
+        elif k in cv:
+            v = cv[k]
+        else:
+            continue
+        if not lerp:
+            fixed[k] = v
+            continue
+        a = pt[k] if k in pt else pv.get(k)
+        if a is None or v is None:
+            fixed[k] = v if a is None else a
+        else:
+            live.append((k, a, v - a))
+    return fixed, live
+
+
+def _interpolate_some(
+    prev: Snapshot | None, cur: Snapshot, t_ns: int, tid: int, names: Iterable[str], edges: _Edges | None = None
+) -> dict[str, Value]:
+    """interpolate() restricted to ``names`` (optionally from precomputed edges)."""
+    fixed, live = _edges(prev, cur, tid, names) if edges is None else edges
+    out = dict(fixed)
+    if live and prev is not None:
+        frac = min(max((t_ns - prev.t_ns) / (cur.t_ns - prev.t_ns), 0.0), 1.0)
+        for k, a, d in live:
+            out[k] = a + d * frac
+    return out
+
+
 class Correlator:
     """Per-process span bookkeeping; the daemon core feeds it events and samples."""
 
     def __init__(self, metrics: Mapping[str, Metric], emit: Callable[[list[SpanRow]], None]) -> None:
         self.metrics = dict(metrics)
+        self._split_metrics()
         self.emit = emit
         self.prev: dict[ProcKey, Snapshot] = {}
         self.history: dict[ProcKey, collections.deque[Snapshot]] = {}
         self.spans: dict[ProcKey, dict[int, OpenSpan]] = {}
         self.finalized = 0
+        # Edge data of the snapshot pair being applied, per (tid, counters|gauges): many
+        # spans end between the same two samples, and they share it.
+        self._cache_pair: tuple[Snapshot | None, Snapshot | None] = (None, None)
+        self._cache: dict[tuple[int, bool], _Edges] = {}
 
     def set_metrics(self, metrics: Mapping[str, Metric]) -> None:
         self.metrics = dict(metrics)
+        self._split_metrics()
+
+    def _split_metrics(self) -> None:
+        # Span edges only ever need the counters (gauges aggregate over samples), so
+        # edge interpolation is restricted to them: ~4x fewer values per span.
+        self._counters = tuple(n for n, m in self.metrics.items() if m.kind == "counter")
+        self._gauges = frozenset(n for n, m in self.metrics.items() if m.kind == "gauge")
+        #: _finalize's walk over the metrics, in declaration order, with the key names made once.
+        self._plan = tuple((n, m.kind == "counter", f"{n}_mean", f"{n}_max") for n, m in self.metrics.items())
+
+    def _interp(self, prev: Snapshot | None, cur: Snapshot, t_ns: int, tid: int, counters: bool) -> dict[str, Value]:
+        """interpolate(prev, cur, t_ns, tid) of the counters (or the gauges), cached per snapshot pair."""
+        cp = self._cache_pair
+        if cp[0] is not prev or cp[1] is not cur:
+            self._cache_pair = (prev, cur)
+            self._cache = {}
+        key = (tid, counters)
+        edges = self._cache.get(key)
+        if edges is None:
+            edges = self._cache[key] = _edges(prev, cur, tid, self._counters if counters else self._gauges)
+        return _interpolate_some(prev, cur, t_ns, tid, (), edges)
 
     # --------------------------------------------------------------- events
     def begin(self, key: ProcKey, row: SpanRow) -> None:
@@ -122,25 +204,25 @@ class Correlator:
             if span.start_vals is None:
                 if row.start_ns > t_ns:
                     continue
-                span.start_vals = interpolate(prev, cur, row.start_ns, row.tid)
+                span.start_vals = self._interp(prev, cur, row.start_ns, row.tid, True)
                 # No sample before the start: the first one stands in, and it is said.
                 span.start_estimated = prev is None or row.start_ns < prev.t_ns
             if row.start_ns <= t_ns and (not span.ended or t_ns <= row.end_ns):
                 self._add_gauges(span, cur, row.tid)
             if span.ended and row.end_ns <= t_ns:
-                end_vals = interpolate(prev, cur, row.end_ns, row.tid)
+                end_vals = self._interp(prev, cur, row.end_ns, row.tid, True)
                 done.append(self._finalize(key, span, end_vals, prev, cur))
         self.prev[key] = cur
+        self._cache_pair, self._cache = (None, None), {}
         if done:
             self.emit(done)
 
     def _add_gauges(self, span: OpenSpan, snap: Snapshot, tid: int) -> None:
         span.samples += 1
-        metrics = self.metrics
-        for source in (snap.values, snap.threads.get(tid, {})):
+        gauges = self._gauges
+        for source in (snap.values, snap.threads.get(tid, _EMPTY)):
             for name, value in source.items():
-                m = metrics.get(name)
-                if m is None or m.kind != "gauge" or value is None:
+                if value is None or name not in gauges:
                     continue
                 span.gauge_sum[name] = span.gauge_sum.get(name, 0.0) + value
                 span.gauge_n[name] = span.gauge_n.get(name, 0) + 1
@@ -159,21 +241,30 @@ class Correlator:
         start_vals = span.start_vals or {}
         signals: dict[str, Any] = {}
         estimated = span.start_estimated
-        for name, m in self.metrics.items():
-            if m.kind == "counter":
+        mid_vals: dict[str, Value] | None = None
+        gauge_n = span.gauge_n
+        for name, is_counter, mean_key, max_key in self._plan:
+            if is_counter:
                 a, b = start_vals.get(name), end_vals.get(name)
                 if a is not None and b is not None:
-                    signals[name] = _round(max(b - a, 0))
+                    d = b - a  # max(b - a, 0) and _round(), inlined: this runs per counter per span
+                    if d < 0:
+                        d = 0
+                    elif isinstance(d, float):
+                        d = round(d, 3) if abs(d) < 1e12 else round(d)
+                    signals[name] = d
             else:
-                n = span.gauge_n.get(name, 0)
+                n = gauge_n.get(name, 0)
                 if n:
-                    signals[f"{name}_mean"] = _round(span.gauge_sum[name] / n)
-                    signals[f"{name}_max"] = _round(span.gauge_max[name])
+                    signals[mean_key] = _round(span.gauge_sum[name] / n)
+                    signals[max_key] = _round(span.gauge_max[name])
                 elif cur is not None:
-                    mid = (row.start_ns + row.end_ns) // 2
-                    v = interpolate(prev, cur, mid, row.tid).get(name)
+                    if mid_vals is None:  # once per span, not once per gauge without samples
+                        mid = (row.start_ns + row.end_ns) // 2
+                        mid_vals = self._interp(prev, cur, mid, row.tid, False)
+                    v = mid_vals.get(name)
                     if v is not None:
-                        signals[f"{name}_mean"] = signals[f"{name}_max"] = _round(v)
+                        signals[mean_key] = signals[max_key] = _round(v)
                         estimated = True
         _derive(signals, row.duration_ns)
         if signals.get("gpu_energy_estimated_max"):
@@ -201,11 +292,12 @@ class Correlator:
             if not span.ended:
                 row.end_ns = max(at_ns if at_ns is not None else (prev.t_ns if prev else row.start_ns), row.start_ns)
                 row.status = status
-            vals = interpolate(None, prev, row.end_ns, row.tid) if prev else {}
+            vals = self._interp(None, prev, row.end_ns, row.tid, True) if prev else {}
             if span.start_vals is None and prev is not None:
                 span.start_vals = vals
                 span.start_estimated = True
             out.append(self._finalize(key, span, vals, None, prev))
+        self._cache_pair, self._cache = (None, None), {}
         if out:
             self.emit(out)
         return out
