@@ -30,7 +30,8 @@ def test_client_never_imports_the_daemon_or_heavy_deps():
 
 
 def test_cli_uses_only_control_store_and_config():
-    allowed = {"..", "..config", "..control", "..errors", "..store", ".fmt", ".main", "..procfs"}
+    # ..evaluate is offline analysis over the read-only store (checked below), not live daemon state.
+    allowed = {"..", "..config", "..control", "..errors", "..store", ".fmt", ".main", "..procfs", "..evaluate"}
     for f in (REPO / "daemon/gpuos_hintd/cli").glob("*.py"):
         for mod in imports(f):
             if mod.startswith("."):
@@ -41,3 +42,13 @@ def test_core_knows_no_transport():
     for name in ("service.py", "correlate.py", "clients.py", "store.py", "phase_stats.py"):
         mods = imports(REPO / "daemon/gpuos_hintd" / name)
         assert "zmq" not in mods and ".server" not in mods, f"{name} imports a transport"
+
+
+def test_evaluation_reads_only_the_store_and_sampler_metadata():
+    allowed_prefixes = ("..store", "..errors", "..samplers", ".")
+    for f in (REPO / "daemon/gpuos_hintd/evaluate").glob("*.py"):
+        for mod in imports(f):
+            if mod.startswith("."):
+                assert mod.startswith(allowed_prefixes) and mod not in ("..service", "..server"), (
+                    f"evaluate/{f.name} imports {mod}"
+                )
