@@ -31,7 +31,18 @@ def test_client_never_imports_the_daemon_or_heavy_deps():
 
 def test_cli_uses_only_control_store_and_config():
     # ..evaluate is offline analysis over the read-only store (checked below), not live daemon state.
-    allowed = {"..", "..config", "..control", "..errors", "..store", ".fmt", ".main", "..procfs", "..evaluate"}
+    allowed = {
+        "..",
+        "..config",
+        "..control",
+        "..errors",
+        "..store",
+        ".fmt",
+        ".files",
+        ".main",
+        "..procfs",
+        "..evaluate",
+    }
     for f in (REPO / "daemon/gpuos_hintd/cli").glob("*.py"):
         for mod in imports(f):
             if mod.startswith("."):

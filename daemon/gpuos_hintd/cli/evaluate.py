@@ -10,14 +10,13 @@ is in gpuos_hintd/evaluate and docs/evaluation.md.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from ..errors import StoreError
 from ..evaluate import evaluate_store, report
 from ..store import DB_NAME
+from .files import write_atomic as write_file_atomic
 from .main import args, command, parse_since, state_dir
 
 
@@ -35,11 +34,7 @@ def _write(path: str, text: str) -> None:
     if path == "-":
         sys.stdout.write(text)
         return
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, target)
+    write_file_atomic(path, text)
 
 
 @command("evaluate", "how well OS signals alone find phases, and what hints add (from the store)")

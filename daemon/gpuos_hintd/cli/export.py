@@ -28,16 +28,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sqlite3
 import statistics
 import sys
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from ..store import open_readonly
+from .files import write_atomic as write_file_atomic
 from .main import args, command, parse_since, state_dir
 
 #: Synthetic thread ids (Linux tids stay below 2**22): overlap lanes and GPU tracks.
@@ -308,21 +307,8 @@ def build_trace(
 
 
 def write_atomic(path: Path, doc: dict[str, Any]) -> None:
-    """Write next to the target, fsync, then rename over it: readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, separators=(",", ":"), allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """The trace as compact JSON, written atomically (cli/files.py)."""
+    write_file_atomic(path, json.dumps(doc, separators=(",", ":"), allow_nan=False))
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
