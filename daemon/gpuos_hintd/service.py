@@ -539,6 +539,7 @@ class HintService:
                     "errors": st.errors,
                     "last_ms": round(st.last_ms, 3),
                     "max_ms": round(st.max_ms, 3),
+                    "total_ms": round(st.total_ms, 3),
                     "last_error": st.last_error,
                     "health": _safe(st.sampler.health),
                     "devices": _safe(st.sampler.devices),
