@@ -321,3 +321,29 @@ def test_daemon_restart_keeps_history_and_recovers_open_phases(daemon_factory, t
     assert by["long"]["recovered"] == 1
     assert by["after_restart"]["parent_span_id"] == by["long"]["span_id"]
     assert by["after_restart"]["path"] == "long/after_restart"
+
+
+def test_open_span_bound_counts_open_spans_not_ones_awaiting_a_sample(daemon_factory):
+    d = daemon_factory("max_open_spans_per_client = 10\n")
+    d.client(
+        """
+        import contextlib, gpuos_client as h
+        for i in range(300):              # many short spans, all ended before the next sample
+            with h.phase("short"):
+                pass
+        with contextlib.ExitStack() as stack:
+            for i in range(12):           # 12 open at once: 2 over the bound
+                stack.enter_context(h.phase("deep", level=i))
+            h.flush()
+        h.flush()
+        """
+    )
+    st = d.wait_for(lambda: (x := d.status())["rejected"].get("too_many_open_spans") and x, what="bound")
+    # The 2 begins over the bound, and again whenever a heartbeat lists those 2 as open.
+    assert st["rejected"]["too_many_open_spans"] >= 2
+    assert st["rejected"]["too_many_open_spans"] % 2 == 0
+    assert (
+        len(d.wait_for(lambda: len(spans(d, "name='short'")) == 300 and spans(d, "name='short'"), what="short spans"))
+        == 300
+    )
+    assert len(spans(d, "name='deep'")) == 10

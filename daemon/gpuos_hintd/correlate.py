@@ -141,6 +141,9 @@ class Correlator:
         self.prev: dict[ProcKey, Snapshot] = {}
         self.history: dict[ProcKey, collections.deque[Snapshot]] = {}
         self.spans: dict[ProcKey, dict[int, OpenSpan]] = {}
+        #: Spans begun and not yet ended, per process (ended ones wait for a sample to be
+        #: finalised; only the open ones are bounded per client).
+        self.n_open: dict[ProcKey, int] = {}
         self.finalized = 0
         # Edge data of the snapshot pair being applied, per (tid, counters|gauges): many
         # spans end between the same two samples, and they share it.
@@ -175,6 +178,7 @@ class Correlator:
     def begin(self, key: ProcKey, row: SpanRow) -> None:
         spans = self.spans.setdefault(key, {})
         spans[row.span_id] = OpenSpan(row)
+        self.n_open[key] = self.n_open.get(key, 0) + 1
 
     def end(self, key: ProcKey, span_id: int, t_ns: int, status: str) -> SpanRow | None:
         span = self.spans.get(key, {}).get(span_id)
@@ -182,6 +186,7 @@ class Correlator:
             return None
         span.row.end_ns = max(t_ns, span.row.start_ns)
         span.row.status = status
+        self.n_open[key] -= 1
         return span.row
 
     def open_spans(self, key: ProcKey) -> Iterable[OpenSpan]:
@@ -286,6 +291,7 @@ class Correlator:
         prev = self.prev.pop(key, None)
         self.history.pop(key, None)
         spans = self.spans.pop(key, {})
+        self.n_open.pop(key, None)
         out = []
         for span in spans.values():
             row = span.row
@@ -324,6 +330,7 @@ class Correlator:
         self.prev.pop(key, None)
         self.history.pop(key, None)
         self.spans.pop(key, None)
+        self.n_open.pop(key, None)
 
 
 def _round(v: float | int) -> float | int:

@@ -38,6 +38,7 @@ class SamplerState:
     max_ms: float = 0.0
     total_ms: float = 0.0
     last_error: str | None = None
+    last_run_ns: int = 0
 
 
 @dataclasses.dataclass(slots=True)
@@ -54,6 +55,10 @@ def sample_all(states: Sequence[SamplerState], targets: Sequence[Target], now: i
     for st in states:
         if not st.available:
             continue
+        interval_ns = int(st.sampler.interval_s * 1e9)
+        if interval_ns and now - st.last_run_ns < interval_ns:
+            continue  # a slow-changing source, not due yet: its gauges simply have fewer samples
+        st.last_run_ns = now
         t0 = time.perf_counter()
         try:
             result = st.sampler.sample(targets, now)

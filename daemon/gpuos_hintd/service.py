@@ -239,9 +239,9 @@ class HintService:
         attrs: dict[str, Any] | None,
         recovered: bool,
     ) -> None:
-        spans = self.correlator.spans.get(c.key)
-        if spans is not None and len(spans) >= self.config.max_open_spans_per_client:
-            raise Rejected("too_many_open_spans", f"pid {c.key.pid} has {len(spans)}")
+        n_open = self.correlator.n_open.get(c.key, 0)
+        if n_open >= self.config.max_open_spans_per_client:
+            raise Rejected("too_many_open_spans", f"pid {c.key.pid} has {n_open} open")
         parent = self.correlator.get(c.key, parent_id) if parent_id else None
         path = f"{parent.row.path}/{name}" if parent else name
         depth = parent.row.depth + 1 if parent else 1
@@ -318,8 +318,13 @@ class HintService:
         for span_id, parent_id, stid, t_begin, name, cls, attrs in (s[: P.OPEN_SPAN_LEN] for s in ev[3]):
             listed.add(span_id)
             if self.correlator.get(c.key, span_id) is None:
-                # The daemon restarted, or the begin was dropped: rebuild the span.
-                self._open_span(c, span_id, parent_id, stid, t_begin, name, cls, attrs, recovered=True)
+                # The daemon restarted, or the begin was dropped: rebuild the span.  A span
+                # refused here is counted like its begin was; the rest of the heartbeat stands.
+                try:
+                    self._open_span(c, span_id, parent_id, stid, t_begin, name, cls, attrs, recovered=True)
+                except Rejected as exc:
+                    self._reject(exc.reason, exc.detail, None, n=1, unit="recovered span")
+                    continue
                 self.counters["spans_recovered"] += 1
         # Spans the daemon holds open that the client no longer has lost their end
         # (dropped from a full buffer).  Only those begun before the snapshot count.

@@ -69,6 +69,9 @@ class Sampler(abc.ABC):
 
     name: ClassVar[str]
     metrics: ClassVar[Mapping[str, Metric]]
+    #: Run at most this often (seconds); 0 = every tick.  For signals that change slowly and
+    #: cost much to read - the daemon's CPU budget is ~1 ms per tick for all processes.
+    interval_s: ClassVar[float] = 0.0
 
     @abc.abstractmethod
     def available(self) -> tuple[bool, str]:

@@ -47,6 +47,9 @@ class MapsSampler(Sampler):
     """Counts of GPU device mappings and fds per process."""
 
     name: ClassVar[str] = "maps"
+    # Device mappings appear when a process opens the GPU and rarely change after; reading
+    # /proc/PID/maps costs ~0.23 ms per process (benchmarks/bench_footprint.py): once a second.
+    interval_s: ClassVar[float] = 1.0
     metrics: ClassVar[dict[str, Metric]] = {
         "gpu_dev_maps": Metric("count", "gauge", help="mappings of /dev/nvidia*, /dev/dri/*, /dev/kfd"),
         "gpu_dev_map_bytes": Metric("bytes", "gauge", help="total size of those mappings"),
