@@ -23,6 +23,7 @@ from ..errors import AccessDenied, ProcessGone
 from .base import Metric, ProcKey, ProcSample, Sampler, Target, Value
 
 _NS = procfs.NS_PER_TICK
+_CTX_KEYS = (b"voluntary_ctxt_switches", b"nonvoluntary_ctxt_switches")
 
 
 class ProcSampler(Sampler):
@@ -105,7 +106,7 @@ class ProcSampler(Sampler):
     def _thread(self, pid: int, tid: int) -> dict[str, Value]:
         root = self.procfs
         stat = procfs.read_stat(root, pid, tid)
-        status = procfs.read_kv(root, pid, "status", tid)
+        status = procfs.read_kv(root, pid, "status", tid, keys=_CTX_KEYS)
         run_ns, delay_ns, _slices = procfs.read_schedstat(root, pid, tid)
         return {
             "ctx_vol": status.get("voluntary_ctxt_switches"),
