@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from _harness import RESULTS, daemon_env, start_daemon, write_result
 
 CHILD = r"""
 import contextlib, json, os, statistics, sys, time
@@ -92,31 +89,6 @@ print(json.dumps(res))
 """
 
 
-def start_daemon(tmp: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUOS_HINT_")}
-    env.update(
-        GPUOS_HINT_ENDPOINT=f"ipc://{tmp}/hint.sock",
-        GPUOS_HINT_CONTROL=f"ipc://{tmp}/control.sock",
-        GPUOS_HINT_STATE_DIR=str(tmp / "state"),
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gpuos_hintd.main", "--log-level", "warning"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    from gpuos_hintd.control import request
-
-    for _ in range(200):
-        try:
-            request(env["GPUOS_HINT_CONTROL"], "ping", timeout_s=0.2)
-            return proc, env
-        except Exception:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("daemon did not start")
-
-
 def run_child(variant: str, pairs: int, env: dict[str, str], extra: list[str] | None = None) -> dict:
     out = subprocess.run(
         [sys.executable, "-c", CHILD, variant, str(pairs), *(extra or [])],
@@ -133,13 +105,14 @@ def run_child(variant: str, pairs: int, env: dict[str, str], extra: list[str] | 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", type=int, default=200_000)
-    ap.add_argument("--out", default=str(REPO / "benchmarks/results/client_hot_path.json"))
+    ap.add_argument("--out", default=str(RESULTS / "client_hot_path.json"))
     ap.add_argument("--target-ns", type=float, default=1000.0, help="target median per pair (DESIGN: 1 us)")
     args = ap.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
-        proc, env = start_daemon(tmp)
+        env = daemon_env(tmp)
+        proc = start_daemon(env)
         try:
             print("daemon   ...", end=" ", flush=True)
             results.append(run_child("daemon", args.pairs, env))
@@ -188,23 +161,8 @@ def main() -> int:
             print(f"a synchronous IPC call per edge costs {summary['sync_ipc_over_phase']}x a phase")
         if "ratio_vs_nvtx" in summary:
             print(f"phase / nvtx.annotate: {summary['ratio_vs_nvtx']}x")
-    doc = {
-        "benchmark": "client_hot_path",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "host": {
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-        },
-        "pairs": args.pairs,
-        "results": results,
-        "summary": summary,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    print()
+    write_result(args.out, "client_hot_path", pairs=args.pairs, results=results, summary=summary)
     return 0
 
 

@@ -17,16 +17,15 @@ the daemon runs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from _harness import RESULTS, daemon_env, start_daemon, write_result
+
 TCK = os.sysconf("SC_CLK_TCK")
 
 CLIENT = r"""
@@ -88,18 +87,13 @@ def main() -> int:
     ap.add_argument("--settle", type=float, default=3.0, help="s after start before measuring")
     ap.add_argument("--target-cpu-pct", type=float, default=1.0)
     ap.add_argument("--target-rss-mb", type=float, default=60.0)
-    ap.add_argument("--out", default=str(REPO / "benchmarks/results/footprint.json"))
+    ap.add_argument("--out", default=str(RESULTS / "footprint.json"))
     args = ap.parse_args()
     from gpuos_hintd.control import request
 
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GPUOS_HINT_")}
-        env.update(
-            GPUOS_HINT_ENDPOINT=f"ipc://{tmp}/hint.sock",
-            GPUOS_HINT_CONTROL=f"ipc://{tmp}/control.sock",
-            GPUOS_HINT_STATE_DIR=str(tmp / "state"),
-        )
+        env = daemon_env(tmp)
         # Baseline: the clients alone, nothing listening.
         print(f"baseline: {args.clients} clients, no daemon, {args.baseline_window:.0f} s ...", flush=True)
         kids = start_clients(args.clients, args.settle + args.baseline_window + 2, env)
@@ -111,20 +105,9 @@ def main() -> int:
                 k.kill()
                 k.wait()
         print(f"daemon:   {args.clients} clients, {args.sample_hz:g} Hz, {args.window:.0f} s ...", flush=True)
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "gpuos_hintd.main", "--log-level", "warning", "--sample-hz", str(args.sample_hz)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        daemon = start_daemon(env, ("--log-level", "warning", "--sample-hz", str(args.sample_hz)))
         kids = []
         try:
-            for _ in range(200):
-                try:
-                    request(env["GPUOS_HINT_CONTROL"], "ping", timeout_s=0.2)
-                    break
-                except Exception:
-                    time.sleep(0.05)
             kids = start_clients(args.clients, args.settle + args.window + 5, env)
             time.sleep(args.settle)
             st0 = request(env["GPUOS_HINT_CONTROL"], "status", timeout_s=5)
@@ -194,23 +177,13 @@ def main() -> int:
         f"{'met' if summary['meets_cpu_target'] else 'NOT met'}), RSS {rss:.1f} MB (target <= "
         f"{args.target_rss_mb:.0f} MB: {'met' if summary['meets_rss_target'] else 'NOT met'})"
     )
-    doc = {
-        "benchmark": "footprint",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "host": {
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-        },
-        "parameters": {k: v for k, v in vars(args).items() if k != "out"},
-        "results": results,
-        "summary": summary,
-    }
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result(
+        args.out,
+        "footprint",
+        parameters={k: v for k, v in vars(args).items() if k != "out"},
+        results=results,
+        summary=summary,
+    )
     return 0
 
 

@@ -35,14 +35,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from _harness import REPO, RESULTS, daemon_env, start_daemon, write_result
 
 # Shared by both children: build realistic batches claimed by this process.
 BATCHES = r"""
@@ -157,15 +156,6 @@ print(json.dumps({"pid": os.getpid(), "sent": sent, "dropped": 0, "send_s": t1 -
 )
 
 
-def host_info() -> dict:
-    return {
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-    }
-
-
 def child_env(src: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPUOS_HINT_")}
     env["GPUOS_HINT_DISABLE"] = "1"  # the children import gpuos_client only for its protocol
@@ -187,33 +177,9 @@ def run_inproc(batches: int, max_open: int, src: str | None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def start_daemon(tmp: Path, src: str | None, max_open: int) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
-    env = child_env(src)
-    env.pop("GPUOS_HINT_DISABLE")
-    conf = tmp / "hintd.toml"
-    conf.write_text(f"max_open_spans_per_client = {max_open}\n")
-    env.update(
-        GPUOS_HINT_ENDPOINT=f"ipc://{tmp}/hint.sock",
-        GPUOS_HINT_CONTROL=f"ipc://{tmp}/control.sock",
-        GPUOS_HINT_STATE_DIR=str(tmp / "state"),
-        GPUOS_HINT_CONFIG=str(conf),
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gpuos_hintd.main", "--log-level", "error"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    from gpuos_hintd.control import request
-
-    for _ in range(200):
-        try:
-            request(env["GPUOS_HINT_CONTROL"], "ping", timeout_s=0.2)
-            return proc, env
-        except Exception:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("daemon did not start")
+def start_ingest_daemon(tmp: Path, src: str | None, max_open: int) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    env = daemon_env(tmp, base=child_env(src), config_text=f"max_open_spans_per_client = {max_open}\n")
+    return start_daemon(env, ("--log-level", "error")), env
 
 
 def cpu_s(pid: int, tid: int | None = None) -> float:
@@ -230,7 +196,7 @@ def run_e2e(n: int, events_per_sender: int, window: float, src: str | None, max_
     nb = max(1, events_per_sender // 256)
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
-        proc, env = start_daemon(tmp, src, max_open)
+        proc, env = start_ingest_daemon(tmp, src, max_open)
         ctl = env["GPUOS_HINT_CONTROL"]
         go = tmp / "go"
         kids = []
@@ -306,7 +272,7 @@ def main() -> int:
     ap.add_argument("--target", type=float, default=500_000.0, help="events/s (DESIGN 9)")
     ap.add_argument("--src", help="run the daemon from this source tree (DIR/daemon, DIR/client) instead")
     ap.add_argument("--skip-e2e", action="store_true")
-    ap.add_argument("--out", default=str(REPO / "benchmarks/results/ingest.json"))
+    ap.add_argument("--out", default=str(RESULTS / "ingest.json"))
     args = ap.parse_args()
 
     print(f"in-process: {args.batches} batches x 256 events ...", flush=True)
@@ -355,19 +321,14 @@ def main() -> int:
         f"sustained {'met' if summary['meets_target_sustained'] else 'NOT met'}; "
         f"lost without being counted: {'none' if summary['zero_lost_uncounted'] else 'SOME (see table)'}"
     )
-    doc = {
-        "benchmark": "ingest",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "host": host_info(),
-        "source": args.src or str(REPO),
-        "parameters": {k: v for k, v in vars(args).items() if k != "out"},
-        "results": {"inproc": inproc, "inproc_raw": ip, "e2e": e2e},
-        "summary": summary,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(
+        args.out,
+        "ingest",
+        source=args.src or str(REPO),
+        parameters={k: v for k, v in vars(args).items() if k != "out"},
+        results={"inproc": inproc, "inproc_raw": ip, "e2e": e2e},
+        summary=summary,
+    )
     return 0
 
 

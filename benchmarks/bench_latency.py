@@ -24,15 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from _harness import RESULTS, daemon_env, start_daemon, write_result
 
 CHILD = r"""
 import json, os, sys, time
@@ -99,31 +96,6 @@ print(json.dumps(out))
 """
 
 
-def start_daemon(tmp: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUOS_HINT_")}
-    env.update(
-        GPUOS_HINT_ENDPOINT=f"ipc://{tmp}/hint.sock",
-        GPUOS_HINT_CONTROL=f"ipc://{tmp}/control.sock",
-        GPUOS_HINT_STATE_DIR=str(tmp / "state"),
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gpuos_hintd.main", "--log-level", "warning"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    from gpuos_hintd.control import request
-
-    for _ in range(200):
-        try:
-            request(env["GPUOS_HINT_CONTROL"], "ping", timeout_s=0.2)
-            return proc, env
-        except Exception:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("daemon did not start")
-
-
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))]
@@ -136,11 +108,12 @@ def main() -> int:
     ap.add_argument("--busy-gap", type=float, default=0.02, help="s before each busy trial")
     ap.add_argument("--baseline-polls", type=int, default=500)
     ap.add_argument("--target-ms", type=float, default=5.0, help="p99 target (DESIGN 9)")
-    ap.add_argument("--out", default=str(REPO / "benchmarks/results/latency.json"))
+    ap.add_argument("--out", default=str(RESULTS / "latency.json"))
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
-        proc, env = start_daemon(tmp)
+        env = daemon_env(tmp)
+        proc = start_daemon(env)
         try:
             gaps = json.dumps({"idle": args.idle_gap, "busy": args.busy_gap})
             out = subprocess.run(
@@ -205,23 +178,13 @@ def main() -> int:
     print(
         f"\nworst p99 {worst:.2f} ms (target <= {args.target_ms} ms: {'met' if summary['meets_target'] else 'NOT met'})"
     )
-    doc = {
-        "benchmark": "latency",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "host": {
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-        },
-        "parameters": {k: v for k, v in vars(args).items() if k != "out"},
-        "results": {"baseline_status_rtt": base, "regimes": results, "client_stats": raw["client_stats"]},
-        "summary": summary,
-    }
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result(
+        args.out,
+        "latency",
+        parameters={k: v for k, v in vars(args).items() if k != "out"},
+        results={"baseline_status_rtt": base, "regimes": results, "client_stats": raw["client_stats"]},
+        summary=summary,
+    )
     return 0
 
 

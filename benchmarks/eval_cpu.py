@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _harness import daemon_env, start_daemon
 from gpuos_hintd import procfs
 from gpuos_hintd.evaluate import evaluate_store, report
 from gpuos_hintd.evaluate.dataset import Run, align_features, metric_kinds, series_from_rows, transform, windows_of
@@ -78,27 +79,11 @@ def train_args(seed: int, steps: int, batch: int, hidden: int) -> list[str]:
     ]
 
 
-def start_daemon(tmp: Path, hz: float) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
-    runtime, state = tmp / "run", tmp / "state"
-    runtime.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUOS_HINT_")}
-    env.update(
-        GPUOS_HINT_ENDPOINT=f"ipc://{runtime}/hint.sock",
-        GPUOS_HINT_CONTROL=f"ipc://{runtime}/control.sock",
-        GPUOS_HINT_STATE_DIR=str(state),
-        PYTHONUNBUFFERED="1",
-    )
-    log = open(tmp / "daemon.log", "wb")  # noqa: SIM115 - lives as long as the daemon
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gpuos_hintd.main", "--sample-hz", str(hz)], env=env, stdout=log, stderr=log
-    )
-    deadline = time.monotonic() + 15
-    while not (runtime / "hint.sock").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"daemon did not start:\n{(tmp / 'daemon.log').read_text()}")
-        time.sleep(0.05)
-    time.sleep(0.3)
-    return proc, env
+def start_eval_daemon(tmp: Path, hz: float) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    env = daemon_env(tmp / "run")
+    env["GPUOS_HINT_STATE_DIR"] = str(tmp / "state")
+    env["PYTHONUNBUFFERED"] = "1"
+    return start_daemon(env, ("--sample-hz", str(hz)), log=tmp / "daemon.log"), env
 
 
 def run_workload(argv: list[str], env: dict[str, str]) -> None:
@@ -191,7 +176,7 @@ def main() -> int:
     t_start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="gpuos-eval-") as tmpdir:
         tmp = Path(tmpdir)
-        daemon, env = start_daemon(tmp, ns.sample_hz)
+        daemon, env = start_eval_daemon(tmp, ns.sample_hz)
         try:
             for cfg in llm:
                 print(f"llm   seed={cfg[0]} hidden={cfg[1]} prompt={cfg[2]} steps={cfg[3]}", flush=True)
