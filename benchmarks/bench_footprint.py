@@ -155,8 +155,12 @@ def main() -> int:
     }
     print(f"\n{'':34s} {'CPU % of a core':>16s} {'x baseline':>10s}")
     print(f"{'clients, no daemon (baseline)':34s} {base_pct:16.2f} {1.0:10.2f}")
-    print(f"{'clients, with daemon':34s} {clients_pct:16.2f} {clients_pct / base_pct:10.2f}")
-    print(f"{'daemon':34s} {daemon_pct:16.2f} {daemon_pct / base_pct:10.2f}")
+
+    def ratio(x: float) -> str:  # the baseline can round to 0 in a short window (10 ms CPU ticks)
+        return f"{x / base_pct:10.2f}" if base_pct > 0 else f"{'n/a':>10s}"
+
+    print(f"{'clients, with daemon':34s} {clients_pct:16.2f} {ratio(clients_pct)}")
+    print(f"{'daemon':34s} {daemon_pct:16.2f} {ratio(daemon_pct)}")
     print(
         f"\ndaemon RSS {rss:.1f} MB (peak {hwm:.1f} MB), {ticks / dt:.1f} ticks/s, {results['open_phases']} open phases"
     )
