@@ -239,8 +239,19 @@ def _row(path: str, ms: float, cls: str | None = "training.step", energy_mj: flo
     return SpanRow(
         boot_id="b", pid=1, pid_start=1, span_id=1, parent_span_id=0, tid=1, name=path.rsplit("/", 1)[-1],
         path=path, depth=1, workload_class=cls, attrs=None, start_ns=0, end_ns=int(ms * 1e6),
-        start_wall_ns=0, status="ok", signals={"cpu_user_ns": 1_000_000, "gpu_energy_mj": energy_mj},
+        start_wall_ns=0, status="ok",
+        signals={"cpu_user_ns": 1_000_000, "gpu_energy_mj": energy_mj, "gpu_energy_j": energy_mj / 1000},
     )  # fmt: skip
+
+
+def test_phase_energy_and_cpu_accumulate_in_seconds_and_joules() -> None:
+    s = PhaseSeries(top_k=4)
+    for _ in range(3):
+        s.add(_row("prefill", 10, energy_mj=2500.0))
+    agg = s.labelled[("prefill", "training.step")]
+    assert agg.spans == 3
+    assert agg.energy_j == pytest.approx(7.5)
+    assert agg.cpu_s == pytest.approx(0.003)
 
 
 def test_folding_policy_is_deterministic_and_monotonic() -> None:

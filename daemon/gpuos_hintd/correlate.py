@@ -326,12 +326,6 @@ class Correlator:
             out["dev_samples"] = len(inside)
         return out
 
-    def forget(self, key: ProcKey) -> None:
-        self.prev.pop(key, None)
-        self.history.pop(key, None)
-        self.spans.pop(key, None)
-        self.n_open.pop(key, None)
-
 
 def _round(v: float | int) -> float | int:
     if isinstance(v, float):
@@ -348,6 +342,11 @@ def _derive(signals: dict[str, Any], duration_ns: int) -> None:
         signals["cpu_pct"] = _round(100.0 * cpu / duration_ns)
     if "thread_cpu_ns" in signals:
         signals["thread_cpu_pct"] = _round(100.0 * signals["thread_cpu_ns"] / duration_ns)
-    if signals.get("gpu_energy_mj") is not None:
-        signals["gpu_energy_j"] = _round(signals["gpu_energy_mj"] / 1000.0)
-        signals["gpu_avg_power_w"] = _round(signals["gpu_energy_mj"] / (duration_ns / 1e9) / 1000.0)
+    # Vendor-neutral energy: NVML's gpu_energy_mj or amdgpu's amdgpu_energy_mj (one GPU vendor per
+    # process in practice); consumers read gpu_energy_j.
+    mj = signals.get("gpu_energy_mj")
+    if mj is None:
+        mj = signals.get("amdgpu_energy_mj")
+    if mj is not None:
+        signals["gpu_energy_j"] = _round(mj / 1000.0)
+        signals["gpu_avg_power_w"] = _round(mj / (duration_ns / 1e9) / 1000.0)

@@ -153,9 +153,9 @@ class PhaseSeries:
         cpu = (sig.get("cpu_user_ns") or 0) + (sig.get("cpu_sys_ns") or 0)
         if cpu:
             agg.cpu_s += cpu / 1e9
-        e = sig.get("gpu_energy_mj")
+        e = sig.get("gpu_energy_j")  # vendor-neutral (correlate._derive)
         if e:
-            agg.energy_j += e / 1000.0
+            agg.energy_j += e
 
     def rerank(self) -> None:
         """Promote unlabelled keys that now rank in the top_k (see the module docstring)."""

@@ -13,7 +13,7 @@ from typing import Any
 from .store import SpanRow
 
 #: Signals whose per-phase running mean is kept (bounded, so memory stays flat).
-TRACKED = ("cpu_pct", "thread_cpu_pct", "ctx_vol", "gpu_util_pct_mean", "gpu_power_mw_mean", "gpu_energy_mj")
+TRACKED = ("cpu_pct", "thread_cpu_pct", "ctx_vol", "gpu_util_pct_mean", "gpu_power_mw_mean", "gpu_energy_j")
 MAX_PHASES = 4096
 
 
@@ -70,7 +70,7 @@ class PhaseStats:
         e.total_ns += row.duration_ns
         e.duration.add(row.duration_ns)
         sig = row.signals
-        e.energy_mj += sig.get("gpu_energy_mj") or 0.0
+        e.energy_mj += (sig.get("gpu_energy_j") or 0.0) * 1000.0
         e.cpu_ns += (sig.get("cpu_user_ns") or 0) + (sig.get("cpu_sys_ns") or 0)
         for name in TRACKED:
             v = sig.get(name)

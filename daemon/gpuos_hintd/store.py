@@ -17,7 +17,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -476,13 +476,6 @@ def _span_dict(row: sqlite3.Row) -> dict[str, Any]:
     return d
 
 
-def iter_spans(conn: sqlite3.Connection, since_wall_ns: int | None = None) -> Iterator[dict[str, Any]]:
-    """All spans in start order (exports, evaluation)."""
-    cur = conn.execute("SELECT * FROM spans WHERE start_wall_ns >= ? ORDER BY start_ns", (since_wall_ns or 0,))
-    for row in cur:
-        yield _span_dict(row)
-
-
 #: Signals summarised per phase name by `gpuos-hintctl phases`: (signal, how).
 PHASE_SUMMARY_SIGNALS: tuple[tuple[str, str], ...] = (
     ("cpu_pct", "avg"),
@@ -492,7 +485,7 @@ PHASE_SUMMARY_SIGNALS: tuple[tuple[str, str], ...] = (
     ("io_syscr", "avg"),
     ("gpu_util_pct_mean", "avg"),
     ("gpu_power_mw_mean", "avg"),
-    ("gpu_energy_mj", "sum"),
+    ("gpu_energy_j", "sum"),
 )
 
 
@@ -507,9 +500,4 @@ def phase_summary(conn: sqlite3.Connection, since_wall_ns: int | None = None) ->
             FROM spans WHERE start_wall_ns >= ? GROUP BY path, workload_class ORDER BY min(start_ns)""",
         (since_wall_ns or 0,),
     ).fetchall()
-    return [dict(r) for r in rows]
-
-
-def list_processes(conn: sqlite3.Connection, limit: int = 100) -> list[dict[str, Any]]:
-    rows = conn.execute("SELECT * FROM processes ORDER BY first_seen_wall_ns DESC LIMIT ?", (limit,))
     return [dict(r) for r in rows]

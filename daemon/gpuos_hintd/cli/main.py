@@ -281,7 +281,7 @@ def cmd_phases(ns: argparse.Namespace) -> int:
             num(r.get("ctx_vol")),
             num(r.get("gpu_util_pct_mean")),
             num(r["gpu_power_mw_mean"] / 1000 if r.get("gpu_power_mw_mean") is not None else None),
-            num(r["gpu_energy_mj"] / 1000 if r.get("gpu_energy_mj") is not None else None, 3),
+            num(r.get("gpu_energy_j"), 3),
         ]
         for r in rows
     ]
