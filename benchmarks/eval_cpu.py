@@ -83,7 +83,7 @@ def start_eval_daemon(tmp: Path, hz: float) -> tuple[subprocess.Popen[bytes], di
     env = daemon_env(tmp / "run")
     env["GPUOS_HINT_STATE_DIR"] = str(tmp / "state")
     env["PYTHONUNBUFFERED"] = "1"
-    return start_daemon(env, ("--sample-hz", str(hz)), log=tmp / "daemon.log"), env
+    return start_daemon(env, ("--sample-hz", str(hz), "--store-samples-hz", "0"), log=tmp / "daemon.log"), env
 
 
 def run_workload(argv: list[str], env: dict[str, str]) -> None:

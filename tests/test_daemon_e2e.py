@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -347,3 +348,23 @@ def test_open_span_bound_counts_open_spans_not_ones_awaiting_a_sample(daemon_fac
         == 300
     )
     assert len(spans(d, "name='deep'")) == 10
+
+
+def test_samples_are_stored_at_the_store_rate_while_spans_use_every_tick(daemon_factory):
+    d = daemon_factory("sample_hz = 20.0\nstore_samples_hz = 2.0\n")
+    p = d.client(
+        """
+        import time, gpuos_client as h
+        with h.phase("run"):
+            h.flush(); time.sleep(2.0)
+        h.flush()
+        """,
+        wait=False,
+    )
+    assert p.wait(30) == 0
+    (row,) = d.wait_for(lambda: spans(d), what="span")
+    assert row["samples"] >= 30  # 2 s at 20 Hz went into the span
+    stored = d.query("SELECT t_ns FROM samples WHERE pid=? AND tid=0 ORDER BY t_ns", (p.pid,))
+    assert 3 <= len(stored) <= 8  # ~2 s at 2 Hz (+ the baseline and the bye sample)
+    gaps = [b["t_ns"] - a["t_ns"] for a, b in itertools.pairwise(stored)]
+    assert min(gaps) >= 0.45e9

@@ -44,7 +44,7 @@ def llm_run(tmp_path_factory):
     from conftest import start_daemon
 
     tmp = tmp_path_factory.mktemp("gpu")
-    d = start_daemon(tmp, "sample_hz = 20.0\n")
+    d = start_daemon(tmp, "sample_hz = 20.0\nstore_samples_hz = 0.0\n")
     try:
         out = subprocess.run(
             [

@@ -26,7 +26,7 @@ echo "== 1. NVML recording"
 
 echo "== 2. daemon + workloads"
 export GPUOS_HINT_ENDPOINT=ipc:///tmp/gpuos/hint.sock GPUOS_HINT_STATE_DIR=/tmp/gpuos/state
-python3 -m gpuos_hintd.main --sample-hz 20 --log-format json >"$R/daemon.log" 2>&1 &
+python3 -m gpuos_hintd.main --sample-hz 20 --store-samples-hz 0 --log-format json >"$R/daemon.log" 2>&1 &
 DPID=$!
 for _ in $(seq 100); do ctl --timeout 0.2 status >/dev/null 2>&1 && break; sleep 0.1; done
 set -x

@@ -14,7 +14,7 @@ export PYTHONPATH=/tmp/site:$PWD/client:$PWD/daemon:$PWD/workloads PYTHONUNBUFFE
 export GPUOS_HINT_ENDPOINT=ipc:///tmp/gpuos/hint.sock GPUOS_HINT_STATE_DIR=/tmp/gpuos/state
 ctl() { python3 -m gpuos_hintd.cli.main "$@"; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-python3 -m gpuos_hintd.main --sample-hz 20 --log-format json >"$OUT/daemon.log" 2>&1 &
+python3 -m gpuos_hintd.main --sample-hz 20 --store-samples-hz 0 --log-format json >"$OUT/daemon.log" 2>&1 &
 DPID=$!
 for _ in $(seq 100); do ctl --timeout 0.2 status >/dev/null 2>&1 && break; sleep 0.1; done
 set -x

@@ -62,6 +62,9 @@ class Config:
     retention_samples_s: float = 24 * 3600.0
     retention_spans_s: float = 30 * 24 * 3600.0
     store_samples: bool = True
+    # how often samples are written to the store (the correlator still uses every tick);
+    # 0 = every tick.  Evaluation runs want every tick: set it to sample_hz or 0.
+    store_samples_hz: float = 1.0
     # samplers: names to turn off (e.g. ["syscalls_ebpf"])
     disable_samplers: list[str] = dataclasses.field(default_factory=list)
     # opt-in samplers to turn on (e.g. ["syscalls_ebpf"], which needs root and bpftrace)

@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control", help="control socket for gpuos-hintctl ($GPUOS_HINT_CONTROL)")
     p.add_argument("--state-dir", type=Path, help="where the SQLite store lives ($GPUOS_HINT_STATE_DIR)")
     p.add_argument("--sample-hz", type=float, help="sampling rate of hinting processes (default 10)")
+    p.add_argument(
+        "--store-samples-hz", type=float, help="write samples to the store at most this often (default 1; 0 = all)"
+    )
     p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on 127.0.0.1:PORT")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["auto", "json", "console", "journald"])
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         "control": args.control,
         "state_dir": args.state_dir,
         "sample_hz": args.sample_hz,
+        "store_samples_hz": args.store_samples_hz,
         "metrics_port": args.metrics_port,
         "log_level": args.log_level,
         "log_format": args.log_format,
