@@ -50,7 +50,7 @@ fi
 # Reinstall only when the project metadata changed.
 stamp=.venv/.gpuos-setup-stamp
 extras="dev"
-(( want_test )) || extras="workloads,metrics"
+(( want_test )) || extras="workloads,metrics,nvidia"
 sum=$( (cat pyproject.toml; echo "$extras") | sha256sum | cut -d' ' -f1)
 if [[ ! -f $stamp ]] || ! grep -q "$sum" "$stamp"; then
   say "installing gpuos-hint into .venv (extras: $extras; log: .venv/setup.log)"
