@@ -7,14 +7,12 @@ import subprocess
 import sys
 
 
+def run_module(module, *args, env):
+    return subprocess.run([sys.executable, "-m", module, *args], env=env, capture_output=True, text=True, timeout=30)
+
+
 def ctl(d, *args, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "gpuos_hintd.cli.main", *args],
-        env=env or d.env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    return run_module("gpuos_hintd.cli.main", *args, env=env or d.env)
 
 
 def test_status_table_and_json_show_clients_and_open_phases(daemon):
@@ -88,51 +86,23 @@ def test_clear_error_and_exit_1_without_daemon(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPUOS_HINT_")}
     env["GPUOS_HINT_ENDPOINT"] = f"ipc://{tmp_path}/hint.sock"
     env["GPUOS_HINT_STATE_DIR"] = str(tmp_path / "nostate")
-    out = subprocess.run(
-        [sys.executable, "-m", "gpuos_hintd.cli.main", "--timeout", "0.3", "status"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = run_module("gpuos_hintd.cli.main", "--timeout", "0.3", "status", env=env)
     assert out.returncode == 1
     assert "no gpuos-hintd answered" in out.stderr and "is it running" in out.stderr
-    out = subprocess.run(
-        [sys.executable, "-m", "gpuos_hintd.cli.main", "spans"], env=env, capture_output=True, text=True, timeout=30
-    )
+    out = run_module("gpuos_hintd.cli.main", "spans", env=env)
     assert out.returncode == 1 and "no store at" in out.stderr
-    out = subprocess.run(
-        [sys.executable, "-m", "gpuos_hintd.cli.main", "spans", "--since", "yesterday"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = run_module("gpuos_hintd.cli.main", "spans", "--since", "yesterday", env=env)
     assert out.returncode != 0 and "--since" in (out.stderr + out.stdout)
 
 
 def test_daemon_refuses_a_second_instance_and_bad_config(daemon, tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "gpuos_hintd.main"], env=daemon.env, capture_output=True, text=True, timeout=30
-    )
+    out = run_module("gpuos_hintd.main", env=daemon.env)
     assert out.returncode == 1 and "already answers" in out.stderr
     bad = tmp_path / "bad.toml"
     bad.write_text("sample_hz = 'fast'\n")
-    out = subprocess.run(
-        [sys.executable, "-m", "gpuos_hintd.main", "--config", str(bad)],
-        env=daemon.env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = run_module("gpuos_hintd.main", "--config", str(bad), env=daemon.env)
     assert out.returncode == 2 and "sample_hz" in out.stderr
     bad.write_text("no_such_option = 1\n")
-    out = subprocess.run(
-        [sys.executable, "-m", "gpuos_hintd.main", "--config", str(bad)],
-        env=daemon.env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = run_module("gpuos_hintd.main", "--config", str(bad), env=daemon.env)
     assert out.returncode == 2 and "unknown option 'no_such_option'" in out.stderr
     assert daemon.proc.poll() is None

@@ -54,14 +54,21 @@ def client_endpoint() -> str:
     return ipc(user_runtime_dir() / HINT_SOCK)
 
 
+def control_beside(hint_endpoint: str) -> str | None:
+    """The control socket in the same directory as an ipc hint socket (None for TCP)."""
+    path = ipc_path(hint_endpoint)
+    return ipc(path.with_name(CONTROL_SOCK)) if path is not None else None
+
+
 def control_endpoint_for(hint_endpoint: str) -> str:
-    """The control socket beside a hint socket (ipc), or $GPUOS_HINT_CONTROL."""
+    """$GPUOS_HINT_CONTROL, or the control socket beside a hint socket (ipc)."""
     env = os.environ.get(ENV_CONTROL)
     if env:
         return env
-    if hint_endpoint.startswith("ipc://"):
-        return ipc(Path(hint_endpoint[len("ipc://") :]).with_name(CONTROL_SOCK))
-    raise ValueError(f"no default control endpoint for {hint_endpoint!r}: set ${ENV_CONTROL}")
+    beside = control_beside(hint_endpoint)
+    if beside is None:
+        raise ValueError(f"no default control endpoint for {hint_endpoint!r}: set ${ENV_CONTROL}")
+    return beside
 
 
 def ipc_path(endpoint: str) -> Path | None:

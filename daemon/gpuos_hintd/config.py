@@ -17,6 +17,7 @@ from gpuos_client.config import (
     ENV_CONTROL,
     ENV_ENDPOINT,
     HINT_SOCK,
+    control_beside,
     default_runtime_dir,
     ipc,
 )
@@ -78,11 +79,7 @@ class Config:
         if not self.endpoint:
             self.endpoint = ipc(runtime / HINT_SOCK)
         if not self.control:
-            self.control = (
-                ipc(Path(self.endpoint[6:]).with_name(CONTROL_SOCK))
-                if self.endpoint.startswith("ipc://")
-                else ipc(runtime / CONTROL_SOCK)
-            )
+            self.control = control_beside(self.endpoint) or ipc(runtime / CONTROL_SOCK)
 
     def validate(self) -> Config:
         for name in ("endpoint", "control"):
