@@ -63,12 +63,12 @@ def _edge_rusage(core: Core, t: int) -> tuple[int, ...] | None:
         return None
     last = getattr(_tls, "ru", None)
     if last is not None and last[0] == _fork_gen and t - last[1] < core.ru_min_ns:
-        return last[2]  # type: ignore[no-any-return]
+        return None  # the daemon uses this thread's last reading (the bound is the gap)
     try:
         r = _getrusage(_RUSAGE_THREAD)
         p = _process_time_ns()
     except OSError:
-        return last[2] if last is not None and last[0] == _fork_gen else None
+        return None
     reading = (
         t,
         round((r.ru_utime + r.ru_stime) * 1e9),
@@ -127,6 +127,7 @@ class Core:
         return self.next_id
 
     def rusage_now(self) -> tuple[int, ...] | None:
+        _tls.ru = None  # force a fresh reading
         return _edge_rusage(self, monotonic_ns())
 
 
@@ -155,7 +156,7 @@ class Phase:
         if core is None:
             raise RuntimeError("gpuos_client core not installed")
         self.name = _checked_name(core, name)
-        self.attrs = core.check_attrs(attrs) if attrs else None
+        self.attrs = core.check_attrs(attrs) if attrs and not core.disabled else None
         self.device = bool(device)
 
     def __enter__(self) -> Any:
