@@ -138,9 +138,7 @@ def main() -> int:
     base = statistics.median(x["median_s"] for x in runs["none"] if "median_s" in x)
     for v, rs in runs.items():
         good = [x for x in rs if "median_s" in x]
-        valid = [
-            x for x in good if v == "none" or (x["client"]["dropped"] == 0 and x["client"].get("undelivered", 0) == 0)
-        ]
+        valid = [x for x in good if v == "none" or (x["client"]["dropped"] == 0 and not x["client"].get("undelivered"))]
         meds = sorted(x["median_s"] for x in valid)
         if not meds:
             summary[v] = {"runs": len(rs), "valid": 0}
