@@ -5,17 +5,18 @@ weights from a config, nothing downloaded), fp16, batch 8, a 512-token prompt, 1
 `model.generate()`, hinted `prefill`/`decode` from forward pre/post hooks - the way a user
 without an integration would hint it.  Variants, each a fresh process per run:
 
-  none   no hooks, no client
-  old    the first-slice client (2 ms sender period), from a directory given by --old-client
   new    this checkout's client (C hot path if built, event-driven sender)
+  old    the first-slice client (2 ms sender period), from a directory given by --old-client
 
-Runs are interleaved (the order rotates every round), each process times --calls generate
-calls after one warm-up, and the figure is the median over runs of each process's median call.
+Each process alternates hinted and unhinted generate calls (ABBA: the hooks stay installed, a
+flag turns the phases off), so drift and process-to-process variance (seen on the H200: 1.4 to
+3.0 s for the same unhinted call in different processes) cancel; the figure is the median of the
+per-pair ratios, with IQR and range.
 Every hinted run must deliver every event: the client's stats are recorded and a run that
 dropped is reported as invalid.  A private gpuos-hintd receives the hints.
 
     python benchmarks/gpu/bench_generate_ab.py --old-client /path/to/old/client --out $OUT/generate_ab.json
-    python benchmarks/gpu/bench_generate_ab.py --cpu --tiny --runs 2     # smoke test, no GPU
+    python benchmarks/gpu/bench_generate_ab.py --cpu --tiny --procs 1 --pairs 2    # smoke test, no GPU
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -35,9 +35,10 @@ from _harness import REPO, daemon_env, start_daemon, write_result
 
 CHILD = r"""
 import json, os, statistics, sys, time
-variant, device, tiny, calls, new_tokens = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4]), int(sys.argv[5])
+variant, device, tiny, pairs, new_tokens = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4]), int(sys.argv[5])
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
+import gpuos_client as h
 torch.manual_seed(0)
 if tiny:
     cfg = GPT2Config(n_embd=64, n_layer=2, n_head=2, vocab_size=1000, n_positions=1024)
@@ -49,43 +50,49 @@ dtype = torch.float16 if device == "cuda" else torch.float32
 with torch.device(device):
     model = GPT2LMHeadModel(cfg).to(dtype).eval()
 ids = torch.randint(0, cfg.vocab_size, (batch, prompt), device=device)
-h = None
-if variant != "none":
-    import gpuos_client as h
-    state = {}
-    def pre(mod, args, kwargs):
+state = {"on": False}
+def pre(mod, args, kwargs):
+    if state["on"]:
         x = kwargs.get("input_ids", args[0] if args else None)
-        name = "prefill" if x is not None and x.shape[1] > 1 else "decode"
-        ph = h.phase(name)
+        ph = h.phase("prefill" if x is not None and x.shape[1] > 1 else "decode")
         ph.__enter__()
         state["ph"] = ph
-    def post(mod, args, kwargs, out):
-        ph = state.pop("ph", None)
-        if ph is not None:
-            ph.__exit__(None, None, None)
-    model.register_forward_pre_hook(pre, with_kwargs=True)
-    model.register_forward_hook(post, with_kwargs=True)
+def post(mod, args, kwargs, out):
+    ph = state.pop("ph", None)
+    if ph is not None:
+        ph.__exit__(None, None, None)
+model.register_forward_pre_hook(pre, with_kwargs=True)
+model.register_forward_hook(post, with_kwargs=True)
 def sync():
     if device == "cuda":
         torch.cuda.synchronize()
-def gen():
+def gen(on):
+    state["on"] = on
+    sync()
+    t0 = time.perf_counter()
     with torch.inference_mode():
         model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                        min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
     sync()
-gen()  # warm-up
-times = []
-for _ in range(calls):
-    t0 = time.perf_counter(); gen(); times.append(time.perf_counter() - t0)
-out = {"variant": variant, "times_s": times, "median_s": statistics.median(times)}
-if h is not None:
-    ok = h.flush(5.0)
-    s = h.stats()
-    out["client"] = {k: s.get(k) for k in ("handed", "delivered", "undelivered", "dropped", "dropped_by_reason",
-                                          "sent", "buffered", "fast_path", "errors", "last_error")}
-    out["flushed"] = ok
+    return time.perf_counter() - t0
+gen(False); gen(True)  # warm-up (and the sender's start)
+h.flush(5.0)
+off, on = [], []
+for i in range(pairs):
+    for hinted in ((False, True) if i % 2 == 0 else (True, False)):  # ABBA
+        (on if hinted else off).append(gen(hinted))
+ok = h.flush(5.0)
+s = h.stats()
+ratios = [b / a for a, b in zip(off, on)]
+out = {"variant": variant, "off_s": off, "on_s": on, "ratio_median": statistics.median(ratios), "ratios": ratios,
+       "flushed": ok, "client": {k: s.get(k) for k in ("handed", "delivered", "undelivered", "dropped",
+       "dropped_by_reason", "sent", "buffered", "fast_path", "errors", "last_error")}}
 print(json.dumps(out))
 """
+
+
+def _q(xs: list[float], p: float) -> float:
+    return xs[min(len(xs) - 1, int(p * len(xs)))]
 
 
 def run_child(variant: str, env: dict[str, str], args: argparse.Namespace) -> dict:
@@ -95,7 +102,7 @@ def run_child(variant: str, env: dict[str, str], args: argparse.Namespace) -> di
     if variant == "old":
         e["PYTHONPATH"] = f"{args.old_client}:{base_pp}"
     e["PYTHONUNBUFFERED"] = "1"
-    argv = [sys.executable, "-c", CHILD, variant, device, "1" if args.tiny else "0", str(args.calls), str(args.tokens)]
+    argv = [sys.executable, "-c", CHILD, variant, device, "1" if args.tiny else "0", str(args.pairs), str(args.tokens)]
     out = subprocess.run(argv, env=e, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         return {"variant": variant, "error": out.stderr[-2000:]}
@@ -104,29 +111,28 @@ def run_child(variant: str, env: dict[str, str], args: argparse.Namespace) -> di
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=8, help="processes per variant (interleaved)")
-    ap.add_argument("--calls", type=int, default=3, help="timed generate calls per process")
+    ap.add_argument("--procs", type=int, default=2, help="processes per client variant")
+    ap.add_argument("--pairs", type=int, default=8, help="hinted/unhinted generate pairs per process (ABBA)")
     ap.add_argument("--tokens", type=int, default=128, help="new tokens per generate")
     ap.add_argument("--old-client", default="", help="directory holding the first-slice gpuos_client package")
     ap.add_argument("--cpu", action="store_true")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "gpu_generate_ab.json"))
     args = ap.parse_args()
-    variants = ["none", "new"] + (["old"] if args.old_client else [])
+    variants = ["new"] + (["old"] if args.old_client else [])
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as td:
         env = daemon_env(Path(td))
         proc = start_daemon(env)
         try:
-            for r in range(args.runs):
-                order = variants[r % len(variants) :] + variants[: r % len(variants)]
-                for v in order:
+            for r in range(args.procs):
+                for v in variants if r % 2 == 0 else variants[::-1]:
                     res = run_child(v, env, args)
                     runs[v].append(res)
                     print(
                         r,
                         v,
-                        res.get("median_s"),
+                        res.get("ratio_median"),
                         res.get("client", {}).get("dropped"),
                         res.get("error", "")[-300:],
                         flush=True,
@@ -135,23 +141,24 @@ def main() -> int:
             proc.terminate()
             proc.wait(10)
     summary: dict[str, dict] = {}
-    base = statistics.median(x["median_s"] for x in runs["none"] if "median_s" in x)
     for v, rs in runs.items():
-        good = [x for x in rs if "median_s" in x]
-        valid = [x for x in good if v == "none" or (x["client"]["dropped"] == 0 and not x["client"].get("undelivered"))]
-        meds = sorted(x["median_s"] for x in valid)
-        if not meds:
-            summary[v] = {"runs": len(rs), "valid": 0}
+        good = [x for x in rs if "ratios" in x]
+        valid = [x for x in good if x["client"]["dropped"] == 0 and not x["client"].get("undelivered")]
+        ratios = sorted(r for x in valid for r in x["ratios"])
+        if not ratios:
+            summary[v] = {"procs": len(rs), "valid": 0}
             continue
-        m = statistics.median(meds)
+        off = [t for x in valid for t in x["off_s"]]
+        on = [t for x in valid for t in x["on_s"]]
         summary[v] = {
-            "runs": len(rs),
+            "procs": len(rs),
             "valid": len(valid),
-            "median_s": m,
-            "min_s": meds[0],
-            "max_s": meds[-1],
-            "slowdown_pct": round((m / base - 1) * 100, 2),
-            "slowdown_min_max_pct": [round((meds[0] / base - 1) * 100, 2), round((meds[-1] / base - 1) * 100, 2)],
+            "pairs": len(ratios),
+            "slowdown_pct_median": round((statistics.median(ratios) - 1) * 100, 2),
+            "slowdown_pct_iqr": [round((_q(ratios, 0.25) - 1) * 100, 2), round((_q(ratios, 0.75) - 1) * 100, 2)],
+            "slowdown_pct_min_max": [round((ratios[0] - 1) * 100, 2), round((ratios[-1] - 1) * 100, 2)],
+            "unhinted_median_s": statistics.median(off),
+            "hinted_median_s": statistics.median(on),
         }
     for v, s in summary.items():
         print(v, s)
@@ -162,7 +169,6 @@ def main() -> int:
         results={"runs": runs},
         summary=summary,
         loadavg=os.getloadavg(),
-        finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
     return 0
 
