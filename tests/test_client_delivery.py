@@ -282,16 +282,14 @@ if device.backend() is not None:
 with h.phase("d", device=True):
     pass
 first = h.last_error()
-t0 = time.perf_counter()
-for i in range(2000):
-    with h.phase("d", device=True):
-        pass
-dev = time.perf_counter() - t0
-t0 = time.perf_counter()
-for i in range(2000):
-    with h.phase("d", device=False):
-        pass
-plain = time.perf_counter() - t0
+def chunk(dev):
+    t0 = time.perf_counter()
+    for i in range(2000):
+        with h.phase("d", device=dev):
+            pass
+    return time.perf_counter() - t0
+runs = [(chunk(True), chunk(False)) for _ in range(7)]   # min of each: robust to preemption on a busy box
+dev, plain = min(r[0] for r in runs), min(r[1] for r in runs)
 print(json.dumps({"first": first, "drops": h.stats()["dropped_by_reason"], "device_ok": rt.core.device_ok,
                   "ratio": dev / plain}))
 """
