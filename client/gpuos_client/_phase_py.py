@@ -29,6 +29,7 @@ monotonic_ns = time.monotonic_ns
 _getrusage = resource.getrusage
 _RUSAGE_THREAD: int = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
 _process_time_ns = time.process_time_ns
+_thread_time_ns = time.thread_time_ns
 _get_native_id = threading.get_native_id
 
 _core: Core | None = None
@@ -65,13 +66,14 @@ def _edge_rusage(core: Core, t: int) -> tuple[int, ...] | None:
     if last is not None and last[0] == _fork_gen and t - last[1] < core.ru_min_ns:
         return None  # the daemon uses this thread's last reading (the bound is the gap)
     try:
+        th = _thread_time_ns()  # the thread's own clock: exact (getrusage's utime+stime is scaled ticks)
         r = _getrusage(_RUSAGE_THREAD)
         p = _process_time_ns()
     except OSError:
         return None
     reading = (
         t,
-        round((r.ru_utime + r.ru_stime) * 1e9),
+        th,
         p,
         r.ru_nvcsw,
         r.ru_nivcsw,
