@@ -129,23 +129,42 @@ def client_under_test() -> dict[str, Any]:
 
 
 def client_counts(stats: dict[str, Any]) -> dict[str, int | None]:
-    """Drops and events handed over, from a client's stats(), whatever its exact shape.
+    """Drops, events handed over, and (where the client reports them) undelivered and rejected
+    events, from a client's stats(), whatever its exact shape.
 
     dropped: the `dropped` total when it is a number, else the sum of `dropped_by_reason` (or of a
-    `dropped` dict).  sent: the events handed to ZeroMQ (`sent`, or `handed` in a client that
-    separates handed from delivered); None when the client reports neither.
+    `dropped` dict).  sent: the events handed to ZeroMQ (`handed` in a client that separates handed
+    from delivered, `sent` in the older one).  undelivered / rejected: None when the client has no
+    such counter (the pre-rewrite client knows nothing of acknowledgements).
     """
-    d = stats.get("dropped")
-    if isinstance(d, dict):
-        dropped = sum(int(v) for v in d.values() if isinstance(v, int | float))
-    elif isinstance(d, int | float):
-        dropped = int(d)
-    else:
-        dropped = sum(int(v) for v in (stats.get("dropped_by_reason") or {}).values())
+
+    def num(v: Any) -> int | None:
+        if isinstance(v, dict):
+            return sum(int(x) for x in v.values() if isinstance(x, int | float))
+        return int(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+    dropped = num(stats.get("dropped"))
+    if dropped is None:
+        dropped = num(stats.get("dropped_by_reason") or {}) or 0
     sent = stats.get("handed", stats.get("sent"))
     if isinstance(sent, dict):
         sent = sent.get("events")
-    return {"dropped": dropped, "sent": int(sent) if isinstance(sent, int | float) else None}
+    return {
+        "dropped": dropped,
+        "sent": num(sent),
+        "undelivered": num(stats.get("undelivered")),
+        "rejected": num(stats.get("rejected")),
+    }
+
+
+def counts_settled(stats: dict[str, Any], daemon_events: int | None) -> bool:
+    """The daemon has accepted everything the client handed over, and the client agrees."""
+    c = client_counts(stats)
+    if daemon_events is None:
+        return False
+    if c["sent"] is not None and daemon_events != c["sent"]:
+        return False
+    return not c["undelivered"]
 
 
 BUSY_LOOP = "import os, signal\nsignal.signal(signal.SIGTERM, lambda *a: os._exit(0))\nwhile True:\n    pass\n"
@@ -192,7 +211,7 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Daemon:
-        self.proc = start_daemon(self.env, ("--log-level", "warning"), log=self.log)
+        self.proc = start_daemon(self.env, ("--log-level", "warning"), log=self.log, timeout_s=60.0)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -220,15 +239,20 @@ class Daemon:
                 return int(e["events"])
         return None
 
-    def spans(self, pid: int, name: str | None = None, timeout_s: float = 10.0) -> dict[str, int]:
-        """Spans of pid in the daemon's store, by status, after the daemon reaped it and wrote them.
+    def spans(
+        self, pid: int, name: str | None = None, timeout_s: float = 10.0, wait_exit: bool = True
+    ) -> dict[str, int]:
+        """Spans of pid in the daemon's store, by status, after the daemon wrote them.
 
-        Waits (bounded) until the process is reaped (its spans are final) and the store is flushed."""
+        With wait_exit, waits (bounded) until the process is reaped, so its spans are final; without,
+        counts what the daemon has finalised and written so far (a live process: its closed spans)."""
         import sqlite3
 
         deadline = time.monotonic() + timeout_s
         while True:
             self.request("sync", timeout=5.0)
+            if not wait_exit:
+                break
             st = self.request("status")
             gone = all(c["pid"] != pid for c in st["clients"])
             if gone or time.monotonic() > deadline:
@@ -269,6 +293,10 @@ def delivery_check(
         problems.append(f"client dropped {counts['dropped']} ({stats.get('dropped_by_reason')})")
     if counts["sent"] is not None and daemon_events is not None and daemon_events != counts["sent"]:
         problems.append(f"daemon accepted {daemon_events} events, client handed over {counts['sent']}")
+    if counts["undelivered"]:
+        problems.append(f"client reports {counts['undelivered']} events undelivered")
+    if counts["rejected"]:
+        problems.append(f"client reports {counts['rejected']} events rejected by the daemon")
     if daemon_events is None:
         problems.append("the daemon never saw this client")
     if spans.get("ok", 0) != phases or sum(spans.values()) != phases:
@@ -276,6 +304,8 @@ def delivery_check(
     return {
         "client_dropped": counts["dropped"],
         "client_sent": counts["sent"],
+        "client_undelivered": counts["undelivered"],
+        "client_rejected": counts["rejected"],
         "daemon_events": daemon_events,
         "phases": phases,
         "daemon_spans": spans,
@@ -364,9 +394,8 @@ def run_child(
         until = time.monotonic() + 5.0
         while True:
             seen = daemon.client_events(res["pid"])
-            sent = client_counts(res["stats"])["sent"]
             res["daemon_events"] = seen
-            if (seen is not None and (sent is None or seen == sent)) or time.monotonic() > until:
+            if counts_settled(res["stats"], seen) or time.monotonic() > until:
                 break
             time.sleep(0.05)
             try:
