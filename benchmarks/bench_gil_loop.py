@@ -16,9 +16,13 @@ Each hinted run must deliver everything: 0 client drops in stats(), the daemon's
 equal to what the client handed over, and one 'ok' span per step in the daemon's store.  A run that
 fails this is invalid: reported, and left out of the figures.
 
-Reported per step size and condition: median slowdown (median hinted / median unhinted - 1) with a
-bootstrap 95% CI over the interleaved pairs, the IQR and min/max of the per-pair ratios, and the
-per-step times.  The loadavg before each condition and at the end is recorded.
+Reported per step size and condition: median slowdown (median hinted / median unhinted - 1, wall
+time per step) with a bootstrap 95% CI over the interleaved pairs, the IQR and min/max of the
+per-pair ratios, and the per-step times.  Also the CPU increase: the child's CPU time per step
+(all threads, getrusage), hinted over unhinted - the client's own work, which stays readable on a
+loaded machine where wall time is mostly other processes' time slices (a GIL stall while the
+sender is preempted shows in wall time only).  The work per step is calibrated in thread CPU time.
+The loadavg before each condition and at the end is recorded.
 
     python benchmarks/bench_gil_loop.py [--repeats 10] [--run-s 1.0] [--step-us 100,1000]
         [--conditions quiet,competitor] [--quick] [--out benchmarks/results/gil_loop.json]
@@ -59,13 +63,15 @@ def work(n):
     return x
 
 if mode == "calibrate":
-    # per-step time of `iters` iterations, median of 9 blocks of `steps` steps
+    # per-step CPU time of `iters` iterations (thread CPU, so a loaded machine that deschedules us
+    # does not shrink the work), median of 9 blocks of `steps` steps
     blocks = []
+    tt = time.thread_time
     for _ in range(9):
-        t0 = pc()
+        t0 = tt()
         for _ in range(steps):
             work(iters)
-        blocks.append((pc() - t0) / steps)
+        blocks.append((tt() - t0) / steps)
     blocks.sort()
     finish({"step_s": blocks[4]})
     raise SystemExit(0)
@@ -101,7 +107,7 @@ def calibrate(env: dict[str, str], target_s: float) -> dict[str, Any]:
     step = run_child(CHILD, ["calibrate", str(probe), "50", "0"], env)["step_s"]
     iters = max(10, round(probe * target_s / step))
     check = run_child(CHILD, ["calibrate", str(iters), str(max(20, round(0.05 / target_s))), "0"], env)["step_s"]
-    return {"target_us": target_s * 1e6, "iters": iters, "measured_step_us": round(check * 1e6, 2)}
+    return {"target_us": target_s * 1e6, "iters": iters, "measured_step_cpu_us": round(check * 1e6, 2)}
 
 
 def one_run(mode: str, iters: int, steps: int, warm: int, daemon: Daemon) -> dict[str, Any]:
@@ -127,18 +133,19 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     hs, us = [g[0] for g in good], [g[1] for g in good]
     lo, hi = bootstrap_ratio_ci(hs, us)
     ratios = [a / b for a, b in good]
+    hc = [h["cpu_s"] / h["steps"] * 1e6 for h, u in pairs if h["delivery"]["valid"]]
+    uc = [u["cpu_s"] / u["steps"] * 1e6 for h, u in pairs if h["delivery"]["valid"]]
+    clo, chi = bootstrap_ratio_ci(hc, uc)
     out.update(
         slowdown_pct=round((statistics.median(hs) / statistics.median(us) - 1) * 100, 2),
         slowdown_ci95_pct=[round((lo - 1) * 100, 2), round((hi - 1) * 100, 2)],
         pair_ratio_pct={k: round((v - 1) * 100 if k != "iqr" else v * 100, 2) for k, v in spread(ratios).items()},
         hinted_step_us={k: round(v, 3) for k, v in spread(hs).items()},
         unhinted_step_us={k: round(v, 3) for k, v in spread(us).items()},
-        hinted_cpu_per_step_us=round(
-            statistics.median(p["hinted"]["cpu_s"] / p["hinted"]["steps"] for p in runs) * 1e6, 3
-        ),
-        unhinted_cpu_per_step_us=round(
-            statistics.median(p["unhinted"]["cpu_s"] / p["unhinted"]["steps"] for p in runs) * 1e6, 3
-        ),
+        cpu_increase_pct=round((statistics.median(hc) / statistics.median(uc) - 1) * 100, 2),
+        cpu_increase_ci95_pct=[round((clo - 1) * 100, 2), round((chi - 1) * 100, 2)],
+        hinted_cpu_per_step_us={k: round(v, 3) for k, v in spread(hc).items()},
+        unhinted_cpu_per_step_us={k: round(v, 3) for k, v in spread(uc).items()},
     )
     return out
 
@@ -164,7 +171,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as td, Daemon(Path(td)) as daemon:
         cal = [calibrate(daemon.env, t) for t in targets]
         for c in cal:
-            print(f"calibrated: {c['iters']} iterations ~ {c['measured_step_us']} us per step")
+            print(f"calibrated: {c['iters']} iterations ~ {c['measured_step_cpu_us']} us of CPU per step")
         for cond in conditions:
             if cond not in ("quiet", "competitor"):
                 raise SystemExit(f"unknown condition {cond!r}")
@@ -189,7 +196,9 @@ def main() -> int:
                     ci = s.get("slowdown_ci95_pct", ["-", "-"])
                     print(
                         f"{cond:10s} {key:>7s}: slowdown {s.get('slowdown_pct', 'n/a')} % "
-                        f"(95% CI {ci[0]} .. {ci[1]}), invalid runs {s['invalid_runs']}/{s['pairs']}"
+                        f"(95% CI {ci[0]} .. {ci[1]}), CPU +{s.get('cpu_increase_pct', 'n/a')} %, "
+                        f"invalid runs {s['invalid_runs']}/{s['pairs']}",
+                        flush=True,
                     )
             finally:
                 if comp:
@@ -200,6 +209,7 @@ def main() -> int:
         f"{cond}_{k}": {
             "slowdown_pct": v["summary"].get("slowdown_pct"),
             "ci95_pct": v["summary"].get("slowdown_ci95_pct"),
+            "cpu_increase_pct": v["summary"].get("cpu_increase_pct"),
             "invalid_runs": v["summary"]["invalid_runs"],
         }
         for cond, cell in results.items()
