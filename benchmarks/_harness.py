@@ -114,16 +114,19 @@ def client_under_test() -> dict[str, Any]:
     lines = probe.stdout.split()
     info: dict[str, Any] = {"file": lines[0] if lines else None, "version": lines[1] if len(lines) > 1 else None}
 
+    # the checkout the imported client lives in (PYTHONPATH may point at another tree than this one)
+    where = Path(info["file"]).parent if info["file"] else REPO
+
     def git(*args: str) -> str | None:
         try:
-            out = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=30)
+            out = subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=30)
         except OSError:
             return None
         return out.stdout.strip() if out.returncode == 0 else None
 
-    info["git_commit_client"] = git("log", "-1", "--format=%H", "--", "client")
+    info["git_commit_client"] = git("log", "-1", "--format=%H", "--", ".")
     info["git_head"] = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--", "client")
+    dirty = git("status", "--porcelain", "--", ".")
     info["client_dirty"] = bool(dirty) if dirty is not None else None
     return info
 
