@@ -22,7 +22,10 @@ per-pair ratios, and the per-step times.  Also the CPU increase: the child's CPU
 (all threads, getrusage), hinted over unhinted - the client's own work, which stays readable on a
 loaded machine where wall time is mostly other processes' time slices (a GIL stall while the
 sender is preempted shows in wall time only).  The work per step is calibrated in thread CPU time.
-The loadavg before each condition and at the end is recorded.
+The loadavg before each condition and at the end is recorded; `machine_oversubscribed` says whether
+it exceeded the core count, in which case the wall-time figures say more about the scheduler than
+about the client (a child whose threads sleep and wake gets a larger share of an overloaded CPU
+than a pure spinner does, so hinted runs can even come out faster).
 
     python benchmarks/bench_gil_loop.py [--repeats 10] [--run-s 1.0] [--step-us 100,1000]
         [--conditions quiet,competitor] [--quick] [--out benchmarks/results/gil_loop.json]
@@ -31,6 +34,7 @@ The loadavg before each condition and at the end is recorded.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -217,6 +221,14 @@ def main() -> int:
         if isinstance(v, dict) and "summary" in v
     }
     summary["all_delivered"] = all(v["invalid_runs"] == 0 for v in summary.values() if isinstance(v, dict))
+    loads = [cell[k][0] for cell in results.values() for k in ("loadavg_before", "loadavg_after")]
+    cpus = os.cpu_count() or 1
+    # More runnable threads than cores: the scheduler, not the client, decides the wall times (a
+    # hinted child whose threads sleep and wake gets a larger share than a pure spinner), so only
+    # cpu_increase_pct is readable then.
+    summary["machine_oversubscribed"] = max(loads) > cpus
+    if summary["machine_oversubscribed"]:
+        print(f"WARNING: load average up to {max(loads)} on {cpus} cores: wall-time slowdowns are not interpretable")
     write_result(
         args.out,
         "gil_loop",
