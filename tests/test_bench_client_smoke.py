@@ -99,5 +99,6 @@ def test_generate_overhead_cpu_tiny(tmp_path):
     assert doc["generate"]["hinted_vs_none"]["runs"] == 2 and doc["launch"]["hinted_vs_unhinted"]["runs"] == 2
     # one phase per forward: prefill + decode steps, warm-up included
     assert doc["generate"]["phases_opened"] == doc["generate"]["forwards_per_generate"] * 3
+    assert doc["generate"]["phases_by_name"] == {"prefill": 3, "decode": 3 * (doc["generate"]["new_tokens"] - 1)}
     assert doc["delivery"]["daemon_spans"] == {"ok": doc["delivery"]["phases_opened"]}
     assert all(r["valid"] and r["client_dropped"] == 0 for r in doc["delivery"]["per_run"])

@@ -110,7 +110,7 @@ def bench_generate(args: argparse.Namespace, torch: Any, h: Any, dlv: Delivery, 
     mask = torch.ones_like(ids)
     prefill, decode = h.phase("prefill"), h.phase("decode")
     stack: list[Any] = []
-    mode = {"v": "none", "phases": 0}
+    mode = {"v": "none", "phases": 0, "prefill": 0, "decode": 0}
 
     def pre(module: Any, a: tuple[Any, ...], kw: dict[str, Any]) -> None:
         if mode["v"] != "hinted":
@@ -122,6 +122,7 @@ def bench_generate(args: argparse.Namespace, torch: Any, h: Any, dlv: Delivery, 
         ph.__enter__()
         stack.append(ph)
         mode["phases"] += 1
+        mode["prefill" if ph is prefill else "decode"] += 1
 
     def post(module: Any, a: tuple[Any, ...], kw: dict[str, Any], out: Any) -> None:
         if stack:
@@ -189,6 +190,7 @@ def bench_generate(args: argparse.Namespace, torch: Any, h: Any, dlv: Delivery, 
         "model_build_s": round(build_s, 2),
         "forwards_per_generate": forwards_per_run,
         "phases_opened": mode["phases"],
+        "phases_by_name": {"prefill": mode["prefill"], "decode": mode["decode"]},
         "budget_hit": budget_hit,
         "hinted_vs_none": summarize(times["hinted"], times["none"]),
         "empty_hooks_vs_none": summarize(times["empty_hooks"], times["none"]),
