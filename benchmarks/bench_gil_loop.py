@@ -22,10 +22,15 @@ per-pair ratios, and the per-step times.  Also the CPU increase: the child's CPU
 (all threads, getrusage), hinted over unhinted - the client's own work, which stays readable on a
 loaded machine where wall time is mostly other processes' time slices (a GIL stall while the
 sender is preempted shows in wall time only).  The work per step is calibrated in thread CPU time.
+And the slowdown excluding run-queue waits: wall time minus the time the main thread spent
+runnable but waiting for a CPU (/proc/thread-self/schedstat), hinted over unhinted; what remains
+is the thread running or blocked, and since the loop never sleeps, blocked means waiting for the
+GIL - so GIL stalls, including those behind a sender preempted while holding the GIL, stay in.
 The loadavg before each condition and at the end is recorded; `machine_oversubscribed` says whether
 it exceeded the core count, in which case the wall-time figures say more about the scheduler than
 about the client (a child whose threads sleep and wake gets a larger share of an overloaded CPU
-than a pure spinner does, so hinted runs can even come out faster).
+than a pure spinner does, so hinted runs can even come out faster), and the CPU increase and the
+slowdown excluding run-queue waits are the figures to read.
 
     python benchmarks/bench_gil_loop.py [--repeats 10] [--run-s 1.0] [--step-us 100,1000]
         [--conditions quiet,competitor] [--quick] [--out benchmarks/results/gil_loop.json]
@@ -92,6 +97,17 @@ for _ in range(warm):
         work(iters)
 if h is not None:
     h.flush(5.0)
+
+def schedstat():
+    # the main thread's time on a CPU and waiting on a run queue (ns), from the scheduler
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            run, wait = f.read().split()[:2]
+        return int(run), int(wait)
+    except (OSError, ValueError):
+        return None
+
+s0 = schedstat()
 r0 = resource.getrusage(resource.RUSAGE_SELF)
 t0 = pc()
 for _ in range(steps):
@@ -99,9 +115,14 @@ for _ in range(steps):
         work(iters)
 t1 = pc()
 r1 = resource.getrusage(resource.RUSAGE_SELF)
+s1 = schedstat()
 cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-finish({"mode": mode, "wall_s": t1 - t0, "cpu_s": cpu, "steps": steps, "phases": steps + warm if h else 0,
-        "nvcsw": r1.ru_nvcsw - r0.ru_nvcsw, "nivcsw": r1.ru_nivcsw - r0.ru_nivcsw}, h)
+res = {"mode": mode, "wall_s": t1 - t0, "cpu_s": cpu, "steps": steps, "phases": steps + warm if h else 0,
+       "nvcsw": r1.ru_nvcsw - r0.ru_nvcsw, "nivcsw": r1.ru_nivcsw - r0.ru_nivcsw}
+if s0 and s1:
+    res["main_run_s"] = (s1[0] - s0[0]) / 1e9
+    res["main_runqueue_s"] = (s1[1] - s0[1]) / 1e9
+finish(res, h)
 """
 
 
@@ -118,6 +139,15 @@ def one_run(mode: str, iters: int, steps: int, warm: int, daemon: Daemon) -> dic
     res = run_child(CHILD, [mode, str(iters), str(steps), str(warm)], daemon.env, daemon if mode == "hinted" else None)
     out = {k: res[k] for k in ("mode", "wall_s", "cpu_s", "steps", "nvcsw", "nivcsw", "pid")}
     out["step_us"] = res["wall_s"] / res["steps"] * 1e6
+    if "main_run_s" in res:
+        # wall time minus the main thread's run-queue waits: what the step costs when the scheduler's
+        # share is taken out.  What remains is the thread running, or blocked (on the GIL: the loop
+        # never sleeps), so GIL stalls - including a preempted sender holding the GIL - stay in.
+        out["main_run_s"], out["main_runqueue_s"] = res["main_run_s"], res["main_runqueue_s"]
+        out["step_excl_runqueue_us"] = (res["wall_s"] - res["main_runqueue_s"]) / res["steps"] * 1e6
+        out["main_blocked_us_per_step"] = (
+            max(0.0, res["wall_s"] - res["main_runqueue_s"] - res["main_run_s"]) / res["steps"] * 1e6
+        )
     if mode == "hinted":
         out["stats"] = res["stats"]
         out["delivery"] = delivery_check(daemon, res["pid"], res["stats"], res["phases"], "step", res["daemon_events"])
@@ -140,6 +170,26 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     hc = [h["cpu_s"] / h["steps"] * 1e6 for h, u in pairs if h["delivery"]["valid"]]
     uc = [u["cpu_s"] / u["steps"] * 1e6 for h, u in pairs if h["delivery"]["valid"]]
     clo, chi = bootstrap_ratio_ci(hc, uc)
+    sched = [
+        (h, u)
+        for h, u in pairs
+        if h["delivery"]["valid"] and "step_excl_runqueue_us" in h and "step_excl_runqueue_us" in u
+    ]
+    if sched:
+        he, ue = [h["step_excl_runqueue_us"] for h, _ in sched], [u["step_excl_runqueue_us"] for _, u in sched]
+        elo, ehi = bootstrap_ratio_ci(he, ue)
+        out.update(
+            slowdown_excl_runqueue_pct=round((statistics.median(he) / statistics.median(ue) - 1) * 100, 2),
+            slowdown_excl_runqueue_ci95_pct=[round((elo - 1) * 100, 2), round((ehi - 1) * 100, 2)],
+            main_blocked_us_per_step={
+                "hinted": round(statistics.median(h["main_blocked_us_per_step"] for h, _ in sched), 3),
+                "unhinted": round(statistics.median(u["main_blocked_us_per_step"] for _, u in sched), 3),
+            },
+            main_runqueue_share={
+                m: round(statistics.median(p[i]["main_runqueue_s"] / p[i]["wall_s"] for p in sched), 3)
+                for i, m in enumerate(("hinted", "unhinted"))
+            },
+        )
     out.update(
         slowdown_pct=round((statistics.median(hs) / statistics.median(us) - 1) * 100, 2),
         slowdown_ci95_pct=[round((lo - 1) * 100, 2), round((hi - 1) * 100, 2)],
@@ -201,6 +251,8 @@ def main() -> int:
                     print(
                         f"{cond:10s} {key:>7s}: slowdown {s.get('slowdown_pct', 'n/a')} % "
                         f"(95% CI {ci[0]} .. {ci[1]}), CPU +{s.get('cpu_increase_pct', 'n/a')} %, "
+                        f"excl. run-queue waits {s.get('slowdown_excl_runqueue_pct', 'n/a')} % "
+                        f"{s.get('slowdown_excl_runqueue_ci95_pct', '')}, "
                         f"invalid runs {s['invalid_runs']}/{s['pairs']}",
                         flush=True,
                     )
@@ -214,6 +266,8 @@ def main() -> int:
             "slowdown_pct": v["summary"].get("slowdown_pct"),
             "ci95_pct": v["summary"].get("slowdown_ci95_pct"),
             "cpu_increase_pct": v["summary"].get("cpu_increase_pct"),
+            "slowdown_excl_runqueue_pct": v["summary"].get("slowdown_excl_runqueue_pct"),
+            "excl_runqueue_ci95_pct": v["summary"].get("slowdown_excl_runqueue_ci95_pct"),
             "invalid_runs": v["summary"]["invalid_runs"],
         }
         for cond, cell in results.items()
@@ -225,7 +279,7 @@ def main() -> int:
     cpus = os.cpu_count() or 1
     # More runnable threads than cores: the scheduler, not the client, decides the wall times (a
     # hinted child whose threads sleep and wake gets a larger share than a pure spinner), so only
-    # cpu_increase_pct is readable then.
+    # cpu_increase_pct and slowdown_excl_runqueue_pct are readable then.
     summary["machine_oversubscribed"] = max(loads) > cpus
     if summary["machine_oversubscribed"]:
         print(f"WARNING: load average up to {max(loads)} on {cpus} cores: wall-time slowdowns are not interpretable")
