@@ -48,6 +48,8 @@ def test_gil_loop(tmp_path):
             cell = doc["results"][cond][step]
             assert cell["summary"]["invalid_runs"] == 0 and cell["summary"]["pairs"] == 2
             assert "slowdown_ci95_pct" in cell["summary"]
+            if Path("/proc/thread-self/schedstat").exists():
+                assert len(cell["summary"]["slowdown_excl_runqueue_ci95_pct"]) == 2
             runs = cell["runs"]
             assert [r["order"][0] for r in runs] == ["hinted", "unhinted"]  # AB BA: interleaved
             for r in runs:
