@@ -67,6 +67,7 @@ def host_info() -> dict[str, Any]:
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
+        "loadavg_at_write": load_average(),
     }
 
 
@@ -79,3 +80,345 @@ def write_result(out: str | Path, benchmark: str, **fields: Any) -> Path:
     path.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {path}")
     return path
+
+
+# ---------------------------------------------------------------- client benchmarks (issue 7)
+# What the client benchmarks (bench_gil_loop, bench_client, bench_client_cpu, gpu/bench_generate_overhead)
+# share: the client under test, the machine's load, CPU-bound competitors, and the delivery check.
+# They use only the client's public API (phase, flush, stats), so they measure whatever client is
+# installed; the few places that read stats() go through client_counts(), in one place.
+
+#: Daemon settings for client benchmarks: admission limits far above what one client sends here, so
+#: the benchmark measures the client, never the daemon's rate limiter or its open-span limit.
+CLIENT_BENCH_DAEMON_CONFIG = (
+    "rate_events_per_s = 100000000.0\nrate_burst_events = 1000000000.0\nmax_open_spans_per_client = 1048576\n"
+)
+
+
+def load_average() -> list[float]:
+    """1, 5 and 15 minute load averages: this machine is shared, so every result records them."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def client_under_test() -> dict[str, Any]:
+    """Which client the children import: its file, the git commit of client/ and whether it is dirty."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUOS_HINT_")}
+    env["GPUOS_HINT_DISABLE"] = "1"
+    probe = subprocess.run(
+        [sys.executable, "-c", "import gpuos_client as h; print(h.__file__); print(getattr(h, '__version__', '?'))"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    lines = probe.stdout.split()
+    info: dict[str, Any] = {"file": lines[0] if lines else None, "version": lines[1] if len(lines) > 1 else None}
+
+    # the checkout the imported client lives in (PYTHONPATH may point at another tree than this one)
+    where = Path(info["file"]).parent if info["file"] else REPO
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=30)
+        except OSError:
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    info["git_commit_client"] = git("log", "-1", "--format=%H", "--", ".")
+    info["git_head"] = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--", ".")
+    info["client_dirty"] = bool(dirty) if dirty is not None else None
+    return info
+
+
+def client_counts(stats: dict[str, Any]) -> dict[str, int | None]:
+    """Drops, events handed over, and (where the client reports them) undelivered and rejected
+    events, from a client's stats(), whatever its exact shape.
+
+    dropped: the `dropped` total when it is a number, else the sum of `dropped_by_reason` (or of a
+    `dropped` dict).  sent: the events handed to ZeroMQ (`handed` in a client that separates handed
+    from delivered, `sent` in the older one).  undelivered / rejected: None when the client has no
+    such counter (the pre-rewrite client knows nothing of acknowledgements).
+    """
+
+    def num(v: Any) -> int | None:
+        if isinstance(v, dict):
+            return sum(int(x) for x in v.values() if isinstance(x, int | float))
+        return int(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+    dropped = num(stats.get("dropped"))
+    if dropped is None:
+        dropped = num(stats.get("dropped_by_reason") or {}) or 0
+    sent = stats.get("handed", stats.get("sent"))
+    if isinstance(sent, dict):
+        sent = sent.get("events")
+    return {
+        "dropped": dropped,
+        "sent": num(sent),
+        "undelivered": num(stats.get("undelivered")),
+        "rejected": num(stats.get("rejected")),
+    }
+
+
+def counts_settled(stats: dict[str, Any], daemon_events: int | None) -> bool:
+    """The daemon has accepted everything the client handed over, and the client agrees."""
+    c = client_counts(stats)
+    if daemon_events is None:
+        return False
+    if c["sent"] is not None and daemon_events != c["sent"]:
+        return False
+    return not c["undelivered"]
+
+
+BUSY_LOOP = "import os, signal\nsignal.signal(signal.SIGTERM, lambda *a: os._exit(0))\nwhile True:\n    pass\n"
+
+
+class Competitors:
+    """CPU-bound busy loops in other processes (one per core minus one, at least one), for the
+    "a CPU-bound process competes for the cores" condition.  A context manager; records what ran."""
+
+    def __init__(self, n: int | None = None) -> None:
+        self.n = n if n is not None else max(1, (os.cpu_count() or 2) - 1)
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> Competitors:
+        for _ in range(self.n):
+            self.procs.append(subprocess.Popen([sys.executable, "-c", BUSY_LOOP]))
+        time.sleep(0.2)  # let them reach their loop
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        self.procs = []
+
+    def describe(self) -> dict[str, Any]:
+        return {"processes": self.n, "what": "python busy loop `while True: pass`, same nice as the benchmark"}
+
+
+class Daemon:
+    """A real gpuos-hintd on a private socket and store, with the client-benchmark config; asks it
+    what it received from one client (status while the client lives, the store after it exits)."""
+
+    def __init__(self, tmp: Path, config_text: str = CLIENT_BENCH_DAEMON_CONFIG) -> None:
+        self.env = daemon_env(tmp, config_text=config_text)
+        self.control = self.env["GPUOS_HINT_CONTROL"]
+        self.state_dir = Path(self.env["GPUOS_HINT_STATE_DIR"])
+        self.log = tmp / "hintd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Daemon:
+        self.proc = start_daemon(self.env, ("--log-level", "warning"), log=self.log, timeout_s=60.0)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def request(self, op: str, **args: Any) -> Any:
+        from gpuos_hintd.control import request
+
+        return request(self.control, op, timeout_s=10.0, **args)
+
+    def client_events(self, pid: int) -> int | None:
+        """Events the daemon accepted from pid (live or exited), or None if it never saw pid."""
+        st = self.request("status")
+        for c in st["clients"]:
+            if c["pid"] == pid:
+                return int(c["events"])
+        for e in st["exited"]:
+            if e["pid"] == pid:
+                return int(e["events"])
+        return None
+
+    def spans(
+        self, pid: int, name: str | None = None, timeout_s: float = 10.0, wait_exit: bool = True
+    ) -> dict[str, int]:
+        """Spans of pid in the daemon's store, by status, after the daemon wrote them.
+
+        With wait_exit, waits (bounded) until the process is reaped, so its spans are final; without,
+        counts what the daemon has finalised and written so far (a live process: its closed spans)."""
+        import sqlite3
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.request("sync", timeout=5.0)
+            if not wait_exit:
+                break
+            st = self.request("status")
+            gone = all(c["pid"] != pid for c in st["clients"])
+            if gone or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        db = self.state_dir / "gpuos-hint.db"
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        try:
+            sql = "SELECT status, count(*) FROM spans WHERE pid = ?" + (" AND name = ?" if name else "")
+            rows = conn.execute(sql + " GROUP BY status", (pid, name) if name else (pid,)).fetchall()
+        finally:
+            conn.close()
+        return {str(s): int(n) for s, n in rows}
+
+    def pid_cpu_s(self) -> float:
+        """The daemon's own CPU time so far (utime+stime), from /proc."""
+        assert self.proc is not None
+        return proc_cpu_s(self.proc.pid)
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime+stime of a process in seconds, from /proc/PID/stat (clock ticks)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    fields = data[data.rfind(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def delivery_check(
+    daemon: Daemon, pid: int, stats: dict[str, Any], phases: int, name: str, daemon_events: int | None
+) -> dict[str, Any]:
+    """Did every event arrive?  0 client drops, the daemon's accepted events == what the client handed
+    over (when the client reports it), and one 'ok' span per phase the child made, in the store."""
+    counts = client_counts(stats)
+    spans = daemon.spans(pid, name)
+    problems = []
+    if counts["dropped"]:
+        problems.append(f"client dropped {counts['dropped']} ({stats.get('dropped_by_reason')})")
+    if counts["sent"] is not None and daemon_events is not None and daemon_events != counts["sent"]:
+        problems.append(f"daemon accepted {daemon_events} events, client handed over {counts['sent']}")
+    if counts["undelivered"]:
+        problems.append(f"client reports {counts['undelivered']} events undelivered")
+    if counts["rejected"]:
+        problems.append(f"client reports {counts['rejected']} events rejected by the daemon")
+    if daemon_events is None:
+        problems.append("the daemon never saw this client")
+    if spans.get("ok", 0) != phases or sum(spans.values()) != phases:
+        problems.append(f"daemon stored spans {spans} for {phases} phases")
+    return {
+        "client_dropped": counts["dropped"],
+        "client_sent": counts["sent"],
+        "client_undelivered": counts["undelivered"],
+        "client_rejected": counts["rejected"],
+        "daemon_events": daemon_events,
+        "phases": phases,
+        "daemon_spans": spans,
+        "valid": not problems,
+        "problems": problems,
+    }
+
+
+def bootstrap_ratio_ci(num: Sequence[float], den: Sequence[float], n: int = 4000, seed: int = 7) -> tuple[float, float]:
+    """95% bootstrap CI of median(num)/median(den), resampling interleaved pairs together (so slow
+    drift of the machine stays paired); unpaired tails are resampled on their own."""
+    import random
+    import statistics
+
+    rng = random.Random(seed)
+    k = min(len(num), len(den))
+    pairs = list(zip(num[:k], den[:k], strict=True))
+    out = []
+    for _ in range(n):
+        s = [pairs[rng.randrange(k)] for _ in range(k)]
+        out.append(statistics.median(a for a, _ in s) / statistics.median(b for _, b in s))
+    out.sort()
+    return out[int(0.025 * n)], out[min(n - 1, int(0.975 * n))]
+
+
+def spread(xs: Sequence[float]) -> dict[str, float]:
+    """Median, IQR (25th..75th percentile), min and max of xs."""
+    import statistics
+
+    s = sorted(xs)
+    q = statistics.quantiles(s, n=4, method="inclusive") if len(s) > 1 else [s[0]] * 3
+    return {"median": statistics.median(s), "q1": q[0], "q3": q[2], "iqr": q[2] - q[0], "min": s[0], "max": s[-1]}
+
+
+#: Prepended to a client benchmark's child code: finish(result, h) prints the result, then answers
+#: the parent's "stats" requests (flush, then stats()) until told to exit, so the parent can compare
+#: the daemon's count with the client's while the client still lives (see run_child).
+CHILD_FINISH = r"""
+import json, os, sys
+_json, _os, _sys = json, os, sys
+
+def finish(res, h=None):
+    res["pid"] = _os.getpid()
+    if h is not None:
+        h.flush(5.0)
+        res["stats"] = h.stats()
+    print("RESULT " + _json.dumps(res), flush=True)
+    if h is None:
+        return
+    for line in _sys.stdin:
+        if line.strip() != "stats":
+            break
+        h.flush(2.0)
+        print("STATS " + _json.dumps(h.stats()), flush=True)
+"""
+
+
+def run_child(
+    code: str, argv: Sequence[str], env: dict[str, str], daemon: Daemon | None = None, timeout_s: float = 600.0
+) -> dict[str, Any]:
+    """Run CHILD_FINISH + code in a fresh interpreter; return its result dict.
+
+    With a daemon and a result carrying client stats, waits (bounded, 5 s) until the daemon's count
+    of events accepted from the child equals what the child says it handed over, asking the child for
+    fresh stats meanwhile (a heartbeat may go out in between), and adds `daemon_events`.
+    Raises RuntimeError with the child's stderr if it fails.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD_FINISH + code, *argv],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    res: dict[str, Any] | None = None
+    deadline = time.monotonic() + timeout_s
+    for line in proc.stdout:
+        if line.startswith("RESULT "):
+            res = json.loads(line[7:])
+            break
+        if time.monotonic() > deadline:
+            break
+    if res is not None and daemon is not None and "stats" in res:
+        until = time.monotonic() + 5.0
+        while True:
+            seen = daemon.client_events(res["pid"])
+            res["daemon_events"] = seen
+            if counts_settled(res["stats"], seen) or time.monotonic() > until:
+                break
+            time.sleep(0.05)
+            try:
+                proc.stdin.write("stats\n")
+                proc.stdin.flush()
+                line = proc.stdout.readline()
+            except (BrokenPipeError, OSError):
+                break
+            if line.startswith("STATS "):
+                res["stats"] = json.loads(line[6:])
+    try:
+        proc.stdin.write("exit\n")
+        proc.stdin.flush()
+    except (BrokenPipeError, OSError):
+        pass
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    if res is None or proc.returncode != 0:
+        raise RuntimeError(f"child failed (rc {proc.returncode}):\n{(err or '')[-3000:]}")
+    return res
