@@ -90,8 +90,10 @@ def _pod_uid(part: str) -> str | None:
 
 
 def _qos(part: str) -> str | None:
+    """The QoS level of a kubepods component: ``burstable``, ``kubepods-burstable.slice``, or the
+    pod slice ``kubepods-burstable-pod<uid>.slice`` itself (all a cgroup namespace may leave)."""
     for q in ("burstable", "besteffort"):
-        if part == q or part.endswith(f"kubepods-{q}.slice"):
+        if part == q or part.endswith(f"kubepods-{q}.slice") or f"kubepods-{q}-pod" in part:
             return q
     return None
 

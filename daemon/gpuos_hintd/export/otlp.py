@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import http.client
+import os
 import random
 import socket
 import threading
@@ -105,6 +106,7 @@ class OtlpExporter:
         service_name: str = "",
         headers: Mapping[str, str] | None = None,
         host_name: str | None = None,
+        resource: Mapping[str, str] | None = None,
     ) -> None:
         self._pb = _pb()
         self.service = service
@@ -119,6 +121,7 @@ class OtlpExporter:
         self.service_name = service_name
         self.headers = {"Content-Type": "application/x-protobuf", **(headers or {})}
         self.host_name = host_name or socket.gethostname()
+        self.extra_resource = dict(resource or {})  # OTEL_RESOURCE_ATTRIBUTES: the node's own (k8s.node.name, ...)
         self.identities = IdentityCache()
         # daemon thread -> exporter thread
         self._queue: collections.deque[Item] = collections.deque()
@@ -241,6 +244,7 @@ class OtlpExporter:
         ident: Identity = self.identities.get(key, svc.clients)
         comm = client.comm if client is not None else ""
         attrs: dict[str, Any] = {
+            **self.extra_resource,
             "service.name": self.service_name or comm or "unknown_service",
             "host.name": self.host_name,
             "gpuos.host.boot_id": row.boot_id,
@@ -515,6 +519,18 @@ def start_otlp(service: HintService, cfg: Config) -> OtlpExporter | None:
         batch_spans=cfg.otlp_batch_spans,
         timeout_s=cfg.otlp_timeout_s,
         max_retry_s=cfg.otlp_max_retry_s,
-        service_name=cfg.otlp_service_name,
+        service_name=cfg.otlp_service_name or os.environ.get("OTEL_SERVICE_NAME", ""),
+        resource=parse_resource_env(os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")),
     )
     return exporter.attach()
+
+
+def parse_resource_env(value: str, max_items: int = 64) -> dict[str, str]:
+    """``OTEL_RESOURCE_ATTRIBUTES`` (``k=v,k2=v2``, percent-encoded values) -> dict; bad items are skipped."""
+    out: dict[str, str] = {}
+    for item in value.split(",")[:max_items]:
+        k, sep, v = item.partition("=")
+        k = k.strip()
+        if sep and k and len(k) <= 255:
+            out[k] = urllib.parse.unquote(v.strip())[:1024]
+    return out
