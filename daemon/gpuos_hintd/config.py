@@ -81,6 +81,7 @@ class Config:
     otlp_batch_spans: int = 512
     otlp_timeout_s: float = 5.0
     otlp_max_retry_s: float = 60.0  # a batch is retried (with backoff) this long, then dropped, counted
+    otlp_backoff_max_s: float = 10.0  # the longest wait between two tries (doubling from 0.25 s, jittered)
     config_file: Path | None = None
 
     def __post_init__(self) -> None:

@@ -519,6 +519,7 @@ def start_otlp(service: HintService, cfg: Config) -> OtlpExporter | None:
         batch_spans=cfg.otlp_batch_spans,
         timeout_s=cfg.otlp_timeout_s,
         max_retry_s=cfg.otlp_max_retry_s,
+        backoff_max_s=cfg.otlp_backoff_max_s,
         service_name=cfg.otlp_service_name or os.environ.get("OTEL_SERVICE_NAME", ""),
         resource=parse_resource_env(os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")),
     )
