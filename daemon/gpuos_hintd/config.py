@@ -33,6 +33,7 @@ ENV_STATE_DIR = "GPUOS_HINT_STATE_DIR"
 ENV_CONFIG = "GPUOS_HINT_CONFIG"
 ENV_METRICS_PORT = "GPUOS_HINT_METRICS_PORT"
 ENV_OTLP_ENDPOINT = "GPUOS_HINT_OTLP_ENDPOINT"
+ENV_METRICS_ADDR = "GPUOS_HINT_METRICS_ADDR"
 SYSTEM_CONFIG = Path("/etc/gpuos-hintd/config.toml")
 
 
@@ -72,6 +73,7 @@ class Config:
     # opt-in samplers to turn on (e.g. ["syscalls_ebpf"], which needs root and bpftrace)
     enable_samplers: list[str] = dataclasses.field(default_factory=list)
     metrics_port: int | None = None
+    metrics_addr: str = "127.0.0.1"  # "0.0.0.0" where Prometheus scrapes a pod IP (packaging/kubernetes)
     metrics_top_k: int = 50
     # OTLP/HTTP trace export (export/otlp.py): off unless an endpoint is set, e.g. in a
     # [otlp] section: endpoint = "http://127.0.0.1:4318" (keys there are otlp_<key> here).
@@ -170,6 +172,7 @@ def load(path: Path | None = None, overrides: dict[str, Any] | None = None) -> C
         "state_dir": os.environ.get(ENV_STATE_DIR),
         "metrics_port": os.environ.get(ENV_METRICS_PORT),
         "otlp_endpoint": os.environ.get(ENV_OTLP_ENDPOINT),
+        "metrics_addr": os.environ.get(ENV_METRICS_ADDR),
     }
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     for key, value in {**env, **given}.items():

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             from .metrics import start_metrics_server
 
-            start_metrics_server(service, cfg.metrics_port, cfg.metrics_top_k)
+            start_metrics_server(service, cfg.metrics_port, cfg.metrics_top_k, cfg.metrics_addr)
         except Exception as exc:  # metrics are optional; the daemon runs without them
             log.error("metrics_unavailable", error=f"{type(exc).__name__}: {exc}")
     otlp = None
