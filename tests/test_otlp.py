@@ -302,3 +302,39 @@ def test_client_traceparent_of_the_current_sdk_span() -> None:
     tp, trace_hex, span_hex, flags = out.split()
     assert tp == f"00-{trace_hex}-{span_hex}-{flags}" and int(flags, 16) & 1  # sampled (and maybe W3C "random")
     assert parse_traceparent(tp) is not None
+
+
+def test_fleet_metrics_identity_labels_are_bounded(tmp_path: Path) -> None:
+    """pod/container/unit series: at most top_k labelled + __other__, and their sum is every span."""
+    pc = pytest.importorskip("prometheus_client")
+    from gpuos_hintd.export.prom import FleetCollector
+    from prometheus_client.parser import text_string_to_metric_families
+
+    svc = _service(tmp_path)
+    registry = pc.CollectorRegistry(auto_describe=False)
+    fleet = FleetCollector(svc, top_k=2).attach(registry)
+    rows = []
+    for i in range(5):  # five pods, pod i sends i + 1 spans
+        key = ProcKey(5000 + i, 1)
+        uid = f"{i:08x}-0000-4000-8000-000000000000"
+        _client(svc, key, f"/kubepods/burstable/pod{uid}/{i:064x}")
+        rows += [_row(svc, key, s, 0, "p", 1) for s in range(1, i + 2)]
+    svc.sinks[0](rows)
+
+    def scrape() -> dict[tuple[str, str, str], float]:
+        fleet.on_tick(svc)
+        fams = {f.name: f for f in text_string_to_metric_families(pc.generate_latest(registry).decode())}
+        assert "gpuos_hintd_otlp_spans_exported" not in fams  # no exporter attached: no OTLP series
+        return {
+            (s.labels["pod_uid"], s.labels["container"], s.labels["unit"]): s.value
+            for s in fams["gpuos_workload_spans"].samples
+            if s.name.endswith("_total")
+        }
+
+    pod = [f"{i:08x}-0000-4000-8000-000000000000" for i in range(5)]
+    short = [f"{i:064x}"[:12] for i in range(5)]
+    # At the tick the two busiest pods (4 and 3) take the labels; what was counted so far stays in
+    # __other__ (series only ever grow), so the sum is still every span.
+    assert scrape() == {(pod[4], short[4], ""): 0, (pod[3], short[3], ""): 0, ("__other__",) * 3: 15}
+    svc.sinks[0]([_row(svc, ProcKey(5004, 1), 100, 0, "p", 1), _row(svc, ProcKey(5000, 1), 100, 0, "p", 1)])
+    assert scrape() == {(pod[4], short[4], ""): 1, (pod[3], short[3], ""): 0, ("__other__",) * 3: 16}
