@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from _harness import RESULTS, daemon_env, start_daemon, write_result
-from bench_ingest import SENDER, child_env
+from bench_ingest import SENDER, child_env, cpu_s
 from bench_latency import CHILD as LATENCY_CHILD
 from bench_latency import pct
 
@@ -64,7 +64,20 @@ def _status(ctl: str) -> dict[str, Any]:
     return request(ctl, "status", timeout_s=10)  # type: ignore[no-any-return]
 
 
-def throughput(env: dict[str, str], nb: int) -> dict[str, Any]:
+def _thread_cpu_s(pid: int, name: str | None = None) -> float:
+    """CPU seconds of the daemon's main thread (name None) or of its thread called ``name``."""
+    tid = pid
+    if name is not None:
+        for t in Path(f"/proc/{pid}/task").iterdir():
+            if (t / "comm").read_text().strip() == name:
+                tid = int(t.name)
+                break
+        else:
+            return 0.0
+    return cpu_s(pid, tid)
+
+
+def throughput(env: dict[str, str], nb: int, pid: int) -> dict[str, Any]:
     ctl = env["GPUOS_HINT_CONTROL"]
     with tempfile.TemporaryDirectory() as td:
         go = Path(td) / "go"
@@ -78,6 +91,7 @@ def throughput(env: dict[str, str], nb: int) -> dict[str, Any]:
         if kid.stdout.readline().strip() != "ready":
             raise SystemExit("sender failed to start")
         c0 = _status(ctl)["counters"]
+        m0, x0 = _thread_cpu_s(pid), _thread_cpu_s(pid, "gpuos-otlp")
         t0 = time.monotonic()
         go.touch()
         out, _ = kid.communicate(timeout=300)
@@ -91,7 +105,74 @@ def throughput(env: dict[str, str], nb: int) -> dict[str, Any]:
                 break
             time.sleep(0.005)
         t1 = time.monotonic()
-    return {"sent": sent, "accepted": got, "rejected": rej, "s": t1 - t0, "events_per_s": got / (t1 - t0)}
+        time.sleep(0.25)  # the spans of the last events are finalised at the next tick: count that too
+        m1, x1 = _thread_cpu_s(pid), _thread_cpu_s(pid, "gpuos-otlp")
+    return {
+        "sent": sent,
+        "accepted": got,
+        "rejected": rej,
+        "s": t1 - t0,
+        "events_per_s": got / (t1 - t0),
+        "main_thread_cpu_us_per_event": (m1 - m0) / max(got, 1) * 1e6,
+        "exporter_thread_cpu_us_per_event": (x1 - x0) / max(got, 1) * 1e6,
+    }
+
+
+SPAN_TREE = 4  # a training step: the step and its forward/backward/optimizer children
+
+
+def sink_cost(reps: int = 30, steps: int = 250) -> dict[str, Any]:
+    """In this process: daemon-thread cost per span of finalising (the service's own span sinks, no
+    store) with and without the exporter's sink, with its queue accepting and full."""
+    import logging
+
+    import structlog
+    from gpuos_hintd.config import Config
+    from gpuos_hintd.export.otlp import OtlpExporter
+    from gpuos_hintd.service import HintService
+    from gpuos_hintd.store import SpanRow
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+
+    def rows(base: int) -> list[SpanRow]:
+        out = []
+        t = time.time_ns()
+        for i in range(steps):
+            root = base + i * SPAN_TREE + 1
+            out += [
+                SpanRow("b", 1, 1, root + k, root if k else 0, 1, n, f"train_step/{n}" if k else n, 2 if k else 1,
+                        None, {"step": i} if not k else None, 0, 1000, t, "ok",
+                        signals={"cpu_user_ns": 100, "cpu_sys_ns": 5, "rss_bytes_mean": 1e9})
+                for k, n in enumerate(("train_step", "forward", "backward", "optimizer"))
+            ]  # fmt: skip
+        return out
+
+    def per_span(svc: HintService) -> float:
+        best = float("inf")
+        for r in range(reps):
+            batch = rows(r * steps * SPAN_TREE * 10)
+            t0 = time.perf_counter()
+            svc._on_spans(batch)
+            best = min(best, (time.perf_counter() - t0) / len(batch))
+        return best * 1e6
+
+    res: dict[str, Any] = {}
+    for mode in ("off", "queue_accepting", "queue_full"):
+        with tempfile.TemporaryDirectory() as td:
+            svc = HintService(Config(state_dir=Path(td)), None)
+            ex = None
+            if mode != "off":
+                ex = OtlpExporter(
+                    svc, f"http://127.0.0.1:{_closed_port()}", queue_spans=10**7 if mode == "queue_accepting" else 1
+                )
+                svc.sinks.append(ex.on_spans)  # not started: nothing drains the queue while measuring
+                if mode == "queue_full":
+                    ex.on_spans(rows(10**9)[:1])
+            res[f"{mode}_us_per_span"] = per_span(svc)
+            svc.worker.close()
+    res["exporter_sink_us_per_span_accepting"] = res["queue_accepting_us_per_span"] - res["off_us_per_span"]
+    res["exporter_sink_us_per_span_full"] = res["queue_full_us_per_span"] - res["off_us_per_span"]
+    return res
 
 
 def latency(env: dict[str, str], trials: int) -> list[float]:
@@ -118,6 +199,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(RESULTS / "otlp_backend_down.json"))
     args = ap.parse_args()
     rng = random.Random(args.seed)
+    sink = sink_cost()
+    print("daemon-thread cost per finalised span (us):", {k: round(v, 3) for k, v in sink.items()})
     hung = _hung_listener()
     endpoints = {
         "off": None,
@@ -143,7 +226,7 @@ def main() -> int:
                 rng.shuffle(order)
                 orders.append(order)
                 for mode in order:
-                    tput[mode].append(throughput(envs[mode], args.batches))
+                    tput[mode].append(throughput(envs[mode], args.batches, procs[mode].pid))
                 for mode in order:
                     lat[mode].extend(latency(envs[mode], args.trials))
             final = {m: _status(envs[m]["GPUOS_HINT_CONTROL"]) for m in MODES}
@@ -153,13 +236,22 @@ def main() -> int:
                 p.wait(10)
             hung.close()
     results: dict[str, Any] = {}
-    print(f"{'mode':8s} {'events/s median':>15s} {'min':>9s} {'max':>9s} {'lat p50 ms':>10s} {'p99 ms':>7s}  otlp")
+    print(
+        f"{'mode':8s} {'events/s median':>15s} {'min':>9s} {'max':>9s} {'main us/ev':>10s} {'exp us/ev':>9s} "
+        f"{'lat p50 ms':>10s} {'p99 ms':>7s}  otlp"
+    )
     for m in MODES:
         eps = [r["events_per_s"] for r in tput[m]]
         lm = lat[m]
         otlp = final[m].get("otlp")
+        cpu_main = [r["main_thread_cpu_us_per_event"] for r in tput[m]]
         results[m] = {
             "endpoint": endpoints[m],
+            "main_thread_cpu_us_per_event_median": statistics.median(cpu_main),
+            "main_thread_cpu_us_per_event": cpu_main,
+            "exporter_thread_cpu_us_per_event_median": statistics.median(
+                r["exporter_thread_cpu_us_per_event"] for r in tput[m]
+            ),
             "events_per_s_median": statistics.median(eps),
             "events_per_s_min": min(eps),
             "events_per_s_max": max(eps),
@@ -178,17 +270,21 @@ def main() -> int:
         )
         print(
             f"{m:8s} {r['events_per_s_median']:15,.0f} {r['events_per_s_min']:9,.0f} {r['events_per_s_max']:9,.0f} "
+            f"{r['main_thread_cpu_us_per_event_median']:10.2f} {r['exporter_thread_cpu_us_per_event_median']:9.3f} "
             f"{r['latency_p50_ms']:10.2f} {r['latency_p99_ms']:7.2f}  {brief}"
         )
     base = results["off"]
     summary = {
         m: {
             "throughput_ratio_vs_off": results[m]["events_per_s_median"] / base["events_per_s_median"],
+            "main_thread_cpu_ratio_vs_off": results[m]["main_thread_cpu_us_per_event_median"]
+            / base["main_thread_cpu_us_per_event_median"],
             "latency_p50_ratio_vs_off": results[m]["latency_p50_ms"] / base["latency_p50_ms"],
             "latency_p99_delta_ms": results[m]["latency_p99_ms"] - base["latency_p99_ms"],
         }
         for m in ("refused", "hung")
     }
+    summary["sink_cost"] = sink
     summary["all_events_accounted"] = all(results[m]["unaccounted_events"] == 0 for m in MODES)
     summary["every_span_offered_is_counted"] = all(
         (o := results[m]["otlp"]) is None

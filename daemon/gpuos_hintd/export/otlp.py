@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import http.client
+import itertools
 import os
 import random
 import socket
@@ -84,8 +85,12 @@ def traces_url(endpoint: str) -> str:
     return endpoint
 
 
-# An exported span, as queued: (row, trace id, parent span id or b"", remote flags, resource key).
-Item = tuple["SpanRow", bytes, bytes, int, ProcKey]
+#: Which trace a span is in: (a client's trace id, or None: derive it from the top-level span id;
+#: that top-level span id; trace flags).
+TraceRef = tuple[bytes | None, int, int]
+# An exported span, as queued: (row, its trace, remote parent span id or b"", its process's resource
+# attributes: a dict never changed once made, so the exporter thread may read it).
+Item = tuple["SpanRow", TraceRef, bytes, dict[str, Any]]
 
 
 class OtlpExporter:
@@ -127,7 +132,7 @@ class OtlpExporter:
         self._queue: collections.deque[Item] = collections.deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._resources: dict[ProcKey, dict[str, Any]] = {}  # written by the daemon thread only
+        self._resources: dict[tuple[int, int], dict[str, Any]] = {}  # written by the daemon thread only
         self._gpu_uuids: tuple[str, ...] = ()
         self._trace_cache: collections.OrderedDict[tuple[ProcKey, int], tuple[bytes, int]] = collections.OrderedDict()
         # counters: offered/queue_full/traceparent_* by the daemon thread, the rest by the exporter thread
@@ -172,70 +177,85 @@ class OtlpExporter:
         self._gpu_uuids = tuple(sorted(set(uuids)))
 
     def on_spans(self, rows: list[SpanRow]) -> None:
-        """Queue finalised spans with their trace context (a span sink: never blocks, never raises)."""
+        """Queue finalised spans with their trace context (a span sink: never blocks, never raises).
+
+        This runs on the daemon thread for every span, so it is kept to dict look-ups on
+        int tuples; hashing ids and encoding happen on the exporter thread.
+        """
         if not rows:
             return
-        by_id: dict[tuple[ProcKey, int], SpanRow] = {(ProcKey(r.pid, r.pid_start), r.span_id): r for r in rows}
-        queue, limit = self._queue, self.queue_spans
+        queue, room = self._queue, self.queue_spans - len(self._queue)
+        self.offered += len(rows)
+        if room < len(rows):
+            self.dropped["queue_full"] += len(rows) - max(room, 0)
+            rows = rows[: max(room, 0)]
+        batch: dict[tuple[int, int, int], SpanRow] | None = None
+        cache, resources = self._trace_cache, self._resources
         for row in rows:
-            self.offered += 1
-            if len(queue) >= limit:
-                self.dropped["queue_full"] += 1
-                continue
-            key = ProcKey(row.pid, row.pid_start)
-            trace_id, flags = self._trace_of(key, row, by_id)
-            if row.parent_span_id:
-                parent = span_id_for(row.boot_id, row.pid, row.pid_start, row.parent_span_id)
-            else:
-                remote = self._remote(row)
-                parent = remote.span_id if remote is not None else b""
-                if remote is not None:
-                    self.traceparent_joined += 1
-                elif (row.attrs or {}).get(TRACEPARENT_ATTR) is not None:
-                    self.traceparent_invalid += 1
-            if key not in self._resources:
-                self._resources[key] = self._resource(key, row)
-            queue.append((row, trace_id, parent, flags, key))
+            key = (row.pid, row.pid_start)
+            ctx = cache.get((row.pid, row.pid_start, row.span_id))
+            if ctx is None:
+                parent_ctx = cache.get((row.pid, row.pid_start, row.parent_span_id)) if row.parent_span_id else None
+                if parent_ctx is not None:
+                    ctx = cache[(row.pid, row.pid_start, row.span_id)] = parent_ctx
+                else:
+                    if batch is None:
+                        batch = {(r.pid, r.pid_start, r.span_id): r for r in rows}
+                    ctx = self._trace_of(row, batch)
+            remote_parent = b""  # a local parent's id is derived on the exporter thread
+            if not row.parent_span_id and row.attrs:
+                value = row.attrs.get(TRACEPARENT_ATTR)
+                if value is not None:
+                    remote = parse_traceparent(value)
+                    if remote is not None:
+                        remote_parent = remote.span_id
+                        self.traceparent_joined += 1
+                    else:
+                        self.traceparent_invalid += 1
+            res = resources.get(key)
+            if res is None:
+                res = resources[key] = self._resource(ProcKey(*key), row)
+            queue.append((row, ctx, remote_parent, res))
+        if len(cache) > TRACE_CACHE:
+            for old in list(itertools.islice(cache, len(cache) - TRACE_CACHE)):
+                del cache[old]
         self._wake.set()
 
     def _remote(self, row: SpanRow) -> Remote | None:
         value = (row.attrs or {}).get(TRACEPARENT_ATTR)
         return parse_traceparent(value) if value is not None else None
 
-    def _trace_of(self, key: ProcKey, row: SpanRow, batch: Mapping[tuple[ProcKey, int], SpanRow]) -> tuple[bytes, int]:
-        """(trace id, trace flags) of the tree ``row`` belongs to; caches it for every span on the way."""
+    def _trace_of(self, row: SpanRow, batch: Mapping[tuple[int, int, int], SpanRow]) -> TraceRef:
+        """The trace ``row`` belongs to, found by walking up to its top-level phase (in this batch,
+        among the correlator's open spans, or in the cache); cached for every span on the way."""
         cache = self._trace_cache
+        pid, start = row.pid, row.pid_start
         chain: list[int] = []
         cur: SpanRow | None = row
         cur_id = row.span_id
-        found: tuple[bytes, int] | None = None
+        found: TraceRef | None = None
         for _ in range(MAX_WALK):
-            found = cache.get((key, cur_id))
+            found = cache.get((pid, start, cur_id))
             if found is not None:
                 break
             chain.append(cur_id)
             if cur is None:  # an ancestor no longer known: its id stands in for the root
-                found = (trace_id_for(row.boot_id, key.pid, key.start, cur_id), 1)
+                found = (None, cur_id, 1)
                 break
             if not cur.parent_span_id:  # the top-level phase
                 remote = self._remote(cur)
-                if remote is not None:
-                    found = (remote.trace_id, remote.flags)
-                else:
-                    found = (trace_id_for(row.boot_id, key.pid, key.start, cur_id), 1)
+                found = (remote.trace_id, cur_id, remote.flags) if remote is not None else (None, cur_id, 1)
                 break
             cur_id = cur.parent_span_id
-            nxt = batch.get((key, cur_id))
+            nxt = batch.get((pid, start, cur_id))
             if nxt is None:
-                open_span = self.service.correlator.get(key, cur_id)
+                open_span = self.service.correlator.get(ProcKey(pid, start), cur_id)
                 nxt = open_span.row if open_span is not None else None
             cur = nxt
         if found is None:
-            found = (trace_id_for(row.boot_id, key.pid, key.start, cur_id), 1)
+            found = (None, cur_id, 1)
         for sid in chain:
-            cache[(key, sid)] = found
-        while len(cache) > TRACE_CACHE:
-            cache.popitem(last=False)
+            cache[(pid, start, sid)] = found
         return found
 
     def _resource(self, key: ProcKey, row: SpanRow) -> dict[str, Any]:
@@ -367,22 +387,25 @@ class OtlpExporter:
         """One ExportTraceServiceRequest: a ResourceSpans per process, one ScopeSpans each."""
         svc_pb, common_pb, resource_pb, trace_pb = self._pb
         req = svc_pb.ExportTraceServiceRequest()
-        groups: dict[ProcKey, Any] = {}
-        for row, trace_id, parent, flags, key in batch:
-            scope = groups.get(key)
+        groups: dict[int, Any] = {}
+        for row, (client_trace, root_id, flags), remote_parent, res in batch:
+            scope = groups.get(id(res))
             if scope is None:
                 rs = req.resource_spans.add()
-                rs.resource.CopyFrom(resource_pb.Resource(attributes=_kvs(common_pb, self._resources.get(key, {}))))
+                rs.resource.CopyFrom(resource_pb.Resource(attributes=_kvs(common_pb, res)))
                 scope = rs.scope_spans.add()
                 scope.scope.name = SCOPE_NAME
                 scope.scope.version = __version__
-                groups[key] = scope
+                groups[id(res)] = scope
             sp = scope.spans.add()
-            sp.trace_id = trace_id
+            sp.trace_id = client_trace or trace_id_for(row.boot_id, row.pid, row.pid_start, root_id)
             sp.span_id = span_id_for(row.boot_id, row.pid, row.pid_start, row.span_id)
-            if parent:
-                sp.parent_span_id = parent
-            sp.flags = 0x100 | (0x200 if parent and not row.parent_span_id else 0) | (flags & 0xFF)
+            if remote_parent:
+                sp.parent_span_id = remote_parent
+            elif row.parent_span_id:
+                sp.parent_span_id = span_id_for(row.boot_id, row.pid, row.pid_start, row.parent_span_id)
+            # bit 8: "is the parent remote" is known; bit 9: it is (a client's traceparent)
+            sp.flags = 0x100 | (0x200 if remote_parent else 0) | (flags & 0xFF)
             sp.name = row.name
             sp.kind = trace_pb.Span.SPAN_KIND_INTERNAL
             sp.start_time_unix_nano = row.start_wall_ns
