@@ -74,3 +74,31 @@ def test_example_pod_mounts_the_same_socket_dir_unprivileged() -> None:
     assert c["volumeMounts"][0]["mountPath"] == "/run/gpuos-hintd"
     assert spec["securityContext"]["runAsNonRoot"] is True and c["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert "hostPID" not in spec
+
+
+@pytest.mark.root
+def test_a_client_hints_through_a_read_only_mount_of_the_socket_dir(daemon: Any, tmp_path: Path) -> None:
+    """What example-pod.yaml relies on: the socket directory mounted read-only still takes hints."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) for a private read-only bind mount")
+    run_dir = Path(daemon.endpoint.removeprefix("ipc://")).parent
+    mnt = tmp_path / "pod-view"
+    mnt.mkdir()
+    code = "import gpuos_client as h\nwith h.phase('through_ro'):\n    pass\nh.flush()\n"
+    script = (
+        f'mount --bind -o ro {run_dir} {mnt} && touch {mnt}/probe 2>/dev/null && exit 3; exec {sys.executable} -c "$0"'
+    )
+    env = {**daemon.env, "GPUOS_HINT_ENDPOINT": f"ipc://{mnt}/hint.sock"}
+    env.pop("GPUOS_HINT_CONTROL", None)
+    res = subprocess.run(["unshare", "-m", "sh", "-c", script, code], env=env, capture_output=True, timeout=60)
+    if res.returncode == 32 or b"permission denied" in res.stderr.lower():
+        pytest.skip(f"mount not permitted here: {res.stderr.decode()[-200:]}")
+    assert res.returncode == 0, res.stderr.decode()
+    daemon.wait_for(
+        lambda: daemon.query("SELECT count(*) FROM spans WHERE name = 'through_ro'")[0][0] == 1, what="the span"
+    )

@@ -338,3 +338,32 @@ def test_fleet_metrics_identity_labels_are_bounded(tmp_path: Path) -> None:
     assert scrape() == {(pod[4], short[4], ""): 0, (pod[3], short[3], ""): 0, ("__other__",) * 3: 15}
     svc.sinks[0]([_row(svc, ProcKey(5004, 1), 100, 0, "p", 1), _row(svc, ProcKey(5000, 1), 100, 0, "p", 1)])
     assert scrape() == {(pod[4], short[4], ""): 1, (pod[3], short[3], ""): 0, ("__other__",) * 3: 16}
+
+
+def test_daemon_exports_interrupted_spans_on_stop(
+    tmp_path: Path, backend: tuple[str, type[_Backend]], daemon_factory: Any
+) -> None:
+    """A real daemon stopped (SIGTERM) with a phase open: the span, closed as interrupted, is delivered."""
+    url, handler = backend
+    d = daemon_factory(f'[otlp]\nendpoint = "{url}"\n')
+    client = d.client(
+        "import gpuos_client as h, sys, time\n"
+        "with h.phase('done'):\n    pass\n"
+        "p = h.phase('serving'); p.__enter__(); h.flush()\n"
+        "print('open', flush=True); sys.stdin.readline()\n",
+        wait=False,
+    )
+    assert client.stdout is not None and client.stdout.readline().strip() == b"open"
+    d.wait_for(lambda: any(c["open_phases"] for c in d.status()["clients"]), what="the open phase")
+    assert d.stop() == 0
+    client.kill()
+    client.wait()
+    spans = {
+        s.name: s for b in handler.bodies for rs in _decode(b).resource_spans for ss in rs.scope_spans for s in ss.spans
+    }
+    assert set(spans) == {"done", "serving"}
+    assert (
+        spans["serving"].status.message == "interrupted"
+        and spans["done"].status.code == spans["done"].status.STATUS_CODE_OK
+    )
+    assert '"otlp_stopped"' in d.log() and '"exported": 2' in d.log()
