@@ -367,3 +367,23 @@ def test_daemon_exports_interrupted_spans_on_stop(
         and spans["done"].status.code == spans["done"].status.STATUS_CODE_OK
     )
     assert '"otlp_stopped"' in d.log() and '"exported": 2' in d.log()
+
+
+def test_gpu_uuids_from_the_nvml_sampler_reach_the_resource(tmp_path: Path) -> None:
+    """The real NVML sampler on replayed readings (tests/data/nvml, a flagged synthetic fixture)."""
+    pytest.importorskip("pynvml")
+    from gpuos_hintd.samplers.nvml import NVMLSampler
+    from gpuos_hintd.samplers.nvml_replay import ReplayNVML
+
+    replay = ReplayNVML(Path(__file__).parent / "data" / "nvml" / "synthetic_two_gpus.json")
+    svc = HintService(Config(state_dir=tmp_path), None, [NVMLSampler(backend=replay)])
+    want = sorted(d["uuid"] for st in svc.samplers if st.available for d in st.sampler.devices())
+    assert len(want) == 2
+    key = ProcKey(4245, 1)
+    _client(svc, key, "/system.slice/vllm.service")
+    ex = OtlpExporter(svc, "http://127.0.0.1:9")
+    ex.on_tick(svc)
+    ex.on_spans([_row(svc, key, 1, 0, "p", 1)])
+    res = _attrs(_decode(ex.encode(ex._take())).resource_spans[0].resource.attributes)
+    assert res["gpuos.gpu.uuids"] == want and res["gpuos.systemd.unit"] == "vllm.service"
+    assert "k8s.pod.uid" not in res and "container.id" not in res
