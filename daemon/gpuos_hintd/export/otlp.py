@@ -134,9 +134,13 @@ class OtlpExporter:
         self._stop = threading.Event()
         self._resources: dict[tuple[int, int], dict[str, Any]] = {}  # written by the daemon thread only
         self._gpu_uuids: tuple[str, ...] = ()
-        self._trace_cache: collections.OrderedDict[tuple[ProcKey, int], tuple[bytes, int]] = collections.OrderedDict()
+        self._trace_cache: dict[tuple[int, int, int], TraceRef] = {}  # (pid, start, span id) -> trace, FIFO
+        # Held by the exporter thread while spans move between queued, in flight and delivered/dropped,
+        # and by status(), so the four always add up; never taken by the span sink.
+        self._books = threading.Lock()
         # counters: offered/queue_full/traceparent_* by the daemon thread, the rest by the exporter thread
         self.offered = 0
+        self.queue_full = 0  # the sink's own drop counter (daemon thread); the rest are the exporter thread's
         self.exported = 0
         self.in_flight = 0
         self.dropped: collections.Counter[str] = collections.Counter()
@@ -187,7 +191,7 @@ class OtlpExporter:
         queue, room = self._queue, self.queue_spans - len(self._queue)
         self.offered += len(rows)
         if room < len(rows):
-            self.dropped["queue_full"] += len(rows) - max(room, 0)
+            self.queue_full += len(rows) - max(room, 0)
             rows = rows[: max(room, 0)]
         batch: dict[tuple[int, int, int], SpanRow] | None = None
         cache, resources = self._trace_cache, self._resources
@@ -298,11 +302,9 @@ class OtlpExporter:
 
     def _take(self) -> list[Item]:
         q = self._queue
-        out: list[Item] = []
-        n = min(len(q), self.batch_spans)
-        for _ in range(n):
-            out.append(q.popleft())
-        self.in_flight = len(out)
+        with self._books:
+            out = [q.popleft() for _ in range(min(len(q), self.batch_spans))]
+            self.in_flight = len(out)
         return out
 
     def _deliver(self, batch: list[Item]) -> None:
@@ -320,10 +322,11 @@ class OtlpExporter:
                 self.backend_up = True
                 self.backoff_s = 0.0
                 self.last_success_wall_ns = time.time_ns()
-                self.exported += len(batch) - rejected
-                if rejected:
-                    self.dropped["rejected_by_backend"] += rejected
-                self.in_flight = 0
+                with self._books:
+                    self.exported += len(batch) - rejected
+                    if rejected:
+                        self.dropped["rejected_by_backend"] += rejected
+                    self.in_flight = 0
                 return
             self.backend_up = False
             self.failed_attempts += 1
@@ -348,9 +351,10 @@ class OtlpExporter:
                 return
 
     def _drop(self, batch: list[Item], reason: str, err: str | None) -> None:
-        self.dropped[reason] += len(batch)
-        self.in_flight = 0
-        total = sum(self.dropped.values())
+        with self._books:
+            self.dropped[reason] += len(batch)
+            self.in_flight = 0
+            total = sum(self.dropped.values()) + self.queue_full
         log.warning("otlp_spans_dropped", reason=reason, spans=len(batch), total=total, error=err)
 
     def _post(self, body: bytes) -> tuple[bool, bool, int, float | None, str | None]:
@@ -420,7 +424,13 @@ class OtlpExporter:
 
     # ---------------------------------------------------------------- control
     def status(self) -> dict[str, Any]:
+        with self._books:
+            return self._status()
+
+    def _status(self) -> dict[str, Any]:
         queued = len(self._queue)
+        dropped = {r: self.dropped.get(r, 0) for r in DROP_REASONS}
+        dropped["queue_full"] += self.queue_full
         return {
             "endpoint": self.url,
             "backend_up": self.backend_up,
@@ -428,8 +438,8 @@ class OtlpExporter:
             "exported": self.exported,
             "queued": queued,
             "in_flight": self.in_flight,
-            "dropped": {r: self.dropped.get(r, 0) for r in DROP_REASONS},
-            "dropped_total": sum(self.dropped.values()),
+            "dropped": dropped,
+            "dropped_total": sum(dropped.values()),
             "queue_capacity": self.queue_spans,
             "requests": self.requests,
             "failed_attempts": self.failed_attempts,
@@ -452,8 +462,9 @@ class OtlpExporter:
         self._thread.join(max(0.0, deadline - time.monotonic()) + 0.5)
         left = len(self._queue)
         if left:
-            self._queue.clear()
-            self.dropped["shutdown"] += left
+            with self._books:
+                self._queue.clear()
+                self.dropped["shutdown"] += left
         log.info("otlp_stopped", **{k: v for k, v in self.status().items() if k in ("exported", "dropped_total")})
 
 
