@@ -32,6 +32,8 @@ else:  # pragma: no cover
 ENV_STATE_DIR = "GPUOS_HINT_STATE_DIR"
 ENV_CONFIG = "GPUOS_HINT_CONFIG"
 ENV_METRICS_PORT = "GPUOS_HINT_METRICS_PORT"
+ENV_OTLP_ENDPOINT = "GPUOS_HINT_OTLP_ENDPOINT"
+ENV_METRICS_ADDR = "GPUOS_HINT_METRICS_ADDR"
 SYSTEM_CONFIG = Path("/etc/gpuos-hintd/config.toml")
 
 
@@ -71,7 +73,17 @@ class Config:
     # opt-in samplers to turn on (e.g. ["syscalls_ebpf"], which needs root and bpftrace)
     enable_samplers: list[str] = dataclasses.field(default_factory=list)
     metrics_port: int | None = None
+    metrics_addr: str = "127.0.0.1"  # "0.0.0.0" where Prometheus scrapes a pod IP (packaging/kubernetes)
     metrics_top_k: int = 50
+    # OTLP/HTTP trace export (export/otlp.py): off unless an endpoint is set, e.g. in a
+    # [otlp] section: endpoint = "http://127.0.0.1:4318" (keys there are otlp_<key> here).
+    otlp_endpoint: str = ""
+    otlp_service_name: str = ""  # default: the client's process name
+    otlp_queue_spans: int = 8192  # spans waiting for the exporter; beyond it they are dropped, counted
+    otlp_batch_spans: int = 512
+    otlp_timeout_s: float = 5.0
+    otlp_max_retry_s: float = 60.0  # a batch is retried (with backoff) this long, then dropped, counted
+    otlp_backoff_max_s: float = 10.0  # the longest wait between two tries (doubling from 0.25 s, jittered)
     config_file: Path | None = None
 
     def __post_init__(self) -> None:
@@ -94,6 +106,11 @@ class Config:
             raise ConfigError(f"log_format={self.log_format!r}: auto|json|console|journald")
         if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
             raise ConfigError(f"metrics_port={self.metrics_port}: not a port")
+        if self.otlp_endpoint and not self.otlp_endpoint.startswith(("http://", "https://")):
+            raise ConfigError(f"otlp_endpoint={self.otlp_endpoint!r}: must be http(s)://HOST[:PORT][/PATH]")
+        for name in ("otlp_queue_spans", "otlp_batch_spans"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1")
         for name in ("max_clients", "max_open_spans_per_client"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
@@ -138,7 +155,10 @@ def load(path: Path | None = None, overrides: dict[str, Any] | None = None) -> C
             raise ConfigError(f"cannot read config {path}: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from None
-        flat = {**data.pop("daemon", {}), **data}
+        otlp = data.pop("otlp", {})
+        if not isinstance(otlp, dict):
+            raise ConfigError(f"{path}: otlp must be a [otlp] section")
+        flat = {**data.pop("daemon", {}), **{f"otlp_{k}": v for k, v in otlp.items()}, **data}
         for key, value in flat.items():
             if isinstance(value, dict):
                 raise ConfigError(f"{path}: unknown section [{key}]")
@@ -151,6 +171,8 @@ def load(path: Path | None = None, overrides: dict[str, Any] | None = None) -> C
         "control": os.environ.get(ENV_CONTROL),
         "state_dir": os.environ.get(ENV_STATE_DIR),
         "metrics_port": os.environ.get(ENV_METRICS_PORT),
+        "otlp_endpoint": os.environ.get(ENV_OTLP_ENDPOINT),
+        "metrics_addr": os.environ.get(ENV_METRICS_ADDR),
     }
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     for key, value in {**env, **given}.items():

@@ -98,10 +98,20 @@ def main(argv: list[str] | None = None) -> int:
         try:
             from .metrics import start_metrics_server
 
-            start_metrics_server(service, cfg.metrics_port, cfg.metrics_top_k)
+            start_metrics_server(service, cfg.metrics_port, cfg.metrics_top_k, cfg.metrics_addr)
         except Exception as exc:  # metrics are optional; the daemon runs without them
             log.error("metrics_unavailable", error=f"{type(exc).__name__}: {exc}")
+    otlp = None
+    if cfg.otlp_endpoint:
+        try:
+            from .export.otlp import start_otlp
+
+            otlp = start_otlp(service, cfg)
+        except Exception as exc:  # export is optional; the daemon runs without it
+            log.error("otlp_unavailable", error=f"{type(exc).__name__}: {exc}")
     server.run()
+    if otlp is not None:
+        otlp.close()
     return 0
 
 

@@ -123,8 +123,9 @@ class PhaseSeries:
         self.dirty = True
         self._touched: set[Key] = set()  # unlabelled keys with spans since the last rerank
 
-    def add(self, row: SpanRow) -> None:
-        key = (row.path, row.workload_class or "")
+    def add(self, row: SpanRow, key: tuple[str, ...] | None = None) -> None:
+        """Fold one span into its key's series (default key: (phase path, workload class))."""
+        key = key or (row.path, row.workload_class or "")
         n = self.counts.get(key)
         if n is None:
             if len(self.counts) >= self.max_tracked:
@@ -453,5 +454,10 @@ def start_metrics_server(service: HintService, port: int, top_k: int = 50, addr:
     httpd = exporter.serve(port, addr)
     url = f"http://{addr}:{httpd.port}/metrics"
     service.metrics_url = url  # type: ignore[attr-defined]
+    # ---- fleet metrics (export/prom.py): pod/container/unit series and the OTLP exporter's counters
+    from .export.prom import FleetCollector
+
+    FleetCollector(service, top_k).attach(exporter.registry)
+    # ---- end of fleet metrics
     log.info("metrics_listening", url=url, port=httpd.port, top_k=top_k)
     return exporter

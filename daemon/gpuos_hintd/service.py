@@ -60,6 +60,8 @@ class HintService:
         self.metrics_url: str | None = None  # set by metrics.start_metrics_server
         #: Called on the daemon's thread after every sampling tick (metrics, exporters).
         self.tick_hooks: list[Callable[[HintService], None]] = []
+        #: Extra blocks of status() by name (e.g. "otlp": the exporter's counters).
+        self.status_sections: dict[str, Callable[[], Any]] = {}
         self.phase_stats = PhaseStats()
         self.correlator = Correlator({}, self._on_spans)
         for s in samplers:
@@ -571,6 +573,7 @@ class HintService:
             ],
             "store": self.store.health() if self.store else None,
             "phases": self.phase_stats.top(20),
+            **{name: _safe(fn) for name, fn in self.status_sections.items()},
         }
 
 

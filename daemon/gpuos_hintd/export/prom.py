@@ -1,0 +1,122 @@
+"""Fleet metrics on /metrics: spans by Kubernetes pod / container / systemd unit, and OTLP delivery.
+
+Same threading as metrics.py: a span sink and a tick hook on the daemon thread
+build an immutable snapshot; the scrape thread only reads that snapshot.
+
+Cardinality.  The (pod_uid, container, unit) labels come from cgroup paths,
+i.e. from whoever starts processes on the node, so they are bounded exactly
+like the phase labels: metrics.PhaseSeries keyed by the identity triple, at
+most ``top_k`` labelled keys plus one ``__other__`` series, ranked by span
+count with the same deterministic promotion policy.  Container ids are cut to
+their 12-character short form (what ``crictl ps`` shows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from ..identity import IdentityCache, short_container_id
+from ..metrics import DURATION_BUCKETS, OTHER, PhaseSeries, _le
+from ..samplers.base import ProcKey
+
+if TYPE_CHECKING:
+    from ..service import HintService
+    from ..store import SpanRow
+
+IDENTITY_LABELS = ["pod_uid", "container", "unit"]
+_OTHER_KEY = (OTHER, OTHER, OTHER)
+
+
+class FleetCollector:
+    """Identity-labelled span series + OTLP exporter counters, for one service's registry."""
+
+    def __init__(self, service: HintService, top_k: int = 50) -> None:
+        self.service = service
+        self.series = PhaseSeries(top_k)
+        self.identities = IdentityCache()
+        self._snap: tuple[tuple[Any, ...], dict[str, Any] | None] = ((), None)
+
+    def attach(self, registry: Any) -> FleetCollector:
+        self.service.sinks.append(self.on_spans)
+        self.service.tick_hooks.append(self.on_tick)
+        registry.register(self)
+        self.on_tick(self.service)
+        return self
+
+    # -- daemon thread --------------------------------------------------------
+    def on_spans(self, rows: list[SpanRow]) -> None:
+        clients = self.service.clients
+        get, add = self.identities.get, self.series.add
+        for row in rows:
+            ident = get(ProcKey(row.pid, row.pid_start), clients)
+            add(row, (ident.pod_uid or "", short_container_id(ident.container_id), ident.systemd_unit or ""))
+        self.series.dirty = True
+
+    def on_tick(self, svc: HintService) -> None:
+        self.identities.learn(svc.clients)
+        series = self.series
+        series.rerank()
+        phases = self._snap[0]
+        if series.dirty:
+            rows = [(k, a.frozen()) for k, a in sorted(series.labelled.items())]
+            rows.append((_OTHER_KEY, series.other.frozen()))
+            phases = tuple(rows)
+            series.dirty = False
+        otlp_fn = svc.status_sections.get("otlp")
+        otlp = None
+        if otlp_fn is not None:
+            try:
+                otlp = otlp_fn()
+            except Exception:
+                otlp = None
+        self._snap = (phases, otlp)
+
+    # -- HTTP thread ----------------------------------------------------------
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client import metrics_core as m
+
+        phases, otlp = self._snap
+        lab = IDENTITY_LABELS
+        spans = m.CounterMetricFamily(
+            "gpuos_workload_spans", "spans closed, by pod/container/unit (top-K, rest __other__)", labels=lab
+        )
+        dur = m.HistogramMetricFamily(
+            "gpuos_workload_span_duration_seconds", "host-side span duration by pod/container/unit", labels=lab
+        )
+        cpu = m.CounterMetricFamily(
+            "gpuos_workload_cpu_seconds", "process CPU time (user+sys) during spans", labels=IDENTITY_LABELS
+        )
+        energy = m.CounterMetricFamily(
+            "gpuos_workload_gpu_energy_joules", "GPU energy attributed to spans", labels=IDENTITY_LABELS
+        )
+        for key, (n, _bad, dsum, buckets, cpu_s, e_j) in phases:
+            labels = list(key)
+            spans.add_metric(labels, n)
+            cum, acc = [], 0
+            for le, k in zip((*DURATION_BUCKETS, float("inf")), buckets, strict=True):
+                acc += k
+                cum.append((_le(le), acc))
+            dur.add_metric(labels, cum, dsum)
+            cpu.add_metric(labels, cpu_s)
+            energy.add_metric(labels, e_j)
+        yield from (spans, dur, cpu, energy)
+        if otlp is None:
+            return
+        gauge, counter = m.GaugeMetricFamily, m.CounterMetricFamily
+        yield gauge("gpuos_hintd_otlp_up", "1 if the last OTLP export succeeded", value=otlp["backend_up"])
+        yield counter("gpuos_hintd_otlp_spans_offered", "spans given to the exporter", value=otlp["offered"])
+        yield counter("gpuos_hintd_otlp_spans_exported", "spans the backend accepted", value=otlp["exported"])
+        dropped = counter("gpuos_hintd_otlp_spans_dropped", "spans not delivered, by reason", labels=["reason"])
+        for reason, n in otlp["dropped"].items():
+            dropped.add_metric([reason], n)
+        yield dropped
+        yield gauge("gpuos_hintd_otlp_queue_spans", "spans waiting for export", value=otlp["queued"])
+        yield gauge("gpuos_hintd_otlp_queue_capacity_spans", "bound of the export queue", value=otlp["queue_capacity"])
+        yield counter("gpuos_hintd_otlp_requests", "export POSTs made", value=otlp["requests"])
+        yield counter("gpuos_hintd_otlp_failed_requests", "export POSTs that failed", value=otlp["failed_attempts"])
+        joined = otlp["traceparent_joined"]
+        yield counter("gpuos_hintd_otlp_traceparent_joined", "top-level phases joined to a client trace", value=joined)
