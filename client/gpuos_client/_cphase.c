@@ -44,6 +44,7 @@ typedef struct {
     PyObject *on_device;  /* callable(begin: bool, span_id: int) */
     PyObject *check_name; /* callable(name) -> name, raises ValueError */
     PyObject *check_attrs;/* callable(dict) -> dict | None, raises ValueError */
+    PyObject *on_top;     /* callable(attrs) -> attrs: a top-level phase while OpenTelemetry is loaded */
     PyObject *names;      /* dict: names already validated */
     unsigned long long next_id;
     Py_ssize_t wake_at;
@@ -55,11 +56,13 @@ typedef struct {
 } Core;
 
 static Core *g_core = NULL;          /* the installed core (owned) */
-static PyObject *s_ok, *s_error, *s_too_deep, *s_device;
+static PyObject *s_ok, *s_error, *s_too_deep, *s_device, *s_otel_trace;
+static PyObject *g_decorate = NULL; /* callable(phase, fn) -> wrapper (api._decorate) */
 static volatile long long g_fork_gen = 0;
 
 /* Per-thread caches, invalidated in a forked child by the generation. */
 static __thread long t_tid = 0;
+static __thread PyObject *t_tid_obj = NULL; /* the tid as an int object (owned, one per thread) */
 static __thread long long t_tid_gen = -1;
 static __thread PyObject *t_ru = NULL;   /* last reading (owned; one per live thread) */
 static __thread long long t_ru_ns = 0;
@@ -76,9 +79,21 @@ static inline long long mono_ns(void) {
 static inline long get_tid(void) {
     if (t_tid_gen != g_fork_gen) {
         t_tid = (long)syscall(SYS_gettid);
+        t_tid_obj = NULL; /* the parent's object: not ours (leaked in the child on purpose) */
         t_tid_gen = g_fork_gen;
     }
     return t_tid;
+}
+
+/* New reference to this thread's tid as an int (cached: no allocation per edge). */
+static inline PyObject *get_tid_obj(void) {
+    long tid = get_tid();
+    if (t_tid_obj == NULL) {
+        t_tid_obj = PyLong_FromLong(tid);
+        if (t_tid_obj == NULL) return NULL;
+    }
+    Py_INCREF(t_tid_obj);
+    return t_tid_obj;
 }
 
 /* A new reading of this thread's counters at t (borrowed, owned by the thread cache), or
@@ -132,6 +147,7 @@ static int Core_traverse(Core *self, visitproc visit, void *arg) {
     Py_VISIT(self->on_device);
     Py_VISIT(self->check_name);
     Py_VISIT(self->check_attrs);
+    Py_VISIT(self->on_top);
     Py_VISIT(self->names);
     return 0;
 }
@@ -146,6 +162,7 @@ static int Core_clear(Core *self) {
     Py_CLEAR(self->on_device);
     Py_CLEAR(self->check_name);
     Py_CLEAR(self->check_attrs);
+    Py_CLEAR(self->on_top);
     Py_CLEAR(self->names);
     return 0;
 }
@@ -158,14 +175,14 @@ static void Core_dealloc(Core *self) {
 
 static int Core_init(Core *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"current", "root", "on_slow", "on_drop", "on_device", "check_name",
-                             "check_attrs", "max_depth", "ru_min_ns", "rusage", "disabled", NULL};
-    PyObject *current, *root, *on_slow, *on_drop, *on_device, *check_name, *check_attrs;
+                             "check_attrs", "max_depth", "ru_min_ns", "rusage", "disabled", "on_top", NULL};
+    PyObject *current, *root, *on_slow, *on_drop, *on_device, *check_name, *check_attrs, *on_top = Py_None;
     long max_depth = 64;
     long long ru_min_ns = 20000;
     int rusage = 1, disabled = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!OOOOO|lLpp", kwlist, &PyContextVar_Type, &current,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!OOOOO|lLppO", kwlist, &PyContextVar_Type, &current,
                                      &PyTuple_Type, &root, &on_slow, &on_drop, &on_device, &check_name,
-                                     &check_attrs, &max_depth, &ru_min_ns, &rusage, &disabled))
+                                     &check_attrs, &max_depth, &ru_min_ns, &rusage, &disabled, &on_top))
         return -1;
     Py_XSETREF(self->buf, PyList_New(0));
     Py_XSETREF(self->open, PyDict_New());
@@ -185,6 +202,8 @@ static int Core_init(Core *self, PyObject *args, PyObject *kw) {
     Py_XSETREF(self->check_name, check_name);
     Py_INCREF(check_attrs);
     Py_XSETREF(self->check_attrs, check_attrs);
+    Py_INCREF(on_top);
+    Py_XSETREF(self->on_top, on_top);
     self->next_id = 0;
     self->wake_at = 0; /* the first event wakes (and starts) the sender */
     self->max_depth = max_depth;
@@ -248,6 +267,62 @@ static PyTypeObject CoreType = {
     .tp_methods = Core_methods,
     .tp_members = Core_members,
 };
+
+/* ----------------------------------------------------------------- Stack */
+
+/* The innermost open phase of one context, held in the core's ContextVar.
+ *
+ * Why not the frame itself in the ContextVar: ContextVar.set() costs ~190 ns (a new HAMT and a
+ * Token), twice per phase - half of a phase's cost.  Instead each context (a thread's, an
+ * asyncio task's, a copy_context()) gets one mutable Stack, set once, whose top frame is
+ * replaced in place.  The Stack remembers the context it belongs to; a context that finds
+ * another context's Stack (a task inherits its creator's) makes its own, starting from that
+ * Stack's top - so tasks and threads stay isolated as with plain context variables.  (The one
+ * difference: a task inherits its creator's innermost phase as of the task's first phase
+ * rather than as of the task's creation.) */
+typedef struct {
+    PyObject_HEAD
+    void *owner;   /* the context this stack belongs to: identity only, never dereferenced */
+    PyObject *top; /* the frame: (span_id, depth, scoped class, parent frame, tid) */
+} Stack;
+
+static void Stack_dealloc(Stack *self) {
+    Py_CLEAR(self->top);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject StackType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "gpuos_client._cphase.Stack",
+    .tp_basicsize = sizeof(Stack),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One context's phase stack (see _cphase.c).",
+    .tp_dealloc = (destructor)Stack_dealloc,
+};
+
+/* Borrowed: this context's stack (made on first use in a context); NULL with an error set. */
+static Stack *current_stack(Core *c) {
+    PyObject *val = NULL;
+    if (PyContextVar_Get(c->current, NULL, &val) < 0) return NULL; /* also makes the thread's context */
+    void *ctx = (void *)PyThreadState_Get()->context;
+    if (val != NULL && Py_TYPE(val) == &StackType && ((Stack *)val)->owner == ctx) {
+        Py_DECREF(val); /* the context keeps it alive */
+        return (Stack *)val;
+    }
+    Stack *st = PyObject_New(Stack, &StackType);
+    if (st == NULL) {
+        Py_XDECREF(val);
+        return NULL;
+    }
+    st->owner = ctx;
+    st->top = (val != NULL && Py_TYPE(val) == &StackType) ? ((Stack *)val)->top : c->root;
+    Py_INCREF(st->top);
+    Py_XDECREF(val);
+    PyObject *token = PyContextVar_Set(c->current, (PyObject *)st);
+    Py_DECREF(st);
+    if (token == NULL) return NULL;
+    Py_DECREF(token);
+    return st;
+}
 
 /* ----------------------------------------------------------------- Phase */
 
@@ -343,12 +418,76 @@ static int Phase_init(Phase *self, PyObject *args, PyObject *kw) {
     return 0;
 }
 
+/* phase(name, /, *, device=False, **attrs) without an args tuple or a kwargs dict. */
+static PyObject *Phase_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "phase() takes exactly one positional argument (the name)");
+        return NULL;
+    }
+    if (g_core == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "gpuos_client core not installed");
+        return NULL;
+    }
+    PyObject *name = checked_name(args[0]);
+    if (name == NULL) return NULL;
+    int device = 0;
+    PyObject *attrs = NULL;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i), *val = args[nargs + i];
+        if (key == s_device || PyUnicode_Compare(key, s_device) == 0) {
+            device = PyObject_IsTrue(val);
+            if (device < 0) goto fail;
+            continue;
+        }
+        if (g_core->disabled) continue; /* disabled: a phase costs what a no-op costs */
+        if (attrs == NULL && (attrs = PyDict_New()) == NULL) goto fail;
+        if (PyDict_SetItem(attrs, key, val) < 0) goto fail;
+    }
+    if (attrs != NULL) {
+        PyObject *ok = PyObject_CallOneArg(g_core->check_attrs, attrs);
+        Py_SETREF(attrs, ok);
+        if (attrs == NULL) goto fail;
+    } else {
+        attrs = Py_None;
+        Py_INCREF(attrs);
+    }
+    Phase *self = (Phase *)((PyTypeObject *)type)->tp_alloc((PyTypeObject *)type, 0);
+    if (self == NULL) goto fail;
+    self->name = name;
+    self->attrs = attrs;
+    self->device = device;
+    return (PyObject *)self;
+fail:
+    Py_DECREF(name);
+    Py_XDECREF(attrs);
+    return NULL;
+}
+
+/* Used as a decorator: api._decorate builds the wrapper (sync or async). */
+static PyObject *Phase_call(Phase *self, PyObject *args, PyObject *kw) {
+    if (g_decorate == NULL || PyTuple_GET_SIZE(args) != 1 || (kw != NULL && PyDict_GET_SIZE(kw))) {
+        PyErr_SetString(PyExc_TypeError, "a phase decorates exactly one function");
+        return NULL;
+    }
+    return PyObject_CallFunctionObjArgs(g_decorate, (PyObject *)self, PyTuple_GET_ITEM(args, 0), NULL);
+}
+
+static PyObject *Phase_repr(Phase *self) {
+    return PyUnicode_FromFormat("phase(%R, attrs=%R, device=%s)", self->name, self->attrs,
+                                self->device ? "True" : "False");
+}
+
 static PyObject *Phase_enter(Phase *self, PyObject *Py_UNUSED(ignored)) {
     Core *c = g_core;
     Py_INCREF(self);
     if (c == NULL || c->disabled) return (PyObject *)self;
     PyObject *cur = NULL, *ev = NULL, *frame = NULL, *sid = NULL, *tid = NULL, *depth = NULL;
-    if (PyContextVar_Get(c->current, c->root, &cur) < 0 || cur == NULL) goto error;
+    Stack *st = current_stack(c);
+    if (st == NULL) goto error;
+    cur = st->top;
+    Py_INCREF(cur);
     long d = PyLong_AsLong(PyTuple_GET_ITEM(cur, 1));
     if (d >= c->max_depth) {
         Py_DECREF(cur);
@@ -359,19 +498,30 @@ static PyObject *Phase_enter(Phase *self, PyObject *Py_UNUSED(ignored)) {
     }
     long long t = mono_ns();
     sid = PyLong_FromUnsignedLongLong(++c->next_id);
-    tid = PyLong_FromLong(get_tid());
+    tid = get_tid_obj();
     depth = PyLong_FromLong(d + 1);
     if (!sid || !tid || !depth) goto error;
     PyObject *cls = PyTuple_GET_ITEM(cur, 2);
-    ev = Py_BuildValue("(iLOOOOOOO)", KIND_BEGIN, t, tid, sid, PyTuple_GET_ITEM(cur, 0), self->name, cls,
-                       self->attrs, edge_rusage(c, t));
+    PyObject *attrs = self->attrs;
+    Py_INCREF(attrs);
+    if (d == 0 && c->on_top != Py_None) {
+        /* A top-level phase joins the caller's OpenTelemetry trace, if the program loaded it. */
+        PyObject *otel = PyDict_GetItemWithError(PyImport_GetModuleDict(), s_otel_trace);
+        if (otel != NULL) {
+            PyObject *joined = PyObject_CallOneArg(c->on_top, attrs);
+            if (joined != NULL) Py_SETREF(attrs, joined);
+        }
+        PyErr_Clear();
+    }
+    ev = Py_BuildValue("(iLOOOOOOO)", KIND_BEGIN, t, tid, sid, PyTuple_GET_ITEM(cur, 0), self->name, cls, attrs,
+                       edge_rusage(c, t));
+    Py_DECREF(attrs);
     if (ev == NULL) goto error;
     if (PyDict_SetItem(c->open, sid, ev) < 0 || push(c, ev) < 0) goto error;
     frame = PyTuple_Pack(5, sid, depth, cls, cur, tid);
     if (frame == NULL) goto error;
-    PyObject *token = PyContextVar_Set(c->current, frame);
-    if (token == NULL) goto error;
-    Py_DECREF(token);
+    Py_INCREF(frame);
+    Py_SETREF(st->top, frame);
     if (self->device && c->device_ok) {
         PyObject *r = PyObject_CallFunctionObjArgs(c->on_device, Py_True, sid, NULL);
         if (r == NULL) goto error;
@@ -400,11 +550,13 @@ error_noclean:
 static PyObject *Phase_exit(Phase *self, PyObject *const *args, Py_ssize_t nargs) {
     Core *c = g_core;
     if (c == NULL) Py_RETURN_NONE;
-    PyObject *cur = NULL;
-    if (PyContextVar_Get(c->current, c->root, &cur) < 0 || cur == NULL) {
+    Stack *st = current_stack(c);
+    if (st == NULL) {
         PyErr_Clear();
         Py_RETURN_NONE;
     }
+    PyObject *cur = st->top;
+    Py_INCREF(cur);
     PyObject *sid = PyTuple_GET_ITEM(cur, 0);
     int overflow = 0;
     if (PyLong_AsLongLongAndOverflow(sid, &overflow) == 0 && !overflow) { /* disabled, too deep, or another context */
@@ -412,9 +564,9 @@ static PyObject *Phase_exit(Phase *self, PyObject *const *args, Py_ssize_t nargs
         Py_DECREF(cur);
         Py_RETURN_NONE;
     }
-    PyObject *token = PyContextVar_Set(c->current, PyTuple_GET_ITEM(cur, 3));
-    if (token == NULL) goto done;
-    Py_DECREF(token);
+    PyObject *parent = PyTuple_GET_ITEM(cur, 3);
+    Py_INCREF(parent);
+    Py_SETREF(st->top, parent);
     PyObject *begin = PyDict_GetItemWithError(c->open, sid);
     if (begin == NULL) goto done; /* opened before a fork, in the parent: the parent reports it */
     if (PyDict_DelItem(c->open, sid) < 0) goto done;
@@ -459,11 +611,24 @@ static PyMethodDef Phase_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+PyDoc_STRVAR(Phase_doc,
+"phase(name, /, *, device=False, **attrs)\n--\n\n"
+"A named phase of the program: a context manager, and a decorator.\n\n"
+"``with phase(\"prefill\", batch=8): ...`` sends phase_begin/phase_end hints with the thread id\n"
+"and CLOCK_MONOTONIC timestamps.  Phases nest per thread and per asyncio task (contextvars).\n"
+"``device=True`` also records CUDA events at the edges (torch.cuda.Event when torch is loaded,\n"
+"else CuPy), so the daemon learns when the GPU ran the phase.  The object can be re-entered\n"
+"and used from several threads at once.  Misuse (an empty or over-long name, bad attrs)\n"
+"raises ValueError here; nothing at run time ever raises.");
+
 static PyTypeObject PhaseType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "gpuos_client._cphase.Phase",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "gpuos_client.phase",
     .tp_basicsize = sizeof(Phase),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "The C base of gpuos_client.phase.",
+    .tp_doc = Phase_doc,
+    .tp_vectorcall = Phase_vectorcall,
+    .tp_call = (ternaryfunc)Phase_call,
+    .tp_repr = (reprfunc)Phase_repr,
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Phase_init,
     .tp_dealloc = (destructor)Phase_dealloc,
@@ -493,12 +658,44 @@ static PyObject *set_core(PyObject *mod, PyObject *core) {
     Py_RETURN_NONE;
 }
 
+static PyObject *frame_py(PyObject *mod, PyObject *Py_UNUSED(ignored)) {
+    if (g_core == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "gpuos_client core not installed");
+        return NULL;
+    }
+    Stack *st = current_stack(g_core);
+    if (st == NULL) return NULL;
+    Py_INCREF(st->top);
+    return st->top;
+}
+
+static PyObject *set_frame_py(PyObject *mod, PyObject *frame) {
+    if (g_core == NULL || !PyTuple_CheckExact(frame) || PyTuple_GET_SIZE(frame) != 5) {
+        PyErr_SetString(PyExc_TypeError, "set_frame() takes a 5-tuple frame (with a core installed)");
+        return NULL;
+    }
+    Stack *st = current_stack(g_core);
+    if (st == NULL) return NULL;
+    Py_INCREF(frame);
+    Py_SETREF(st->top, frame);
+    Py_RETURN_NONE;
+}
+
+static PyObject *set_decorator(PyObject *mod, PyObject *fn) {
+    Py_INCREF(fn);
+    Py_XSETREF(g_decorate, fn);
+    Py_RETURN_NONE;
+}
+
 static PyObject *monotonic_ns_py(PyObject *mod, PyObject *Py_UNUSED(ignored)) { return PyLong_FromLongLong(mono_ns()); }
 
 static PyObject *tid_py(PyObject *mod, PyObject *Py_UNUSED(ignored)) { return PyLong_FromLong(get_tid()); }
 
 static PyMethodDef module_methods[] = {
     {"set_core", set_core, METH_O, "Install the process's Core (None: none)."},
+    {"set_decorator", set_decorator, METH_O, "The callable(phase, fn) that builds a decorated function."},
+    {"frame", frame_py, METH_NOARGS, "This context's innermost frame (span_id, depth, class, parent, tid)."},
+    {"set_frame", set_frame_py, METH_O, "Replace this context's innermost frame (workload_class scopes)."},
     {"monotonic_ns", monotonic_ns_py, METH_NOARGS, "CLOCK_MONOTONIC in ns."},
     {"tid", tid_py, METH_NOARGS, "This thread's kernel tid (cached per thread, reset at fork)."},
     {NULL, NULL, 0, NULL},
@@ -508,12 +705,13 @@ static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_cphase", "The gp
                                        module_methods};
 
 PyMODINIT_FUNC PyInit__cphase(void) {
-    if (PyType_Ready(&CoreType) < 0 || PyType_Ready(&PhaseType) < 0) return NULL;
+    if (PyType_Ready(&CoreType) < 0 || PyType_Ready(&PhaseType) < 0 || PyType_Ready(&StackType) < 0) return NULL;
     s_ok = PyUnicode_InternFromString("ok");
     s_error = PyUnicode_InternFromString("error");
     s_too_deep = PyUnicode_InternFromString("too_deep");
     s_device = PyUnicode_InternFromString("device");
-    if (!s_ok || !s_error || !s_too_deep || !s_device) return NULL;
+    s_otel_trace = PyUnicode_InternFromString("opentelemetry.trace");
+    if (!s_ok || !s_error || !s_too_deep || !s_device || !s_otel_trace) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (m == NULL) return NULL;
     Py_INCREF(&CoreType);

@@ -15,12 +15,13 @@ from __future__ import annotations
 import contextvars
 import os
 import resource
+import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Core", "Phase", "monotonic_ns", "set_core", "tid"]
+__all__ = ["Core", "Phase", "frame", "monotonic_ns", "set_core", "set_frame", "tid"]
 
 KIND_BEGIN = 1
 KIND_END = 2
@@ -31,6 +32,7 @@ _RUSAGE_THREAD: int = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
 _process_time_ns = time.process_time_ns
 _thread_time_ns = time.thread_time_ns
 _get_native_id = threading.get_native_id
+_modules = sys.modules
 
 _core: Core | None = None
 _fork_gen = 0
@@ -100,6 +102,7 @@ class Core:
         ru_min_ns: int = 20_000,
         rusage: bool = True,
         disabled: bool = False,
+        on_top: Callable[[dict[str, Any] | None], dict[str, Any] | None] | None = None,
     ) -> None:
         self.buf: list[tuple[Any, ...]] = []
         self.open: dict[int, tuple[Any, ...]] = {}
@@ -111,6 +114,7 @@ class Core:
         self.on_device = on_device
         self.check_name = check_name
         self.check_attrs = check_attrs
+        self.on_top = on_top
         self.max_depth = max_depth
         self.ru_min_ns = ru_min_ns
         self.rusage = int(rusage)
@@ -136,6 +140,18 @@ class Core:
 def set_core(core: Core | None) -> None:
     global _core
     _core = core
+
+
+def frame() -> tuple[Any, ...]:
+    """This context's innermost frame (span_id, depth, scoped class, parent frame, tid)."""
+    assert _core is not None
+    return _core.current.get()
+
+
+def set_frame(value: tuple[Any, ...]) -> None:
+    """Replace this context's innermost frame (workload_class scopes)."""
+    assert _core is not None
+    _core.current.set(value)
 
 
 def _checked_name(core: Core, name: Any) -> str:
@@ -175,7 +191,10 @@ class Phase:
             sid = core.next_id
             th = tid()
             cls = cur[2]
-            ev = (KIND_BEGIN, t, th, sid, cur[0], self.name, cls, self.attrs, _edge_rusage(core, t))
+            attrs = self.attrs
+            if not cur[1] and core.on_top is not None and "opentelemetry.trace" in _modules:
+                attrs = core.on_top(attrs)  # a top-level phase joins the program's OpenTelemetry trace
+            ev = (KIND_BEGIN, t, th, sid, cur[0], self.name, cls, attrs, _edge_rusage(core, t))
             core.open[sid] = ev
             buf = core.buf
             if len(buf) < core.wake_at:

@@ -114,6 +114,21 @@ def _check_attrs(attrs: dict[str, Any]) -> dict[str, Any] | None:
     return checked
 
 
+def _join_trace(attrs: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A top-level phase while OpenTelemetry is loaded: carry the current span's traceparent.
+
+    The hot path calls this only when ``opentelemetry.trace`` is in sys.modules, so a program
+    without OpenTelemetry pays one dict lookup per top-level phase.  A phase that already has
+    the most attrs allowed keeps them (one more would get the begin event refused).
+    """
+    from ._otel import current_traceparent
+
+    tp = current_traceparent()
+    if tp is None or (attrs and (len(attrs) >= P.LIMITS.max_attrs or "traceparent" in attrs)):
+        return attrs
+    return {**attrs, "traceparent": tp} if attrs else {"traceparent": tp}
+
+
 class Runtime:
     """One per process (a forked child builds its own)."""
 
@@ -135,6 +150,7 @@ class Runtime:
             ru_min_ns=config.rusage_min_ns,
             rusage=config.rusage,
             disabled=config.disabled,
+            on_top=_join_trace,
         )
         impl.set_core(self.core)
         self.process_class: str | None = None

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
 from . import protocol as P
-from ._runtime import CURRENT as _current
 from ._runtime import get_runtime, impl
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -56,45 +55,54 @@ def _checked_attrs(attrs: dict[str, Any]) -> dict[str, Any] | None:
         raise ValueError(str(exc)) from None
 
 
-class phase(impl.Phase):  # type: ignore[misc,name-defined]
-    """A named phase of the program: a context manager, and a decorator.
-
-    ``with phase("prefill", batch=8): ...`` sends phase_begin/phase_end hints
-    with the thread id and CLOCK_MONOTONIC timestamps.  Phases nest per thread
-    and per asyncio task (contextvars), so concurrent tasks never see each
-    other's phases.  ``device=True`` also records CUDA events at the edges
-    (torch.cuda.Event when torch is loaded, else CuPy), so the daemon learns
-    when the GPU actually ran the phase.
-
-    Enter and exit are implemented in C (``_cphase``) when the extension is
-    built, else in Python (``_phase_py``); names are validated once and cached.
-    The object can be re-entered and used from several threads at once: the
-    state of each entry lives in the context, not on the object.
-    """
-
-    __slots__ = ()
-
-    def __call__(self, fn: F) -> F:
-        """Decorate a function (sync or async): each call runs inside a fresh phase."""
-        name, attrs, device = self.name, self.attrs or {}, self.device
-        if inspect.iscoroutinefunction(fn):
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                with phase(name, device=device, **attrs):
-                    return await fn(*args, **kwargs)
-
-            return async_wrapper  # type: ignore[return-value]
+def _decorate(ph: Any, fn: F) -> F:
+    """``@phase("name")``: each call of fn (sync or async) runs inside a fresh phase of that name."""
+    name, attrs, device = ph.name, ph.attrs or {}, ph.device
+    if inspect.iscoroutinefunction(fn):
 
         @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             with phase(name, device=device, **attrs):
-                return fn(*args, **kwargs)
+                return await fn(*args, **kwargs)
 
-        return wrapper  # type: ignore[return-value]
+        return async_wrapper  # type: ignore[return-value]
 
-    def __repr__(self) -> str:
-        return f"phase({self.name!r}, attrs={self.attrs!r}, device={self.device})"
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with phase(name, device=device, **attrs):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+if impl.__name__.endswith("_cphase"):
+    # The C type itself is the public class: constructing it is a vectorcall (no args tuple, no
+    # kwargs dict), and __call__ (the decorator) comes back to _decorate.
+    phase = impl.Phase
+    impl.set_decorator(_decorate)
+else:
+
+    class phase(impl.Phase):  # type: ignore[no-redef,misc]
+        """A named phase of the program: a context manager, and a decorator.
+
+        ``with phase("prefill", batch=8): ...`` sends phase_begin/phase_end hints
+        with the thread id and CLOCK_MONOTONIC timestamps.  Phases nest per thread
+        and per asyncio task (contextvars), so concurrent tasks never see each
+        other's phases.  ``device=True`` also records CUDA events at the edges
+        (torch.cuda.Event when torch is loaded, else CuPy), so the daemon learns
+        when the GPU actually ran the phase.
+
+        This is the pure-Python class (``_phase_py``), used when the C extension is
+        not built or GPUOS_HINT_PURE=1; it behaves the same.
+        """
+
+        __slots__ = ()
+
+        def __call__(self, fn: F) -> F:
+            return _decorate(self, fn)
+
+        def __repr__(self) -> str:
+            return f"phase({self.name!r}, attrs={self.attrs!r}, device={self.device})"
 
 
 class workload_class:
@@ -129,15 +137,15 @@ class workload_class:
                 rt.process_class = self._previous
             else:
                 rt.set_process_class(self._previous)
-        cur = _current.get()
+        cur = impl.frame()
         # A scope frame: same span id and depth, new class, parent = the state it replaces.
-        _current.set((cur[0], cur[1], self.cls, cur, cur[4]))
+        impl.set_frame((cur[0], cur[1], self.cls, cur, cur[4]))
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        cur = _current.get()
+        cur = impl.frame()
         if cur[3] is not None and cur[2] == self.cls:
-            _current.set(cur[3])
+            impl.set_frame(cur[3])
 
     def __repr__(self) -> str:
         return f"workload_class({self.cls!r})"
@@ -153,7 +161,7 @@ def mark(name: str, /, **attrs: Any) -> None:
 
 def current_phase() -> int:
     """The span id of the innermost open phase in this context (0 if none)."""
-    return _current.get()[0]  # type: ignore[no-any-return]
+    return impl.frame()[0]  # type: ignore[no-any-return]
 
 
 def stats() -> dict[str, Any]:
