@@ -56,6 +56,11 @@ class Config:
     # admission limits
     max_clients: int = 1024
     max_open_spans_per_client: int = 4096
+    # per uid (root exempt): one user cannot take every slot or all the memory (docs/security.md)
+    max_clients_per_uid: int = 256
+    max_open_spans_per_uid: int = 32768
+    max_connections: int = 4096  # hint-socket connections in all; kept below the fd limit
+    store_queue_rows: int = 200_000  # rows waiting for the writer; beyond, shed (counted)
     rate_events_per_s: float = 500_000.0  # per client, token bucket
     rate_burst_events: float = 1_000_000.0
     allow_unauthenticated: bool = False  # TCP has no peer credentials: refuse unless this is set
@@ -94,7 +99,14 @@ class Config:
             raise ConfigError(f"log_format={self.log_format!r}: auto|json|console|journald")
         if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
             raise ConfigError(f"metrics_port={self.metrics_port}: not a port")
-        for name in ("max_clients", "max_open_spans_per_client"):
+        for name in (
+            "max_clients",
+            "max_open_spans_per_client",
+            "max_clients_per_uid",
+            "max_open_spans_per_uid",
+            "max_connections",
+            "store_queue_rows",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
         return self

@@ -23,7 +23,7 @@ from ..config import ENV_STATE_DIR, default_state_dir
 from ..control import DaemonUnavailable, request
 from ..errors import GpuosError
 from ..store import SpanQuery, open_readonly, phase_summary, query_spans
-from .fmt import duration, ms, num, table
+from .fmt import duration, ms, num, safe, table
 
 Command = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, tuple[Command, Callable[[argparse.ArgumentParser], None], str]] = {}
@@ -82,19 +82,20 @@ def _print_json(obj: Any) -> None:
 def render_status(st: dict[str, Any]) -> str:
     d, c = st["daemon"], st["counters"]
     lines = [
-        f"gpuos-hintd {d['version']}  pid {d['pid']}  up {duration(d['uptime_s'])}  sampling {d['sample_hz']:g} Hz",
-        f"  endpoint {d['endpoint']}",
-        f"  store    {(st.get('store') or {}).get('path', '-')}",
+        f"gpuos-hintd {safe(d['version'])}  pid {d['pid']}  up {duration(d['uptime_s'])}  "
+        f"sampling {d['sample_hz']:g} Hz",
+        f"  endpoint {safe(d['endpoint'])}",
+        f"  store    {safe((st.get('store') or {}).get('path', '-'))}",
         f"  events {c.get('events', 0):,}  spans closed {c.get('spans_closed', 0):,}  "
         f"rejected {c.get('rejected_total', 0):,}  dropped by clients {c.get('client_dropped_total', 0):,}  "
         f"abandoned {c.get('spans_abandoned', 0):,}",
     ]
     if st.get("rejected"):
-        lines.append("  rejected by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(st["rejected"].items())))
+        lines.append("  rejected by reason: " + ", ".join(f"{safe(k)}={v}" for k, v in sorted(st["rejected"].items())))
     store = st.get("store") or {}
     if store.get("write_errors"):
         lines.append(
-            f"  store write errors {store['write_errors']} (last: {store.get('last_error')}), "
+            f"  store write errors {store['write_errors']} (last: {safe(store.get('last_error'))}), "
             f"backlog {store.get('backlog_batches')} batches, shed {store.get('shed_rows')} rows"
         )
     lines.append("")
