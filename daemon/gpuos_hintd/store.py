@@ -262,6 +262,7 @@ class Store:
         self._rows_in = 0
         self._rows_taken = 0
         self._closing = False
+        self._after_crash = False
         self._last_prune = 0.0
         self._last_check = time.monotonic()
         self._thread = self._start_writer()
@@ -417,6 +418,7 @@ class Store:
                     return
             except BaseException as exc:  # the writer must outlive any row
                 self.writer_crashes += 1
+                self._after_crash = True
                 self.last_crash = f"{type(exc).__name__}: {exc}"
                 self.last_error = self.last_crash
                 log.error("store_writer_crashed", error=self.last_crash, crashes=self.writer_crashes, exc_info=exc)
@@ -446,12 +448,22 @@ class Store:
                     item = self._q.get_nowait()
                 except queue.Empty:
                     break
+            # Held as the backlog while it is written: a crash mid-write loses nothing, and
+            # the round after a crash writes row by row, so one poisoned row cannot loop.
+            self._backlog = batch
             try:
                 self._check_file()
-                ok = not batch or self._write(batch)
+                if not batch:
+                    ok = True
+                elif self._after_crash:
+                    self._after_crash = False
+                    ok = self._write_rowwise(batch)
+                else:
+                    ok = self._write(batch)
             finally:
                 for barrier in barriers:
                     barrier.set()
+            self._backlog = []
             if not ok:
                 self._keep(batch)
                 if stopping:
