@@ -213,7 +213,7 @@ class HintService:
         if key in self._reaped:
             raise Rejected("client_exited", f"pid {peer_pid} was already reaped")
         client = self.clients.get(key)
-        if client is None or client.uid != uid:
+        if client is None or client.uid != uid or (client.ns_pid or client.key.pid) != batch.pid:
             # Acceptance needs the live process: pid and start time now, and the same uid as
             # the socket's peer.  A batch queued by a process that exited is refused here,
             # so a new process that reuses the pid can never inherit it.
@@ -568,8 +568,8 @@ class HintService:
                 c.dead_since_ns = 0
             elif not c.dead_since_ns:
                 c.dead_since_ns = now
-                if c.said_bye:
-                    gone.append(k)  # it said goodbye: nothing more is coming
+                if force:
+                    gone.append(k)
             elif now - c.dead_since_ns >= REAP_GRACE_NS or force:
                 gone.append(k)
         for key in gone:
