@@ -58,7 +58,9 @@ KNOWN_REASONS = {
 
 
 def _vm(pid: int, key: str) -> int:
-    for line in open(f"/proc/{pid}/status"):
+    with open(f"/proc/{pid}/status") as f:
+        lines = f.readlines()
+    for line in lines:
         if line.startswith(key + ":"):
             return int(line.split()[1])
     return 0
