@@ -80,10 +80,10 @@ def test_daemon_refuses_squatted_writable_or_symlinked_socket_dirs(tmp_path):
 
 
 def test_daemon_creates_missing_dir_private_or_0755(tmp_path):
-    path, fd = _prepare_ipc(f"ipc://{tmp_path}/new/hint.sock", 0o666)
+    _path, fd = _prepare_ipc(f"ipc://{tmp_path}/new/hint.sock", 0o666)
     os.close(fd)
     assert stat.S_IMODE(os.stat(tmp_path / "new").st_mode) == 0o755
-    path, fd = _prepare_ipc(f"ipc://{tmp_path}/priv/hint.sock", 0o600)
+    _path, fd = _prepare_ipc(f"ipc://{tmp_path}/priv/hint.sock", 0o600)
     os.close(fd)
     assert stat.S_IMODE(os.stat(tmp_path / "priv").st_mode) == 0o700
 

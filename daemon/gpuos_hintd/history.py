@@ -17,6 +17,7 @@ from .store import SpanQuery, open_readonly, phase_summary, query_spans
 
 MAX_ROWS = 10_000
 MAX_QUERY_S = 1.0
+MAX_EXPORT_S = 5.0  # a whole trace; still well inside the 30 s watchdog
 I64_MAX = (1 << 63) - 1
 STATUSES = ("ok", "error", "abandoned", "lost_end", "interrupted")
 
@@ -44,11 +45,11 @@ def _scope(uid: int | None) -> int | None:
     return None if uid in (0, None) else uid
 
 
-def _bounded(service: Any, fn: Callable[[Any], Any]) -> Any:
+def _bounded(service: Any, fn: Callable[[Any], Any], limit_s: float = MAX_QUERY_S) -> Any:
     if service.store is None:
         raise ValueError("this daemon runs without a store")
     conn = open_readonly(service.store.state_dir)
-    deadline = time.monotonic() + MAX_QUERY_S
+    deadline = time.monotonic() + limit_s
     conn.set_progress_handler(lambda: 1 if time.monotonic() > deadline else 0, 10_000)
     try:
         return fn(conn)
@@ -76,7 +77,19 @@ def op_phases(service: Any, req: dict[str, Any], uid: int | None) -> list[dict[s
     return _bounded(service, lambda conn: phase_summary(conn, since, _scope(uid)))
 
 
+def op_export(service: Any, req: dict[str, Any], uid: int | None) -> dict[str, Any]:
+    from .cli.export import build_trace  # the same builder hintctl uses on a store it can read
+
+    fmt = _opt_str(req, "format", 16) or "perfetto"
+    if fmt not in ("perfetto", "chrome"):
+        raise ValueError("format must be perfetto or chrome")
+    since, pid = _opt_int(req, "since_wall_ns", -I64_MAX), _opt_int(req, "pid")
+    doc, stats = _bounded(service, lambda conn: build_trace(conn, since, pid, fmt, _scope(uid)), MAX_EXPORT_S)
+    return {"trace": doc, "stats": stats}
+
+
 HISTORY_OPS: dict[str, Callable[[Any, dict[str, Any], int | None], Any]] = {
     "spans": op_spans,
     "phases": op_phases,
+    "export": op_export,
 }
