@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gpuos_client.config import client_endpoint, control_endpoint_for
+from gpuos_client.config import client_endpoint, control_endpoint_for, ipc_path
 
 from .. import __version__
 from ..config import ENV_STATE_DIR, default_state_dir
@@ -117,8 +117,11 @@ def history(ns: argparse.Namespace, op: str, local: Callable[[Any], Any], **quer
         endpoint = control_endpoint(ns)
     except ValueError:
         pass
-    if endpoint is not None and not ns.state_dir:
+    sock = ipc_path(endpoint) if endpoint else None
+    if endpoint is not None and not ns.state_dir and (sock is None or sock.exists()):
         try:
+            request(endpoint, "ping", timeout_s=ns.timeout)  # alive? (a stale socket costs --timeout)
+            # The answer itself may take the daemon's bound on a query (export: 5 s).
             return request(endpoint, op, timeout_s=max(ns.timeout, 10.0), **query)
         except DaemonUnavailable:
             pass
