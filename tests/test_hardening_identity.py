@@ -7,8 +7,10 @@ and the kernel's own start times.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -112,3 +114,26 @@ def test_status_discloses_other_uids_in_summary_only(svc):
     assert c["redacted"] and c["pid"] == PID and "cmdline" not in c and "cgroup" not in c and "unit" not in c
     assert b"secret" not in blob and b"hunter2" not in blob
     assert other["phases"] == [] and other["connections"] == {}
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="a pid namespace needs root and unshare")
+def test_a_pid_namespace_client_is_stored_with_host_tids(svc):
+    p = subprocess.Popen(["unshare", "--pid", "--fork", "sleep", "30"])
+    try:
+        deadline = time.monotonic() + 5
+        host = None
+        while host is None and time.monotonic() < deadline:
+            for task in os.listdir(f"/proc/{p.pid}/task"):
+                kids = Path(f"/proc/{p.pid}/task/{task}/children").read_text().split()
+                host = int(kids[0]) if kids else None
+            time.sleep(0.02)
+        assert host is not None
+        pst = procfs.start_ticks(host)
+        # Inside its namespace the sleeper is pid 1 and its only thread tid 1.
+        svc.ingest(P.encode_batch(1, pst, 1, 0, [[P.PHASE_BEGIN, 5, 1, 1, 0, "ns", None, None]]), (host, 0, 0), b"ns")
+        c = next(iter(svc.clients.values()))
+        assert c.ns_pid == 1 and c.key.pid == host
+        assert [s.row.tid for s in svc.correlator.open_spans(c.key)] == [host]
+    finally:
+        p.kill()
+        p.wait()
