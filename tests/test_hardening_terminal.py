@@ -87,6 +87,7 @@ def test_spans_and_phases_tables_render_no_control_bytes(tmp_path, capsys):
 
 
 def test_console_log_renders_no_control_bytes(capsys):
+    saved = structlog.get_config()
     try:
         logs.setup("info", "console")
         structlog.get_logger("t").warning(EVIL, comm=EVIL, detail=[EVIL], **{EVIL[:8]: 1})
@@ -95,4 +96,4 @@ def test_console_log_renders_no_control_bytes(capsys):
         _clean(err)
         assert len(err.strip().splitlines()) == 1
     finally:
-        logs.setup("info", "json")
+        structlog.configure(**saved)  # not bound to capsys's stderr, which closes after this test
