@@ -169,3 +169,19 @@ def test_a_deleted_state_dir_is_noticed_reported_and_recreated(tmp_path):
         assert [r[0] for r in rows(tmp_path / "state" / DB_NAME, "SELECT span_id FROM spans")] in ([2, 3], [3])
     finally:
         s.close()
+
+
+def test_writer_trouble_is_visible_in_status(tmp_path):
+    from gpuos_hintd.cli.main import render_status
+    from gpuos_hintd.config import Config
+    from gpuos_hintd.service import HintService
+
+    store = Store(tmp_path / "state")
+    svc = HintService(Config(state_dir=tmp_path / "state"), store)
+    try:
+        store.writer_crashes, store.last_crash, store.bad_rows = 2, "MemoryError: x", 3
+        text = render_status(svc.status())
+        assert "writer crashes 2" in text and "bad rows 3" in text and "MemoryError" in text
+    finally:
+        svc.worker.close()
+        store.close()

@@ -168,6 +168,19 @@ def render_status(st: dict[str, Any]) -> str:
             f"  store write errors {store['write_errors']} (last: {safe(store.get('last_error'))}), "
             f"backlog {store.get('backlog_batches')} batches, shed {store.get('shed_rows')} rows"
         )
+    trouble = {
+        k: store.get(k)
+        for k in ("writer_crashes", "writer_restarts", "bad_rows", "span_conflicts", "reopened")
+        if store.get(k)
+    }
+    if store.get("shed_rows"):
+        trouble["shed"] = ", ".join(f"{safe(k)} {v}" for k, v in sorted((store.get("shed_by_kind") or {}).items()))
+    if store and store.get("writer_alive") is False:
+        trouble["writer"] = "NOT RUNNING"
+    if trouble:
+        lines.append("  store: " + "  ".join(f"{k.replace('_', ' ')} {safe(v)}" for k, v in trouble.items()))
+        if store.get("last_crash"):
+            lines.append(f"  store writer last crash: {safe(store['last_crash'])}")
     lines.append("")
     clients = st.get("clients") or []
     lines.append(f"Clients ({len(clients)})")
