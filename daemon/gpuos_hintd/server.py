@@ -281,16 +281,18 @@ class Server:
                 if exc.errno == zmq.ETERM:
                     break
                 raise
+            # Each step guarded: a bug reached by one input costs that step, counted and
+            # logged, never the loop (systemd's start limit would keep the service down).
             if self.hint in ready:
-                self._drain_hints(next_tick)
+                self._guard("hints", self._drain_hints, next_tick)
             if self.monitor is not None and self.monitor in ready:
-                self._drain_monitor()
+                self._guard("monitor", self._drain_monitor)
             if self.control in ready:
-                self._drain_control()
+                self._guard("control", self._drain_control)
             if self.pending_syncs:
-                self._progress_syncs()
+                self._guard("sync", self._progress_syncs)
             if svc.worker.wake_fd in ready:
-                svc.apply_samples()
+                self._guard("samples", svc.apply_samples)
             if svc.store is not None and svc.store.ensure_writer():
                 svc.counters["store_writer_restarts"] += 1
             if self._sig_r is not None and self._sig_r in ready:
@@ -300,11 +302,11 @@ class Server:
                     pass
             now = time.monotonic_ns()
             if now >= next_tick:
-                svc.request_tick()  # the worker samples; results come back through wake_fd
+                self._guard("tick", svc.request_tick)  # the worker samples; results come back through wake_fd
                 # Skip missed ticks instead of bursting to catch up.
                 next_tick += period_ns * max(1, (now - next_tick) // period_ns + 1)
             if now >= next_reap:
-                svc.reap()
+                self._guard("reap", svc.reap)
                 next_reap = now + int(cfg.reap_interval_s * 1e9)
             if wd_ns and now >= next_wd:
                 notifier.watchdog()  # from the loop itself, so a hung loop is restarted
@@ -316,6 +318,16 @@ class Server:
                 self.reload_requested = False
                 self._reload()
         self.shutdown()
+
+    def _guard(self, step: str, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:
+            c = self.service.counters
+            c[f"loop_errors_{step}"] += 1
+            n = c[f"loop_errors_{step}"]
+            if n <= 10 or n & (n - 1) == 0:
+                log.error("loop_step_failed", step=step, count=n, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
 
     def _drain_hints(self, next_tick: int) -> None:
         sock, svc = self.hint, self.service
