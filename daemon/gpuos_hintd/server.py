@@ -458,6 +458,9 @@ class Server:
             self._reply(head, {"ok": False, "error": "busy: a sync of yours is already in progress"})
             return
         svc = self.service
+        # What is already queued first: a client that just exited gets its last batches
+        # (bye included) read before the reaper, which skips its grace period here, sees it.
+        self._drain_hints(time.monotonic_ns() + 50_000_000)
         svc.reap(force=True)
         svc.worker.submit("sync", svc._targets(svc.clients.values()))
         self.sync_seq += 1
