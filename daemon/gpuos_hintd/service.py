@@ -97,6 +97,7 @@ class HintService:
         #: per client per tick, however many heartbeats a message carries).
         self._sweeps: dict[ProcKey, tuple[int, set[int]]] = {}
         self._told: set[tuple[bytes, str]] = set()
+        self._uid_open_now: dict[int, int] = {}  # per-uid open spans, valid for the message at hand
         self.syncs_applied = 0  # sampling syncs whose results were applied (sync requests wait on it)
         #: The server's hint-connection counts (set by server.Server; {} without one).
         self.connections: Callable[[], dict[str, Any]] = dict
@@ -136,6 +137,7 @@ class HintService:
             return []
 
     def _ingest(self, data: bytes, peer: tuple[int, int, int] | None, routing_id: bytes) -> list[bytes]:
+        self._uid_open_now.clear()
         try:
             batch = P.decode_batch(data, self.limits)
             client = self._admit(batch, peer, routing_id)
@@ -350,11 +352,20 @@ class HintService:
         if tid not in c.tids:
             c.tids.add(tid)
         self.correlator.begin(c.key, row)
+        if c.uid in self._uid_open_now:
+            self._uid_open_now[c.uid] += 1
 
     def _uid_open(self, uid: int) -> int:
-        """Open spans of every client of a uid (at most max_clients_per_uid lookups)."""
-        n_open = self.correlator.n_open
-        return sum(n_open.get(c.key, 0) for c in self.clients.values() if c.uid == uid)
+        """Open spans of every client of a uid: counted once per message, then kept up to date.
+
+        Counting per begin would be O(clients) per event; per message it is O(clients)
+        once, and ends within the message are not subtracted (errs towards refusing).
+        """
+        n = self._uid_open_now.get(uid)
+        if n is None:
+            n_open = self.correlator.n_open
+            n = self._uid_open_now[uid] = sum(n_open.get(c.key, 0) for c in self.clients.values() if c.uid == uid)
+        return n
 
     def _host_tid(self, c: Client, tid: int) -> int:
         """A container client's thread id as the host sees it (the samplers read host /proc)."""
