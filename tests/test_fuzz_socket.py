@@ -9,7 +9,7 @@ input under its own reason, exactly), no input reaches a bug
 (``internal_error``), and the good client loses nothing.
 
 CI size: 20k messages (a few seconds).  Soak: ``GPUOS_SOAK=1`` sends 1M
-(``GPUOS_SOAK_MESSAGES`` to change it).
+(``GPUOS_SOAK_MESSAGES`` to change it); ``GPUOS_FUZZ_OUT=FILE`` writes the figures as JSON.
 """
 
 from __future__ import annotations
@@ -217,6 +217,22 @@ def test_fuzzed_sockets_do_not_stop_or_bloat_the_daemon(daemon):
         c for c in daemon.status()["clients"] if c["pid"] == good.pid
     ]
     assert gone and gone[0]["dropped"] == 0
+    out = os.environ.get("GPUOS_FUZZ_OUT")
+    if out:  # the figures as JSON (how benchmarks/results/fuzz-soak.json is made)
+        import json
+
+        result = {
+            "messages_sent": sent,
+            "seconds_total": round(took, 1),
+            "seconds_sending": round(t_sent, 1),
+            "daemon_deaths": 0,
+            "internal_errors": rejected.get("internal_error", 0),
+            "peak_rss_mb": round(peak_kb / 1024),
+            "rejects_counted": sum(rejected.values()),
+            "rejected_by_reason": rejected,
+        }
+        with open(out, "w") as f:
+            json.dump(result, f, indent=2)
     print(
         f"fuzz: {sent} messages in {took:.1f}s (sent in {t_sent:.1f}s), peak RSS {peak_kb / 1024:.0f} MB, rejects {sum(rejected.values())}"
     )
