@@ -42,6 +42,7 @@ def test_cli_uses_only_control_store_and_config():
         ".main",
         "..procfs",
         "..evaluate",
+        "..safetext",  # a pure function (terminal escaping) shared with the console log
     }
     for f in (REPO / "daemon/gpuos_hintd/cli").glob("*.py"):
         for mod in imports(f):

@@ -34,7 +34,7 @@ import time
 from typing import Any
 
 from . import protocol as P
-from .config import ClientConfig, ipc_path
+from .config import ClientConfig, ipc_path, socket_dir_problem
 
 __all__ = ["CURRENT", "ROOT", "Runtime", "get_runtime", "impl"]
 
@@ -254,9 +254,21 @@ class Runtime:
             self._thread = t
             t.start()
 
-    def _connect(self) -> bool:
+    def _connect(self) -> bool | None:
+        """True: connected.  None: not yet (no socket dir: retry later).  False: never (gave up)."""
         if self._sock is not None:
             return True
+        path = ipc_path(self.config.endpoint)
+        if path is not None:
+            problem = socket_dir_problem(path.parent, os.geteuid())
+            if problem is not None:
+                if not os.path.lexists(path.parent):
+                    self.last_error = f"no daemon yet: {problem}"
+                    return None  # the daemon may start later: events wait (bounded), then drop
+                # Someone else's directory (or a symlink, or writable by others): an impostor
+                # could be listening there.  Refuse, say why, and count what was buffered.
+                self._give_up(f"refusing {self.config.endpoint}: {problem}", reason="unsafe_socket_dir")
+                return False
         try:
             import zmq
         except ImportError as exc:  # fail-open: no pyzmq, no hints
@@ -278,7 +290,7 @@ class Runtime:
         self._sock = sock
         return True
 
-    def _give_up(self, msg: str) -> None:
+    def _give_up(self, msg: str, reason: str = "no_transport") -> None:
         """No transport at all: stop hinting, and count what was buffered as dropped."""
         self._fail(msg)
         self.disabled = True
@@ -286,7 +298,8 @@ class Runtime:
         lost = len(self.core.take()) + len(self._carry)
         self._carry = []
         if lost:
-            self.drop("no_transport", lost)
+            self.drop(reason, lost)
+        self.last_error = msg
 
     def _fail(self, msg: str) -> None:
         with self._lock:
@@ -329,8 +342,9 @@ class Runtime:
         Returns (moved user events, ZeroMQ refused something).
         """
         self._rounds += 1
-        if not self._connect():
-            return False, False
+        connected = self._connect()
+        if not connected:
+            return False, connected is None  # None: retry with backoff
         self._read_replies()
         if self._pending is not None:
             data, n = self._pending

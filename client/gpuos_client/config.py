@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 from pathlib import Path
 
 ENV_ENDPOINT = "GPUOS_HINT_ENDPOINT"
@@ -69,6 +70,33 @@ def control_endpoint_for(hint_endpoint: str) -> str:
     if beside is None:
         raise ValueError(f"no default control endpoint for {hint_endpoint!r}: set ${ENV_CONTROL}")
     return beside
+
+
+def socket_dir_problem(path: Path, uid: int) -> str | None:
+    """Why the directory holding a daemon's socket must not be trusted by ``uid`` (None: it may).
+
+    With no $XDG_RUNTIME_DIR the per-user dir is /tmp/gpuos-hintd-UID, which any
+    user can create first: an impostor's socket there would receive this
+    program's hello (its argv) and phases.  So before connecting the client
+    checks the directory itself, without following a symlink: it must be a real
+    directory owned by ``uid`` or by root, and not writable by group or others
+    (a root-owned sticky dir such as /tmp is the one shared dir accepted).
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return f"{path} does not exist (no daemon listens there)"
+    except OSError as exc:
+        return f"cannot inspect {path}: {exc.strerror}"
+    if stat.S_ISLNK(st.st_mode):
+        return f"{path} is a symlink"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{path} is not a directory"
+    if st.st_uid not in (uid, 0):
+        return f"{path} is owned by uid {st.st_uid}, neither uid {uid} nor root"
+    if st.st_mode & 0o022 and not (st.st_mode & stat.S_ISVTX and st.st_uid == 0):
+        return f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
 
 
 def ipc_path(endpoint: str) -> Path | None:

@@ -82,6 +82,8 @@ class Limits:
     max_attr_key_len: int = 64
     max_attr_value_len: int = 256  # str/bytes values; numbers and bools are free
     max_open_spans: int = 4096  # per heartbeat
+    max_int: int = (1 << 63) - 1  # ids, timestamps, tids: SQLite INTEGER is int64
+    max_hello_bytes: int = 16384  # what the daemon keeps of a hello's info map (argv etc.)
 
 
 LIMITS: Final = Limits()
@@ -167,12 +169,12 @@ def decode_batch(data: bytes, limits: Limits = LIMITS) -> Batch:
     if not isinstance(msg, dict):
         raise ProtocolError("not_a_batch", f"top level is {type(msg).__name__}, not a map")
     version = msg.get("v")
-    if version not in SUPPORTED_VERSIONS:
-        raise ProtocolError("unsupported_version", f"v={version!r}, supported {sorted(SUPPORTED_VERSIONS)}")
+    if type(version) is not int or version not in SUPPORTED_VERSIONS:
+        raise ProtocolError("unsupported_version", f"v={_short(version)}, supported {sorted(SUPPORTED_VERSIONS)}")
     pid, pst, seq, drop, events = (msg.get(k) for k in ("pid", "pst", "seq", "drop", "ev"))
     for key, value in (("pid", pid), ("pst", pst), ("seq", seq), ("drop", drop)):
-        if type(value) is not int or value < 0:
-            raise ProtocolError("bad_header", f"{key}={value!r} is not a non-negative int")
+        if type(value) is not int or value < 0 or value > limits.max_int:
+            raise ProtocolError("bad_header", f"{key}={_short(value)} is not an int in 0..2^63-1")
     if not isinstance(events, list):
         raise ProtocolError("bad_header", "ev is not an array")
     if len(events) > limits.max_events_per_message:
@@ -183,13 +185,14 @@ def decode_batch(data: bytes, limits: Limits = LIMITS) -> Batch:
 def check_name(name: Any, limits: Limits = LIMITS, what: str = "name") -> str:
     """Validate a phase/mark/class name (also used client-side to raise ValueError)."""
     if type(name) is not str or not name:
-        raise ProtocolError("bad_name", f"{what} must be a non-empty str, got {name!r}")
+        raise ProtocolError("bad_name", f"{what} must be a non-empty str, got {_short(name)}")
     if len(name) > limits.max_name_len:
         raise ProtocolError("name_too_long", f"{what} has {len(name)} chars > {limits.max_name_len}")
     return name
 
 
 _SCALARS = (int, float, bool, type(None))
+_INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
 def check_attrs(attrs: Any, limits: Limits = LIMITS) -> dict[str, Any] | None:
@@ -202,19 +205,34 @@ def check_attrs(attrs: Any, limits: Limits = LIMITS) -> dict[str, Any] | None:
         raise ProtocolError("too_many_attrs", f"{len(attrs)} > {limits.max_attrs}")
     for key, value in attrs.items():
         if type(key) is not str or not key or len(key) > limits.max_attr_key_len:
-            raise ProtocolError("bad_attrs", f"attr key {key!r} is not a short non-empty str")
+            raise ProtocolError("bad_attrs", f"attr key {_short(key)} is not a short non-empty str")
         if isinstance(value, str | bytes):
             if len(value) > limits.max_attr_value_len:
-                raise ProtocolError("attr_too_long", f"attr {key!r} is {len(value)} long")
+                raise ProtocolError("attr_too_long", f"attr {key} is {len(value)} long")
         elif not isinstance(value, _SCALARS):
             raise ProtocolError("bad_attrs", f"attr {key!r} has type {type(value).__name__}")
+        elif type(value) is int and not _INT64[0] <= value <= _INT64[1]:
+            raise ProtocolError("bad_attrs", f"attr {key!r} is outside int64")
     return dict(attrs)
 
 
-def _int(value: Any, what: str) -> int:
-    if type(value) is not int or value < 0:
-        raise ProtocolError("bad_event", f"{what}={value!r} is not a non-negative int")
+def _int(value: Any, what: str, limits: Limits = LIMITS) -> int:
+    if type(value) is not int or value < 0 or value > limits.max_int:
+        raise ProtocolError("bad_event", f"{what}={_short(value)} is not an int in 0..2^63-1")
     return value
+
+
+def _short(value: Any, n: int = 40) -> str:
+    """repr() of an untrusted value, cut short: details are logged, and a 1 MB repr is not."""
+    text = repr(value) if not isinstance(value, list | dict | tuple) else f"<{type(value).__name__}>"
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def check_status(status: Any) -> str:
+    """A client's end status: exactly one of CLIENT_STATUSES (a list or map is refused, not hashed)."""
+    if type(status) is not str or status not in CLIENT_STATUSES:
+        raise ProtocolError("bad_event", f"status={_short(status)}")
+    return status
 
 
 def check_event(ev: Any, limits: Limits = LIMITS) -> tuple[int, int, int]:
@@ -227,7 +245,7 @@ def check_event(ev: Any, limits: Limits = LIMITS) -> tuple[int, int, int]:
         raise ProtocolError("bad_event", "event is not an array of >= 3 items")
     kind = ev[0]
     if type(kind) is not int or kind not in MIN_LEN:
-        raise ProtocolError("unknown_kind", f"kind={kind!r}")
+        raise ProtocolError("unknown_kind", f"kind={_short(kind)}")
     if len(ev) < MIN_LEN[kind]:
         raise ProtocolError("bad_event", f"{KIND_NAMES[kind]} needs {MIN_LEN[kind]} items, got {len(ev)}")
     return kind, _int(ev[1], "t_ns"), _int(ev[2], "tid")
@@ -244,8 +262,7 @@ def check_fields(kind: int, ev: Sequence[Any], limits: Limits = LIMITS) -> None:
         check_attrs(ev[7], limits)
     elif kind == PHASE_END:
         _int(ev[3], "span_id")
-        if ev[4] not in CLIENT_STATUSES:
-            raise ProtocolError("bad_event", f"status={ev[4]!r}")
+        check_status(ev[4])
         check_attrs(ev[5], limits)
     elif kind == MARK:
         check_name(ev[3], limits)
@@ -268,8 +285,14 @@ def check_fields(kind: int, ev: Sequence[Any], limits: Limits = LIMITS) -> None:
             if s[5] is not None:
                 check_name(s[5], limits, "class")
             check_attrs(s[6], limits)
-        if not isinstance(ev[4], Mapping):
+        stats = ev[4]
+        if not isinstance(stats, Mapping):
             raise ProtocolError("bad_event", "heartbeat stats is not a map")
+        if stats.get("cls") is not None:
+            check_name(stats["cls"], limits, "heartbeat class")
+        for key in ("dropped", "buffered"):
+            if key in stats and stats[key] is not None:
+                _int(stats[key], f"heartbeat {key}", limits)
     elif kind == HELLO:
         if not isinstance(ev[3], Mapping):
             raise ProtocolError("bad_event", "hello info is not a map")

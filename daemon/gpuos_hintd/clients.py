@@ -23,10 +23,12 @@ from .samplers.base import ProcKey
 class Rejected(Exception):
     """A message refused as a whole; ``reason`` becomes a reject-counter label."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", tell: bool = False) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        #: Worth a reply to the peer (admission refusals), not just a counter.
+        self.tell = tell
 
 
 @dataclasses.dataclass(slots=True)
@@ -73,11 +75,48 @@ class Client:
     last_heartbeat_mono_ns: int = 0
     said_bye: bool = False
     ns_pid: int | None = None  # the pid the client sees, when in another pid namespace
+    ns_tids: dict[int, int] = dataclasses.field(default_factory=dict)  # namespace tid -> host tid
+    dead_since_ns: int = 0  # when the reaper first found the process gone (0: alive)
 
 
 def _ns_pid_chain(pid: int, root: Path) -> list[int]:
+    return _ns_pid_chain_path(root / str(pid) / "status")
+
+
+def _proc_uid(pid: int, root: Path) -> int | None:
+    """The effective uid of a live process (from /proc/PID/status), None if unreadable."""
     try:
         status = (root / str(pid) / "status").read_bytes()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith(b"Uid:"):
+            fields = line.split()
+            return int(fields[2]) if len(fields) > 2 else None
+    return None
+
+
+def ns_to_host_tid(host_pid: int, ns_tid: int, root: Path = procfs.PROCFS) -> int:
+    """The host tid of the thread a container client calls ``ns_tid`` (the tid itself if unknown).
+
+    Each thread's /proc/PID/task/TID/status has an NSpid line, host first, innermost
+    last; the thread whose innermost id is ``ns_tid`` is the one.  Called once per new
+    thread of a namespaced client (the daemon caches the answer).
+    """
+    try:
+        tasks = list((root / str(host_pid) / "task").iterdir())[:4096]
+    except OSError:
+        return ns_tid
+    for task in tasks:
+        chain = _ns_pid_chain_path(task / "status")
+        if len(chain) > 1 and chain[-1] == ns_tid:
+            return chain[0]
+    return ns_tid
+
+
+def _ns_pid_chain_path(path: Path) -> list[int]:
+    try:
+        status = path.read_bytes()
     except OSError:
         return []
     for line in status.splitlines():
@@ -87,13 +126,19 @@ def _ns_pid_chain(pid: int, root: Path) -> list[int]:
 
 
 def verify_peer(
-    peer_pid: int, claimed_pid: int, claimed_start: int, root: Path = procfs.PROCFS
+    peer_pid: int,
+    claimed_pid: int,
+    claimed_start: int,
+    root: Path = procfs.PROCFS,
+    peer_uid: int | None = None,
 ) -> tuple[int, int | None]:
-    """Check a message's claim against the socket peer; return (host pid, ns pid or None).
+    """Check a message's claim against the live socket peer; return (host pid, ns pid or None).
 
     Raises Rejected("pid_mismatch") for a claim about another process,
-    Rejected("pid_start_mismatch") for a recycled or forged start time.  A
-    peer that already exited is accepted on its socket credentials alone.
+    Rejected("pid_start_mismatch") for a recycled or forged start time,
+    Rejected("peer_gone") when the peer no longer runs (its pid may already
+    belong to someone else: acceptance needs the live process), and
+    Rejected("uid_mismatch") when the live process is not the peer's uid.
     """
     ns_pid = None
     if claimed_pid != peer_pid:
@@ -107,13 +152,16 @@ def verify_peer(
     except AccessDenied as exc:
         raise Rejected("peer_unreadable", f"pid {peer_pid}: {exc}") from None
     except ProcessGone:
-        # The peer exited after sending (its last batches, flushed at exit, are
-        # often read after that).  SO_PEERCRED vouched for the pid at connect
-        # time and no other process holds it now, so the claim stands; only the
-        # start time cannot be checked any more.
-        return peer_pid, ns_pid
+        # A first batch read after its sender exited cannot be tied to a live process:
+        # SO_PEERCRED vouched for the pid at connect time only.  (A client already
+        # admitted keeps being served by its connection until it is reaped.)
+        raise Rejected("peer_gone", f"pid {peer_pid} exited before its first batch was read") from None
     if start != claimed_start:
         raise Rejected("pid_start_mismatch", f"pid {peer_pid} started at tick {start}, message claims {claimed_start}")
+    if peer_uid is not None and peer_uid >= 0:
+        live_uid = _proc_uid(peer_pid, root)
+        if live_uid is not None and live_uid != peer_uid:
+            raise Rejected("uid_mismatch", f"pid {peer_pid} runs as uid {live_uid}, the socket peer was uid {peer_uid}")
     return peer_pid, ns_pid
 
 

@@ -58,6 +58,11 @@ class Config:
     # admission limits
     max_clients: int = 1024
     max_open_spans_per_client: int = 4096
+    # per uid (root exempt): one user cannot take every slot or all the memory (docs/security.md)
+    max_clients_per_uid: int = 256
+    max_open_spans_per_uid: int = 32768
+    max_connections: int = 4096  # hint-socket connections in all; kept below the fd limit
+    store_queue_rows: int = 200_000  # rows waiting for the writer; beyond, shed (counted)
     rate_events_per_s: float = 500_000.0  # per client, token bucket
     rate_burst_events: float = 1_000_000.0
     allow_unauthenticated: bool = False  # TCP has no peer credentials: refuse unless this is set
@@ -111,7 +116,14 @@ class Config:
         for name in ("otlp_queue_spans", "otlp_batch_spans"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
-        for name in ("max_clients", "max_open_spans_per_client"):
+        for name in (
+            "max_clients",
+            "max_open_spans_per_client",
+            "max_clients_per_uid",
+            "max_open_spans_per_uid",
+            "max_connections",
+            "store_queue_rows",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
         return self

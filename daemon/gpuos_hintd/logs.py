@@ -31,6 +31,8 @@ from typing import Any
 
 import structlog
 
+from .safetext import safe, safe_multiline
+
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 PRIORITY = {"debug": 7, "info": 6, "warning": 4, "warn": 4, "error": 3, "critical": 2, "exception": 3}
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
@@ -205,6 +207,7 @@ def setup(level: str = "info", fmt: str = "auto", *, binding: bool = True, journ
         processors.append(_journald_processor(sender[0]))
         state["journal"] = sender[1]
     elif fmt == "console":
+        processors.append(_escape_for_terminal)
         processors.append(structlog.dev.ConsoleRenderer(colors=False))
     else:
         fmt = "json"  # also when journald was asked for but there is no journal
@@ -217,6 +220,25 @@ def setup(level: str = "info", fmt: str = "auto", *, binding: bool = True, journ
         cache_logger_on_first_use=False,
     )
     return fmt
+
+
+def _escape_for_terminal(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Console lines go to a terminal: every string (keys too) through safe(), repr'd values too.
+
+    Log fields carry untrusted text (phase names in reject details, comm, cmdline);
+    a traceback keeps its newlines but nothing else.
+    """
+    out: dict[str, Any] = {}
+    for key, value in event.items():
+        if key == "exception" and isinstance(value, str):
+            out[key] = safe_multiline(value)
+        elif isinstance(value, str):
+            out[safe(key)] = safe(value)
+        elif isinstance(value, int | float | bool) or value is None:
+            out[safe(key)] = value
+        else:
+            out[safe(key)] = safe(repr(value))
+    return out
 
 
 def _isatty() -> bool:

@@ -279,7 +279,14 @@ class MetricsExporter:
             ("gpuos_hintd_spans_recovered", "spans rebuilt from heartbeats", c["spans_recovered"]),
             ("gpuos_hintd_orphan_ends", "phase ends without a known begin", c["orphan_ends"]),
             ("gpuos_hintd_store_write_errors", "failed SQLite write batches", store.get("write_errors", 0)),
-            ("gpuos_hintd_store_shed_rows", "rows shed while writes failed", store.get("shed_rows", 0)),
+            ("gpuos_hintd_store_shed_rows", "rows shed (writes failing or queue full)", store.get("shed_rows", 0)),
+            ("gpuos_hintd_store_bad_rows", "rows the writer could not store, dropped", store.get("bad_rows", 0)),
+            ("gpuos_hintd_store_writer_crashes", "store writer rounds that raised", store.get("writer_crashes", 0)),
+            (
+                "gpuos_hintd_store_span_conflicts",
+                "spans not stored over an existing one",
+                store.get("span_conflicts", 0),
+            ),
             (
                 "gpuos_hintd_metrics_phase_promotions",
                 "phase keys promoted into the top-K",
@@ -299,6 +306,12 @@ class MetricsExporter:
                 sum(len(v) for v in svc.correlator.spans.values()),
             ),
             ("gpuos_hintd_start_time_seconds", "daemon start, unix time", svc.started_wall_ns / 1e9),
+            ("gpuos_hintd_store_queued_rows", "rows waiting for the store writer", store.get("queued_rows", 0)),
+            (
+                "gpuos_hintd_store_writer_alive",
+                "1 while the store writer runs",
+                int(bool(store.get("writer_alive", 1))),
+            ),
             (
                 "gpuos_hintd_store_backlog_batches",
                 "write batches held for retry",

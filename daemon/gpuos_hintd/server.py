@@ -8,8 +8,14 @@ SQLite writer is the only other thread.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import resource
 import signal
+import socket
+import stat
+import struct
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,24 +36,109 @@ from .service import HintService
 log = structlog.get_logger("gpuos_hintd.server")
 
 MAX_DRAIN = 4096  # messages per readiness before timers get a turn
-HARD_MAX_MESSAGE = 4 * P.LIMITS.max_message_bytes  # over this libzmq drops the peer outright
+# Over this libzmq drops the peer outright; between max_message_bytes and this it is
+# counted as "oversized".  Small on purpose: RCVHWM x this is what one connection can queue.
+HARD_MAX_MESSAGE = P.LIMITS.max_message_bytes + 65536
+#: Messages libzmq queues per hint connection (ROUTER's RCVHWM is per peer): with
+#: HARD_MAX_MESSAGE this bounds one connection's queued bytes to ~68 MB worst case.
+HINT_RCVHWM = 64
+#: File descriptors kept free for the daemon itself (store, /proc reads, NVML, libzmq's
+#: own pipes): libzmq aborts on EMFILE in places, so connections stop well before.
+FD_HEADROOM = 256
+MAX_SYNC_S = 10.0  # a sync request waits at most this long, whatever it asks for
+MAX_PENDING_SYNCS = 16
 
 
 class AlreadyRunning(ConfigError):
     pass
 
 
-def _prepare_ipc(endpoint: str, mode: int | None) -> Path | None:
+def raise_fd_limit() -> tuple[int, int]:
+    """Soft RLIMIT_NOFILE up to the hard limit (1024 by default would cap clients at ~1000)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("fd_limit_not_raised", soft=soft, hard=hard, error=str(exc))
+    return soft, hard
+
+
+def runtime_dir_problem(st: os.stat_result, uid: int) -> str | None:
+    """Why a socket directory is unsafe for a daemon running as ``uid`` (None: it is safe).
+
+    Another user who owns or can write the directory can replace our socket with
+    theirs and receive every client's hello (argv) and phases, or serve a fake
+    status.  /tmp itself is the one shared dir allowed (sticky, root-owned).
+    """
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symlink"
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a directory"
+    if st.st_uid != uid and st.st_uid != 0:
+        return f"is owned by uid {st.st_uid}, not by the daemon's uid {uid} or root"
+    if st.st_mode & 0o022 and not (st.st_mode & stat.S_ISVTX and st.st_uid == 0):
+        return f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def _prepare_ipc(endpoint: str, mode: int | None) -> tuple[Path, int] | None:
+    """Make (or check) the socket's directory; return the path and an O_PATH-free dir fd.
+
+    The directory is created 0755 (0700 for a private daemon) if missing, then
+    opened without following symlinks and checked through that fd: owned by us
+    (or root), not writable by others.  Everything after that - the stale-socket
+    unlink, the chmod of the bound socket - goes through the fd, never the path.
+    """
     path = ipc_path(endpoint)
     if path is None:
         return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if mode is not None and path.parent != Path("/tmp"):
+    parent = path.parent
+    uid = os.geteuid()
+    dir_mode = 0o755 if mode is not None and mode & 0o006 else 0o700
+    if not os.path.lexists(parent):
         try:
-            os.chmod(path.parent, 0o755)
+            parent.parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(parent, dir_mode)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise ConfigError(f"cannot create socket directory {parent}: {exc}") from None
+    try:
+        dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(f"refusing socket directory {parent}: {exc.strerror} (a symlink?)") from None
+    problem = runtime_dir_problem(os.fstat(dfd), uid)
+    if problem:
+        os.close(dfd)
+        raise ConfigError(f"refusing socket directory {parent}: it {problem}")
+    if mode is not None and parent != Path("/tmp") and os.fstat(dfd).st_uid == uid:
+        try:
+            os.fchmod(dfd, dir_mode)
         except OSError:
             pass
-    return path
+    return path, dfd
+
+
+def _peer_uid(frame: zmq.Frame) -> int | None:
+    """The uid of a control request's sender (SO_PEERCRED via libzmq's Peer-Address), None for TCP."""
+    try:
+        peer = P.parse_peer_address(frame.get("Peer-Address"))
+    except zmq.ZMQError:
+        return None
+    return peer[1] if peer else None
+
+
+@dataclasses.dataclass(slots=True)
+class PendingSync:
+    head: list[bytes]
+    uid: int | None
+    deadline: float
+    want: int  # the sampling sync it waits for
+    barrier: threading.Event | None = None
 
 
 def _live_daemon_at(control: str, timeout_ms: int = 300) -> bool:
@@ -74,38 +165,69 @@ class Server:
         self._sig_r: int | None = None
         self._sig_w: int | None = None
         self._bound: list[Path] = []
+        self.fd_soft, self.fd_hard = raise_fd_limit()
+        #: Connections refused beyond this (and a uid's share of it): keeps FD_HEADROOM free.
+        self.max_connections = max(16, min(config.max_connections, self.fd_soft - FD_HEADROOM))
         self.hint = self._bind(zmq.ROUTER, config.endpoint, config.socket_mode, hint=True)
         self.control = self._bind(zmq.ROUTER, config.control, config.socket_mode, hint=False)
         self.poller = zmq.Poller()
         self.poller.register(self.hint, zmq.POLLIN)
         self.poller.register(self.control, zmq.POLLIN)
+        self.conns: dict[int, int] = {}  # accepted hint-socket fd -> peer uid
+        self.conns_by_uid: dict[int, int] = {}
+        self.monitor: zmq.Socket | None = None
+        if ipc_path(config.endpoint) is not None:
+            self.monitor = self.hint.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+            self.poller.register(self.monitor, zmq.POLLIN)
+        self.pending_syncs: list[PendingSync] = []
+        self.sync_seq = 0  # sampling syncs posted
+        service.connections = self.connection_stats
         self.poller.register(service.worker.wake_fd, zmq.POLLIN)  # sampling results are ready
         self.control_ops: dict[str, Callable[[dict[str, Any]], Any]] = {
             "ping": lambda req: {"ok": True, "version": __version__, "pid": os.getpid()},
-            "status": lambda req: self.service.status(),
+            "status": lambda req: self.service.status(req["_uid"]),
             "sync": self._op_sync,
         }
+        from .history import HISTORY_OPS
+
+        for name, fn in HISTORY_OPS.items():
+            self.control_ops[name] = lambda req, fn=fn: fn(self.service, req, req["_uid"])
 
     def _bind(self, kind: int, endpoint: str, mode: int, hint: bool) -> zmq.Socket:
-        path = _prepare_ipc(endpoint, mode)
-        if path is not None and path.exists():
-            control = self.config.control
-            if _live_daemon_at(control):
-                raise AlreadyRunning(f"a gpuos-hintd already answers on {control}; not starting a second one")
-            path.unlink()  # stale socket of a daemon that died
-        sock = self.ctx.socket(kind)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVHWM, 100_000 if hint else 1000)
-        sock.setsockopt(zmq.SNDHWM, 1000)
-        sock.setsockopt(zmq.MAXMSGSIZE, HARD_MAX_MESSAGE)
+        prepared = _prepare_ipc(endpoint, mode)
+        path, dfd = prepared if prepared is not None else (None, -1)
         try:
-            sock.bind(endpoint)
-        except zmq.ZMQError as exc:
-            raise ConfigError(f"cannot listen on {endpoint}: {exc}") from None
-        if path is not None:
-            os.chmod(path, mode)
-            self._bound.append(path)
-        return sock
+            if path is not None and os.path.lexists(path):
+                control = self.config.control
+                if _live_daemon_at(control):
+                    raise AlreadyRunning(f"a gpuos-hintd already answers on {control}; not starting a second one")
+                os.unlink(path.name, dir_fd=dfd)  # stale socket of a daemon that died
+            sock = self.ctx.socket(kind)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVHWM, HINT_RCVHWM if hint else 64)
+            sock.setsockopt(zmq.SNDHWM, 1000)
+            sock.setsockopt(zmq.MAXMSGSIZE, HARD_MAX_MESSAGE if hint else 65536)
+            old_umask = os.umask(0o077)  # the socket exists 0600 until chmod'ed below
+            try:
+                sock.bind(endpoint)
+            except zmq.ZMQError as exc:
+                sock.close(0)
+                raise ConfigError(f"cannot listen on {endpoint}: {exc}") from None
+            finally:
+                os.umask(old_umask)
+            if path is not None:
+                # Through the checked dir fd, and only on the socket we just made: the
+                # directory is ours and not writable by others, so the name cannot be swapped.
+                st = os.stat(path.name, dir_fd=dfd, follow_symlinks=False)
+                if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.geteuid():
+                    sock.close(0)
+                    raise ConfigError(f"{path} is not the socket just bound; refusing")
+                os.chmod(path.name, mode, dir_fd=dfd)
+                self._bound.append(path)
+            return sock
+        finally:
+            if dfd >= 0:
+                os.close(dfd)
 
     # ----------------------------------------------------------------- loop
     def install_signal_handlers(self) -> None:
@@ -151,18 +273,28 @@ class Server:
             now = time.monotonic_ns()
             deadline = min(next_tick, next_reap, next_wd if wd_ns else next_tick, next_status)
             timeout_ms = max(0, (deadline - now) // 1_000_000)
+            if self.pending_syncs:
+                timeout_ms = min(timeout_ms, 5)
             try:
                 ready = dict(self.poller.poll(timeout_ms))
             except zmq.ZMQError as exc:
                 if exc.errno == zmq.ETERM:
                     break
                 raise
+            # Each step guarded: a bug reached by one input costs that step, counted and
+            # logged, never the loop (systemd's start limit would keep the service down).
             if self.hint in ready:
-                self._drain_hints(next_tick)
+                self._guard("hints", self._drain_hints, next_tick)
+            if self.monitor is not None and self.monitor in ready:
+                self._guard("monitor", self._drain_monitor)
             if self.control in ready:
-                self._drain_control()
+                self._guard("control", self._drain_control)
+            if self.pending_syncs:
+                self._guard("sync", self._progress_syncs)
             if svc.worker.wake_fd in ready:
-                svc.apply_samples()
+                self._guard("samples", svc.apply_samples)
+            if svc.store is not None and svc.store.ensure_writer():
+                svc.counters["store_writer_restarts"] += 1
             if self._sig_r is not None and self._sig_r in ready:
                 try:
                     os.read(self._sig_r, 512)
@@ -170,11 +302,11 @@ class Server:
                     pass
             now = time.monotonic_ns()
             if now >= next_tick:
-                svc.request_tick()  # the worker samples; results come back through wake_fd
+                self._guard("tick", svc.request_tick)  # the worker samples; results come back through wake_fd
                 # Skip missed ticks instead of bursting to catch up.
                 next_tick += period_ns * max(1, (now - next_tick) // period_ns + 1)
             if now >= next_reap:
-                svc.reap()
+                self._guard("reap", svc.reap)
                 next_reap = now + int(cfg.reap_interval_s * 1e9)
             if wd_ns and now >= next_wd:
                 notifier.watchdog()  # from the loop itself, so a hung loop is restarted
@@ -186,6 +318,16 @@ class Server:
                 self.reload_requested = False
                 self._reload()
         self.shutdown()
+
+    def _guard(self, step: str, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:
+            c = self.service.counters
+            c[f"loop_errors_{step}"] += 1
+            n = c[f"loop_errors_{step}"]
+            if n <= 10 or n & (n - 1) == 0:
+                log.error("loop_step_failed", step=step, count=n, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
 
     def _drain_hints(self, next_tick: int) -> None:
         sock, svc = self.hint, self.service
@@ -207,37 +349,140 @@ class Server:
             if time.monotonic_ns() >= next_tick:
                 return
 
+    def _drain_monitor(self) -> None:
+        """Count hint connections per uid; shut down those over the caps (before they cost an fd more)."""
+        assert self.monitor is not None
+        for _ in range(1024):
+            try:
+                frames = self.monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) < 1 or len(frames[0]) < 6:
+                continue
+            event, fd = struct.unpack("=HI", frames[0][:6])
+            if event == zmq.EVENT_ACCEPTED:
+                self._on_accepted(fd)
+            elif event == zmq.EVENT_DISCONNECTED:
+                uid = self.conns.pop(fd, None)
+                if uid is not None:
+                    self.conns_by_uid[uid] -= 1
+                    if self.conns_by_uid[uid] <= 0:
+                        del self.conns_by_uid[uid]
+
+    def _on_accepted(self, fd: int) -> None:
+        try:
+            dup = socket.socket(fileno=os.dup(fd))  # closing the dup leaves libzmq's fd alone
+        except OSError:
+            return
+        with dup:
+            try:
+                creds = dup.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+                _pid, uid, _gid = struct.unpack("3i", creds)
+            except OSError:
+                return
+            per_uid = max(4, 2 * self.config.max_clients_per_uid)
+            over = len(self.conns) >= self.max_connections or (uid != 0 and self.conns_by_uid.get(uid, 0) >= per_uid)
+            if over:
+                # shutdown() on a dup reaches the shared socket: libzmq reads EOF and closes
+                # its own fd, so the connection goes without the daemon touching libzmq's fds.
+                full = len(self.conns) >= self.max_connections
+                reason = "too_many_connections" if full else "too_many_connections_for_uid"
+                self.service._reject(reason, f"uid {uid}, {len(self.conns)} open", None, n=1, unit="connection")
+                try:
+                    dup.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                return
+            self.conns[fd] = uid
+            self.conns_by_uid[uid] = self.conns_by_uid.get(uid, 0) + 1
+
+    def connection_stats(self) -> dict[str, Any]:
+        return {
+            "open": len(self.conns),
+            "max": self.max_connections,
+            "by_uid": dict(self.conns_by_uid),
+            "fd_soft_limit": self.fd_soft,
+            "fd_hard_limit": self.fd_hard,
+        }
+
     def _drain_control(self) -> None:
         sock = self.control
         for _ in range(64):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             if len(frames) < 3:
                 continue
-            head, body = frames[:-1], frames[-1]
+            head, body = [f.bytes for f in frames[:-1]], frames[-1]
+            uid = _peer_uid(body)
             try:
-                req = msgpack.unpackb(body, raw=False)
+                req = msgpack.unpackb(body.bytes, raw=False)
+                if not isinstance(req, dict) or not isinstance(req.get("op"), str):
+                    raise KeyError("op")
                 op = self.control_ops[req["op"]]
+                req["_uid"] = uid
+                if req["op"] == "sync":
+                    self._start_sync(head, req, uid)
+                    continue
                 reply: Any = {"ok": True, "result": op(req)}
             except KeyError:
                 reply = {"ok": False, "error": f"unknown request; ops: {sorted(self.control_ops)}"}
             except Exception as exc:
                 reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-            try:
-                sock.send_multipart([*head, msgpack.packb(reply, default=str)], zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
+            self._reply(head, reply)
+
+    def _reply(self, head: list[bytes], reply: Any) -> None:
+        try:
+            self.control.send_multipart([*head, msgpack.packb(reply, default=str)], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
 
     def _op_sync(self, req: dict[str, Any]) -> dict[str, Any]:
-        """Sample, reap and write now, and wait (bounded) for the store: for tests and exports."""
-        self.service.tick()
-        self.service.reap()
-        self.service.flush_rows()
-        store = self.service.store
-        flushed = store.flush(timeout=float(req.get("timeout", 2.0))) if store else True
-        return {"flushed": flushed}
+        raise RuntimeError("sync is answered asynchronously")  # never called: see _start_sync
+
+    def _start_sync(self, head: list[bytes], req: dict[str, Any], uid: int | None) -> None:
+        """Sample, reap and write now; answer once the store has it, or at the deadline.
+
+        The loop never blocks on it: the sampling runs on the worker, the store
+        write on the writer, and the reply goes out from _progress_syncs.  Bounded:
+        at most MAX_SYNC_S, MAX_PENDING_SYNCS in all and one per non-root uid.
+        """
+        timeout = req.get("timeout", 2.0)
+        if not isinstance(timeout, int | float) or timeout != timeout:
+            timeout = 2.0
+        timeout = min(max(float(timeout), 0.0), MAX_SYNC_S)
+        if len(self.pending_syncs) >= MAX_PENDING_SYNCS or (
+            uid not in (0, None) and any(p.uid == uid for p in self.pending_syncs)
+        ):
+            self._reply(head, {"ok": False, "error": "busy: a sync of yours is already in progress"})
+            return
+        svc = self.service
+        # What is already queued first: a client that just exited gets its last batches
+        # (bye included) read before the reaper, which skips its grace period here, sees it.
+        self._drain_hints(time.monotonic_ns() + 50_000_000)
+        svc.reap(force=True)
+        svc.worker.submit("sync", svc._targets(svc.clients.values()))
+        self.sync_seq += 1
+        self.pending_syncs.append(PendingSync(head, uid, time.monotonic() + timeout, self.sync_seq))
+
+    def _progress_syncs(self) -> None:
+        svc, now = self.service, time.monotonic()
+        still = []
+        for p in self.pending_syncs:
+            if p.barrier is None and svc.syncs_applied >= p.want:
+                svc.flush_rows()
+                p.barrier = svc.store.barrier() if svc.store is not None else None
+                if p.barrier is None:
+                    self._reply(p.head, {"ok": True, "result": {"flushed": True}})
+                    continue
+            if p.barrier is not None and p.barrier.is_set():
+                self._reply(p.head, {"ok": True, "result": {"flushed": True}})
+            elif now >= p.deadline:
+                self._reply(p.head, {"ok": True, "result": {"flushed": False}})
+            else:
+                still.append(p)
+        self.pending_syncs = still
 
     def _status_line(self) -> str:
         c = self.service.counters
@@ -264,6 +509,9 @@ class Server:
         self.service.shutdown()
         if self.service.store is not None:
             self.service.store.close()
+        if self.monitor is not None:
+            self.hint.disable_monitor()
+            self.monitor.close(0)
         self.hint.close(0)
         self.control.close(0)
         self.ctx.term()

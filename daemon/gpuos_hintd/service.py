@@ -19,7 +19,7 @@ import structlog
 from gpuos_client import protocol as P
 
 from . import __version__, procfs
-from .clients import Client, Rejected, TokenBucket, describe_process, is_alive, verify_peer
+from .clients import Client, Rejected, TokenBucket, describe_process, is_alive, ns_to_host_tid, verify_peer
 from .config import Config
 from .correlate import Correlator
 from .phase_stats import PhaseStats
@@ -31,6 +31,13 @@ log = structlog.get_logger("gpuos_hintd.service")
 
 DEVICE_MARK = "__device__"
 RECENT_EXITED = 32
+#: Keys of reaped clients remembered, so a late batch of an exited process is refused
+#: (counted once) instead of re-creating the client at every reap cycle.
+REAPED_MEMORY = 4096
+#: A client found dead is reaped at the next reap cycle, not at once: its last batches
+#: (flushed at exit, bye included) are usually still in flight when it dies.
+REAP_GRACE_NS = 1_000_000_000
+#: Reply sent to a peer refused at admission, so it can tell why (at most once per reason).
 SpanSink = Callable[[list[SpanRow]], None]
 
 
@@ -84,6 +91,17 @@ class HintService:
         self._store_every_ns = int(1e9 / hz) - 1_000_000 if hz > 0 else 0  # 1 ms of slack for tick jitter
         self._stored_at: dict[ProcKey, int] = {}
         self._procs_dirty: set[ProcKey] = set()
+        self._reaped: collections.OrderedDict[ProcKey, None] = collections.OrderedDict()
+        self._uid_clients: collections.Counter[int] = collections.Counter()
+        #: Heartbeats waiting for their lost_end sweep, the newest per client (one sweep
+        #: per client per tick, however many heartbeats a message carries).
+        self._sweeps: dict[ProcKey, tuple[int, set[int]]] = {}
+        self._uid_open_now: dict[int, int] = {}  # per-uid open spans, valid for the message at hand
+        self.syncs_applied = 0  # sampling syncs whose results were applied (sync requests wait on it)
+        #: The server's hint-connection counts (set by server.Server; {} without one).
+        self.connections: Callable[[], dict[str, Any]] = dict
+        if store is not None:
+            store.max_queue_rows = config.store_queue_rows
 
     # ------------------------------------------------------------ samplers
     def add_sampler(self, sampler: Sampler) -> None:
@@ -106,8 +124,19 @@ class HintService:
 
         Never raises: a bad message is counted under its reason and logged
         (rate-limited by reason), and everything the daemon already holds stays.
+        A bug of ours that an input reaches is caught here too, counted as
+        ``internal_error`` and logged with its traceback: one message must never
+        stop the service (systemd's start limit would then keep it down).
         """
         self.counters["messages"] += 1
+        try:
+            return self._ingest(data, peer, routing_id)
+        except Exception as exc:
+            self._reject("internal_error", f"{type(exc).__name__}: {exc}", peer, n=1, exc=exc)
+            return []
+
+    def _ingest(self, data: bytes, peer: tuple[int, int, int] | None, routing_id: bytes) -> list[bytes]:
+        self._uid_open_now.clear()
         try:
             batch = P.decode_batch(data, self.limits)
         except P.ProtocolError as exc:
@@ -117,12 +146,10 @@ class HintService:
             client = self._admit(batch, peer, routing_id)
         except (P.ProtocolError, Rejected) as exc:
             self._reject(exc.reason, exc.detail, peer, n=1)
-            # The sender learns that (and why) its events were refused: its stats say so.
-            return [
-                P.encode_reply(
-                    {"op": P.REPLY_ACK, "seq": batch.seq, "ok": 0, "bad": len(batch.events), "why": exc.reason}
-                )
-            ]
+            # The sender learns that (and why) its events were refused: its stats count them as
+            # rejected by reason ("too_many_clients_for_uid" instead of nothing).
+            ack = {"op": P.REPLY_ACK, "seq": batch.seq, "ok": 0, "bad": len(batch.events), "why": exc.reason}
+            return [P.encode_reply(ack)]
         replies: list[bytes] = []
         if batch.seq != client.last_seq + 1 and client.last_seq:
             client.seq_gaps += 1
@@ -143,6 +170,9 @@ class HintService:
             except (P.ProtocolError, Rejected) as exc:
                 self._reject(exc.reason, exc.detail, peer, n=1, unit="event")
                 why = exc.reason
+                continue
+            except Exception as exc:  # a bug reached by this event: count it, keep the rest
+                self._reject("internal_error", f"{type(exc).__name__}: {exc}", peer, n=1, unit="event", exc=exc)
                 continue
             nev += 1
             if out:
@@ -171,18 +201,42 @@ class HintService:
             peer = (batch.pid, -1, -1)
         peer_pid, uid, gid = peer
         key_hint = self.by_routing.get(routing_id) if routing_id else None
-        if key_hint is not None and key_hint.pid == peer_pid and key_hint.start == batch.pid_start:
+        if key_hint is not None:
+            # A connection speaks for one process for its whole life: the one it proved to be.
             client = self.clients.get(key_hint)
-            if client is not None and (client.ns_pid or client.key.pid) == batch.pid:
+            if (
+                client is not None
+                and key_hint.pid == peer_pid
+                and key_hint.start == batch.pid_start
+                and (client.ns_pid or client.key.pid) == batch.pid
+            ):
                 return self._charge(client, batch)
-        host_pid, ns_pid = verify_peer(peer_pid, batch.pid, batch.pid_start, self.procfs)
-        key = ProcKey(host_pid, batch.pid_start)
+            if client is not None:
+                raise Rejected("identity_changed", f"connection of pid {key_hint.pid} claims {batch.pid}")
+        key = ProcKey(peer_pid, batch.pid_start)
+        if key in self._reaped:
+            raise Rejected("client_exited", f"pid {peer_pid} was already reaped")
         client = self.clients.get(key)
+        if client is None or client.uid != uid or (client.ns_pid or client.key.pid) != batch.pid:
+            # Acceptance needs the live process: pid and start time now, and the same uid as
+            # the socket's peer.  A batch queued by a process that exited is refused here,
+            # so a new process that reuses the pid can never inherit it.
+            host_pid, ns_pid = verify_peer(peer_pid, batch.pid, batch.pid_start, self.procfs, uid)
+            key = ProcKey(host_pid, batch.pid_start)
+            client = self.clients.get(key)
+        else:
+            ns_pid = client.ns_pid
         if client is None:
             if len(self.clients) >= self.config.max_clients:
-                raise Rejected("too_many_clients", f"limit {self.config.max_clients}")
+                raise Rejected("too_many_clients", f"limit {self.config.max_clients}", tell=True)
+            if uid != 0 and self._uid_clients[uid] >= self.config.max_clients_per_uid:
+                raise Rejected("too_many_clients_for_uid", f"uid {uid} has {self._uid_clients[uid]} clients", tell=True)
             client = self._new_client(key, uid, gid, ns_pid)
+        elif client.uid != uid:
+            raise Rejected("uid_mismatch", f"pid {key.pid} belongs to uid {client.uid}, peer is uid {uid}")
         if routing_id:
+            if client.routing_id and client.routing_id != routing_id:
+                self.by_routing.pop(client.routing_id, None)
             client.routing_id = routing_id
             self.by_routing[routing_id] = key
         return self._charge(client, batch)
@@ -210,6 +264,7 @@ class HintService:
             ns_pid=ns_pid,
         )
         self.clients[key] = client
+        self._uid_clients[uid] += 1
         self._procs_dirty.add(key)
         self.counters["clients_seen"] += 1
         log.info("client_connected", pid=key.pid, comm=comm, uid=uid, unit=unit, ns_pid=ns_pid)
@@ -217,24 +272,33 @@ class HintService:
         return client
 
     def _reject(
-        self, reason: str, detail: str, peer: tuple[int, int, int] | None, n: int, unit: str = "message"
+        self,
+        reason: str,
+        detail: str,
+        peer: tuple[int, int, int] | None,
+        n: int,
+        unit: str = "message",
+        exc: BaseException | None = None,
     ) -> None:
         self.rejected[reason] += n
         total = self.rejected[reason]
         if total <= 10 or total & (total - 1) == 0:  # log the first 10, then at powers of two
-            log.warning(
-                "rejected",
-                reason=reason,
-                unit=unit,
-                detail=detail[:200],
-                peer_pid=peer[0] if peer else None,
-                count=total,
-            )
+            fields: dict[str, Any] = {
+                "reason": reason,
+                "unit": unit,
+                "detail": detail[:200],
+                "peer_pid": peer[0] if peer else None,
+                "peer_uid": peer[1] if peer else None,
+                "count": total,
+            }
+            if exc is not None:
+                log.error("internal_error", exc_info=exc, **fields)
+            else:
+                log.warning("rejected", **fields)
 
     # ------------------------------------------------------------ handlers
     def _on_hello(self, c: Client, ev: list[Any], t: int, tid: int) -> list[bytes]:
-        info = dict(ev[3])
-        c.hello = {k: info[k] for k in ("wall_ns", "mono_ns", "argv", "client", "proto", "python") if k in info}
+        c.hello = _bounded_hello(ev[3], self.limits.max_hello_bytes)
         caps = {"op": P.REPLY_WELCOME, "v": P.VERSION, "daemon": __version__, "caps": ["device_marks"]}
         return [P.encode_reply(caps)]
 
@@ -260,9 +324,15 @@ class HintService:
         n_open = self.correlator.n_open.get(c.key, 0)
         if n_open >= self.config.max_open_spans_per_client:
             raise Rejected("too_many_open_spans", f"pid {c.key.pid} has {n_open} open")
+        if c.uid != 0 and self._uid_open(c.uid) >= self.config.max_open_spans_per_uid:
+            raise Rejected("too_many_open_spans_for_uid", f"uid {c.uid} is at {self.config.max_open_spans_per_uid}")
         parent = self.correlator.get(c.key, parent_id) if parent_id else None
-        path = f"{parent.row.path}/{name}" if parent else name
         depth = parent.row.depth + 1 if parent else 1
+        if depth > self.limits.max_depth:
+            # Paths grow with depth (depth x name length): the bound on one keeps the other.
+            raise Rejected("too_deep", f"depth {depth} > {self.limits.max_depth}")
+        path = f"{parent.row.path}/{name}" if parent else name
+        tid = self._host_tid(c, tid)
         row = SpanRow(
             boot_id=self.boot_id,
             pid=c.key.pid,
@@ -284,6 +354,31 @@ class HintService:
         if tid not in c.tids:
             c.tids.add(tid)
         self.correlator.begin(c.key, row)
+        if c.uid in self._uid_open_now:
+            self._uid_open_now[c.uid] += 1
+
+    def _uid_open(self, uid: int) -> int:
+        """Open spans of every client of a uid: counted once per message, then kept up to date.
+
+        Counting per begin would be O(clients) per event; per message it is O(clients)
+        once, and ends within the message are not subtracted (errs towards refusing).
+        """
+        n = self._uid_open_now.get(uid)
+        if n is None:
+            n_open = self.correlator.n_open
+            n = self._uid_open_now[uid] = sum(n_open.get(c.key, 0) for c in self.clients.values() if c.uid == uid)
+        return n
+
+    def _host_tid(self, c: Client, tid: int) -> int:
+        """A container client's thread id as the host sees it (the samplers read host /proc)."""
+        if c.ns_pid is None:
+            return tid
+        host = c.ns_tids.get(tid)
+        if host is None:
+            if len(c.ns_tids) >= 4096:
+                c.ns_tids.clear()
+            host = c.ns_tids[tid] = ns_to_host_tid(c.key.pid, tid, self.procfs)
+        return host
 
     def _on_end(self, c: Client, ev: list[Any], t: int, tid: int) -> None:
         row = self.correlator.end(c.key, ev[3], t, ev[4])
@@ -323,6 +418,8 @@ class HintService:
 
     def _on_heartbeat(self, c: Client, ev: list[Any], t: int, tid: int) -> None:
         c.last_heartbeat_mono_ns = time.monotonic_ns()
+        if len(ev[3]) > 1 and not c.bucket.take(len(ev[3]) - 1, time.monotonic()):
+            raise Rejected("rate_limited", f"pid {c.key.pid}: heartbeat of {len(ev[3])} spans over the rate")
         stats = ev[4]
         if isinstance(stats.get("dropped"), int):
             c.client_dropped = max(c.client_dropped, stats["dropped"])
@@ -345,11 +442,19 @@ class HintService:
                     continue
                 self.counters["spans_recovered"] += 1
         # Spans the daemon holds open that the client no longer has lost their end
-        # (dropped from a full buffer).  Only those begun before the snapshot count.
-        for span in list(self.correlator.open_spans(c.key)):
-            if span.row.span_id not in listed and span.row.start_ns <= t:
-                self.correlator.end(c.key, span.row.span_id, t, "lost_end")
-                self.counters["spans_lost_end"] += 1
+        # (dropped from a full buffer).  The sweep is O(open spans): it runs once per
+        # client per tick for the newest heartbeat, not once per heartbeat.
+        self._sweeps[c.key] = (t, listed)
+
+    def _sweep_lost_ends(self) -> None:
+        sweeps, self._sweeps = self._sweeps, {}
+        for key, (t, listed) in sweeps.items():
+            if key not in self.clients:
+                continue
+            for span in list(self.correlator.open_spans(key)):
+                if span.row.span_id not in listed and span.row.start_ns <= t:
+                    self.correlator.end(key, span.row.span_id, t, "lost_end")
+                    self.counters["spans_lost_end"] += 1
 
     def _on_bye(self, c: Client, ev: list[Any], t: int, tid: int) -> None:
         c.said_bye = True
@@ -387,6 +492,8 @@ class HintService:
             self.worker.submit("baseline", self._targets(clients))
 
     def _apply(self, res: SampleResult) -> None:
+        if self._sweeps:
+            self._sweep_lost_ends()
         now, wall = res.t_ns, time.time_ns() - (time.monotonic_ns() - res.t_ns)
         rows: list[SampleRow] = []
         for key, ps in res.samples.items():
@@ -404,6 +511,8 @@ class HintService:
             self.store.submit("samples", rows)
         if res.tag == "baseline":
             return
+        if res.tag == "sync":
+            self.syncs_applied += 1
         self.counters["ticks"] += 1
         self.flush_rows()
         for hook in self.tick_hooks:
@@ -458,11 +567,33 @@ class HintService:
                 log.warning("span_sink_failed", sink=repr(sink), error=str(exc))
 
     # --------------------------------------------------------------- reaper
-    def reap(self) -> list[ProcKey]:
-        """Close the spans of clients whose process is gone ("abandoned" if still open)."""
-        gone = [k for k in self.clients if not is_alive(k, self.procfs)]
+    def reap(self, force: bool = False) -> list[ProcKey]:
+        """Close the spans of clients whose process is gone ("abandoned" if still open).
+
+        A client found dead is reaped one grace period later (its last batches are
+        still being read), and then exactly once: its key is remembered, so a batch
+        that arrives later is refused as ``client_exited`` instead of re-creating it.
+        """
+        now = time.monotonic_ns()
+        gone = []
+        for k, c in self.clients.items():
+            if is_alive(k, self.procfs):
+                c.dead_since_ns = 0
+            elif not c.dead_since_ns:
+                c.dead_since_ns = now
+                if force:
+                    gone.append(k)
+            elif now - c.dead_since_ns >= REAP_GRACE_NS or force:
+                gone.append(k)
         for key in gone:
             c = self.clients.pop(key)
+            self._reaped[key] = None
+            while len(self._reaped) > REAPED_MEMORY:
+                self._reaped.popitem(last=False)
+            self._uid_clients[c.uid] -= 1
+            if self._uid_clients[c.uid] <= 0:
+                del self._uid_clients[c.uid]
+            self._sweeps.pop(key, None)
             self._stored_at.pop(key, None)
             if c.routing_id:
                 self.by_routing.pop(c.routing_id, None)
@@ -478,6 +609,7 @@ class HintService:
             self.exited.append(
                 {
                     "pid": key.pid,
+                    "uid": c.uid,
                     "comm": c.comm,
                     "reason": reason,
                     "abandoned_spans": abandoned,
@@ -505,10 +637,33 @@ class HintService:
                 log.warning("sampler_close_failed", sampler=st.sampler.name, error=str(exc))
 
     # --------------------------------------------------------------- status
-    def status(self) -> dict[str, Any]:
+    def status(self, viewer_uid: int | None = 0) -> dict[str, Any]:
+        """The daemon's state as ``viewer_uid`` may see it (0 or None: everything).
+
+        Another uid's clients appear in summary only: pid, uid, comm, counts - not
+        their cmdline (secrets live in argv), cgroup, unit, phase names or hello.
+        """
         now = time.monotonic_ns()
+        full = viewer_uid is None or viewer_uid == 0
         clients = []
         for c in self.clients.values():
+            if not full and c.uid != viewer_uid:
+                clients.append(
+                    {
+                        "pid": c.key.pid,
+                        "uid": c.uid,
+                        "comm": c.comm,
+                        "redacted": True,
+                        "workload_class": None,
+                        "events": c.events,
+                        "batches": c.batches,
+                        "dropped": c.client_dropped,
+                        "open_phases": [],
+                        "open_count": self.correlator.n_open.get(c.key, 0),
+                        "last_seen_s": round((now - c.last_seen_mono_ns) / 1e9, 3),
+                    }
+                )
+                continue
             open_paths = sorted((s.row.start_ns, s.row.path, s.row.tid) for s in self.correlator.open_spans(c.key))
             clients.append(
                 {
@@ -553,7 +708,14 @@ class HintService:
             },
             "rejected": dict(self.rejected),
             "clients": clients,
-            "exited": list(self.exited),
+            "exited": [e for e in self.exited if full or e.get("uid") == viewer_uid],
+            "quotas": {
+                "max_clients": self.config.max_clients,
+                "max_clients_per_uid": self.config.max_clients_per_uid,
+                "max_open_spans_per_client": self.config.max_open_spans_per_client,
+                "max_open_spans_per_uid": self.config.max_open_spans_per_uid,
+                "max_depth": self.limits.max_depth,
+            },
             "samplers": [
                 {
                     "name": st.sampler.name,
@@ -572,9 +734,14 @@ class HintService:
                 for st in self.samplers
             ],
             "store": self.store.health() if self.store else None,
-            "phases": self.phase_stats.top(20),
+            "connections": _safe(self.connections) if full else {},
+            "phases": self.phase_stats.top(20) if full or self._single_uid(viewer_uid) else [],
             **{name: _safe(fn) for name, fn in self.status_sections.items()},
         }
+
+    def _single_uid(self, uid: int | None) -> bool:
+        """Live phase totals mix every client: a non-root viewer gets them only when all are its own."""
+        return all(c.uid == uid for c in self.clients.values()) and all(e.get("uid") == uid for e in self.exited)
 
 
 def _safe(fn: Callable[[], Any]) -> Any:
@@ -582,3 +749,31 @@ def _safe(fn: Callable[[], Any]) -> Any:
         return fn()
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _bounded_hello(info: Any, max_bytes: int) -> dict[str, Any]:
+    """The part of a hello the daemon keeps: known keys, short strings, at most ``max_bytes``.
+
+    A hello's info map is free-form and may be ~1 MB; a thousand clients would
+    otherwise keep a gigabyte of argv.  Each kept string is cut to 256 chars,
+    argv to 64 items, and the whole to max_bytes of text.
+    """
+    out: dict[str, Any] = {}
+    budget = max_bytes
+    for key in ("wall_ns", "mono_ns", "argv", "client", "proto", "python"):
+        if key not in info:
+            continue
+        value = info[key]
+        if key == "argv":
+            value = [str(a)[:256] for a in value[:64]] if isinstance(value, list) else []
+            cost = sum(len(a) for a in value)
+        elif isinstance(value, bool | int | float) or value is None:
+            cost = 8
+        else:
+            value = str(value)[:256] if isinstance(value, str) else None
+            cost = len(value or "")
+        if cost > budget:
+            break
+        budget -= cost
+        out[key] = value
+    return out

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 import queue
 import sqlite3
 import threading
@@ -153,8 +155,45 @@ class DeviceInterval:
     signals: dict[str, Any] | None = None
 
 
+_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-safe copy of an attrs/signals value: what the writer cannot store it rewrites.
+
+    bytes become text (invalid UTF-8 escaped as \\xNN), NaN and infinities become
+    null, integers outside int64 become strings, other odd types their repr.
+    The API accepts all of these, so refusing would lose a legitimate program's span.
+    """
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        return value if _I64_MIN <= value <= _I64_MAX else str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return repr(value)
+
+
 def _json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"), allow_nan=False)
+    if value is None:
+        return None
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, OverflowError, RecursionError):
+        return json.dumps(_plain(value), separators=(",", ":"), allow_nan=False)
+
+
+def _i64(value: Any) -> Any:
+    """A column value SQLite can bind: ints clamped to int64 (others pass through)."""
+    if type(value) is int and not _I64_MIN <= value <= _I64_MAX:
+        return _I64_MAX if value > 0 else _I64_MIN
+    return value
 
 
 def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
@@ -187,14 +226,59 @@ class Retention:
 
 
 class Store:
-    """The writer side.  `submit()` never blocks and never raises into the daemon loop."""
+    """The writer side.  `submit()` never blocks and never raises into the daemon loop.
 
-    def __init__(self, state_dir: Path, retention: Retention | None = None) -> None:
+    The writer thread is built not to die: rows it cannot bind are rewritten
+    (_plain, _i64) or, failing that, dropped one by one and counted
+    (``bad_rows``); any other exception in it is counted (``writer_crashes``),
+    logged, and the loop starts again.  The queue is bounded in rows
+    (``max_queue_rows``): over it samples and marks are shed first, spans only
+    past twice the bound, every shed row counted by kind.
+    """
+
+    def __init__(self, state_dir: Path, retention: Retention | None = None, max_queue_rows: int = 200_000) -> None:
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / DB_NAME
         self.retention = retention or Retention()
+        self.max_queue_rows = max_queue_rows
+        self._conn = self._open()
+        self._watch: tuple[int, int] | None = self._identity()
+        self._q: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
+        self._backlog: list[tuple[str, Any]] = []
+        self.written = {"processes": 0, "spans": 0, "marks": 0, "samples": 0, "device": 0}
+        self.write_errors = 0
+        self.shed_rows = 0
+        self.shed_by_kind: dict[str, int] = {}
+        self.bad_rows = 0
+        self.span_conflicts = 0
+        self.writer_crashes = 0
+        self.writer_restarts = 0
+        self.reopened = 0
+        self.last_crash: str | None = None
+        self.last_error: str | None = None
+        self.queued = 0
+        # Rows submitted (written by the loop only) and taken (by the writer only): two
+        # single-writer counters, so their difference needs no lock.
+        self._rows_in = 0
+        self._rows_taken = 0
+        self._closing = False
+        self._after_crash = False
+        self._last_prune = 0.0
+        self._last_check = time.monotonic()
+        self._thread = self._start_writer()
+
+    # ------------------------------------------------------------------ file
+    def _open(self) -> sqlite3.Connection:
+        """Open (creating 0600 where new) the database; the dir is made 0700 if it is missing."""
         try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # The store holds every user's cmdlines and phases: readable by the daemon's
+            # user only, whatever the umask (hintctl reads history through the daemon).
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                os.fchmod(fd, 0o600)
+            finally:
+                os.close(fd)
             conn = _connect(self.path, readonly=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -204,39 +288,101 @@ class Store:
                 conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             elif int(row[0]) > SCHEMA_VERSION:
                 raise StoreError(f"{self.path} has schema v{row[0]}, newer than this daemon's v{SCHEMA_VERSION}")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
-        self._conn = conn
-        self._q: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
-        self._backlog: list[tuple[str, Any]] = []
-        self.written = {"processes": 0, "spans": 0, "marks": 0, "samples": 0, "device": 0}
-        self.write_errors = 0
-        self.shed_rows = 0
-        self.last_error: str | None = None
-        self.queued = 0
-        self._last_prune = 0.0
-        self._thread = threading.Thread(target=self._run, name="gpuos-store", daemon=True)
-        self._thread.start()
+        for suffix in ("-wal", "-shm"):
+            try:
+                fd = os.open(f"{self.path}{suffix}", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                os.fchmod(fd, 0o600)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        return conn
+
+    def _identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path, follow_symlinks=False)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    def _check_file(self) -> None:
+        """Notice a deleted or replaced database (state dir removed under us) and reopen it.
+
+        SQLite keeps writing to an unlinked file and reports success, so the only
+        way to know is to look: the path must still name the inode we opened.
+        """
+        now = time.monotonic()
+        if now - self._last_check < 2.0:
+            return
+        self._last_check = now
+        if self._identity() == self._watch and self._watch is not None:
+            return
+        self.write_errors += 1
+        self.last_error = f"store file {self.path} was deleted or replaced; reopening"
+        log.error("store_file_lost", path=str(self.path))
+        try:
+            self._conn.close()
+        except sqlite3.Error:
+            pass
+        try:
+            self._conn = self._open()
+            self._watch = self._identity()
+            self.reopened += 1
+            log.warning("store_reopened", path=str(self.path))
+        except StoreError as exc:
+            self.last_error = str(exc)
 
     # ------------------------------------------------------------ producer side
     def submit(self, kind: str, rows: Any) -> None:
+        n = len(rows) if isinstance(rows, list) else 1
+        limit = self.max_queue_rows
+        queued_rows = self._rows_in - self._rows_taken
+        if queued_rows + n > limit and (kind not in ("spans", "processes") or queued_rows + n > 2 * limit):
+            # Shed what is cheapest to lose first (samples, marks); spans and process
+            # rows only past twice the bound.  Every shed row is counted, by kind.
+            self.shed_rows += n
+            self.shed_by_kind[kind] = self.shed_by_kind.get(kind, 0) + n
+            if self.shed_by_kind[kind] == n or self.shed_rows & (self.shed_rows - 1) == 0:
+                log.warning("store_queue_shed", kind=kind, rows=n, queued_rows=queued_rows)
+            return
         self.queued += 1
+        self._rows_in += n
         self._q.put((kind, rows))
 
     def flush(self, timeout: float = 2.0) -> bool:
         """Wait until everything submitted so far is committed (or has failed); bounded."""
+        done = self.barrier()
+        return done.wait(timeout)
+
+    def barrier(self) -> threading.Event:
+        """An event set once everything submitted before it is committed (or has failed)."""
         done = threading.Event()
         self._q.put(("barrier", done))
-        return done.wait(timeout)
+        return done
 
     def close(self, timeout: float = 10.0) -> None:
         """Flush everything queued (bounded), then close the connection."""
+        self._closing = True
         self._q.put(None)
         self._thread.join(timeout)
         try:
             self._conn.close()
         except sqlite3.Error:
             pass
+
+    def ensure_writer(self) -> bool:
+        """Start a new writer thread if the old one is gone (called from the daemon's loop)."""
+        if self._closing or self._thread.is_alive():
+            return False
+        self.writer_restarts += 1
+        log.error("store_writer_restarted", crashes=self.writer_crashes, last=self.last_crash)
+        self._thread = self._start_writer()
+        return True
 
     def health(self) -> dict[str, Any]:
         return {
@@ -245,11 +391,41 @@ class Store:
             "write_errors": self.write_errors,
             "backlog_batches": len(self._backlog),
             "shed_rows": self.shed_rows,
+            "shed_by_kind": dict(self.shed_by_kind),
+            "bad_rows": self.bad_rows,
+            "span_conflicts": self.span_conflicts,
+            "queued_rows": self._rows_in - self._rows_taken,
+            "max_queue_rows": self.max_queue_rows,
+            "writer_alive": self._thread.is_alive(),
+            "writer_crashes": self.writer_crashes,
+            "writer_restarts": self.writer_restarts,
+            "last_crash": self.last_crash,
+            "reopened": self.reopened,
             "last_error": self.last_error,
         }
 
     # ------------------------------------------------------------- writer side
+    def _start_writer(self) -> threading.Thread:
+        t = threading.Thread(target=self._run, name="gpuos-store", daemon=True)
+        t.start()
+        return t
+
     def _run(self) -> None:
+        """The writer's supervisor: whatever escapes one round is counted and the loop resumes."""
+        while True:
+            try:
+                if self._loop():
+                    return
+            except BaseException as exc:  # the writer must outlive any row
+                self.writer_crashes += 1
+                self._after_crash = True
+                self.last_crash = f"{type(exc).__name__}: {exc}"
+                self.last_error = self.last_crash
+                log.error("store_writer_crashed", error=self.last_crash, crashes=self.writer_crashes, exc_info=exc)
+                time.sleep(0.2)
+
+    def _loop(self) -> bool:
+        """Write rounds until told to stop; True when stopped on purpose."""
         stopping = False
         while True:
             timeout = 1.0 if self._backlog else 0.5
@@ -267,24 +443,39 @@ class Store:
                     barriers.append(item[1])
                 elif item[0]:
                     batch.append(item)
+                    self._rows_taken += len(item[1]) if isinstance(item[1], list) else 1
                 try:
                     item = self._q.get_nowait()
                 except queue.Empty:
                     break
-            ok = not batch or self._write(batch)
-            for barrier in barriers:
-                barrier.set()
+            # Held as the backlog while it is written: a crash mid-write loses nothing, and
+            # the round after a crash writes row by row, so one poisoned row cannot loop.
+            self._backlog = batch
+            try:
+                self._check_file()
+                if not batch:
+                    ok = True
+                elif self._after_crash:
+                    self._after_crash = False
+                    ok = self._write_rowwise(batch)
+                else:
+                    ok = self._write(batch)
+            finally:
+                for barrier in barriers:
+                    barrier.set()
+            self._backlog = []
             if not ok:
                 self._keep(batch)
                 if stopping:
                     log.error("store_unflushed_at_exit", batches=len(batch), error=self.last_error)
-                    return
+                    return True
                 time.sleep(min(2.0, 0.1 * (1 + self.write_errors % 20)))
             if stopping:
-                return
+                return True
             self._maybe_prune()
 
     def _write(self, batch: Sequence[tuple[str, Any]]) -> bool:
+        """One transaction for the batch; rows that cannot be bound are dropped one by one, counted."""
         conn = self._conn
         counts = dict.fromkeys(self.written, 0)
         try:
@@ -292,20 +483,57 @@ class Store:
             for kind, rows in batch:
                 counts[kind] += getattr(self, f"_w_{kind}")(conn, rows)
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
+        except sqlite3.OperationalError as exc:  # disk full, I/O error, locked: retry later
+            self._rollback()
             self.write_errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.error("store_write_failed", error=self.last_error, batches=len(batch))
             return False
+        except Exception as exc:  # a row it cannot store: find it, drop it, keep the rest
+            self._rollback()
+            log.warning("store_bad_batch", error=f"{type(exc).__name__}: {exc}", batches=len(batch))
+            return self._write_rowwise(batch)
         for key, n in counts.items():
             self.written[key] += n
         if self.last_error and self.write_errors:
             log.info("store_write_recovered", after_errors=self.write_errors)
             self.last_error = None
+        return True
+
+    def _rollback(self) -> None:
+        try:
+            self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+    def _write_rowwise(self, batch: Sequence[tuple[str, Any]]) -> bool:
+        conn = self._conn
+        counts = dict.fromkeys(self.written, 0)
+        try:
+            conn.execute("BEGIN")
+            for kind, rows in batch:
+                writer = getattr(self, f"_w_{kind}")
+                for row in rows if isinstance(rows, list) else [rows]:
+                    conn.execute("SAVEPOINT row")
+                    try:
+                        counts[kind] += writer(conn, [row])
+                        conn.execute("RELEASE row")
+                    except sqlite3.OperationalError:
+                        raise
+                    except Exception as exc:
+                        conn.execute("ROLLBACK TO row")
+                        conn.execute("RELEASE row")
+                        self.bad_rows += 1
+                        if self.bad_rows <= 10 or self.bad_rows & (self.bad_rows - 1) == 0:
+                            log.error("store_bad_row", kind=kind, error=f"{type(exc).__name__}: {exc}")
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            self._rollback()
+            self.write_errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            return False
+        for key, n in counts.items():
+            self.written[key] += n
         return True
 
     def _keep(self, batch: list[tuple[str, Any]]) -> None:
@@ -319,16 +547,20 @@ class Store:
         for kind, rows in batch:
             if kind == "samples" and total > limit:
                 total -= len(rows)
-                self.shed_rows += len(rows)
+                self._count_shed(kind, len(rows))
                 continue
             kept.append((kind, rows))
         while total > limit and kept:
             kind, rows = kept.pop(0)
             n = len(rows) if isinstance(rows, list) else 1
             total -= n
-            self.shed_rows += n
+            self._count_shed(kind, n)
         self._backlog = kept
         log.warning("store_backlog_shed", shed_rows=self.shed_rows, kept_rows=total)
+
+    def _count_shed(self, kind: str, n: int) -> None:
+        self.shed_rows += n
+        self.shed_by_kind[kind] = self.shed_by_kind.get(kind, 0) + n
 
     def _maybe_prune(self) -> None:
         now = time.monotonic()
@@ -355,52 +587,76 @@ class Store:
                  workload_class=excluded.workload_class, last_seen_wall_ns=excluded.last_seen_wall_ns,
                  exit_reason=excluded.exit_reason, events=excluded.events,
                  client_dropped=excluded.client_dropped""",
-            [dataclasses.asdict(r) for r in rows],
+            [{k: _i64(v) for k, v in dataclasses.asdict(r).items()} for r in rows],
         )
         return len(rows)
 
-    @staticmethod
-    def _w_spans(conn: sqlite3.Connection, rows: list[SpanRow]) -> int:
+    def _w_spans(self, conn: sqlite3.Connection, rows: list[SpanRow]) -> int:
+        # A stored span is never overwritten: a second row with the same key (a reused
+        # span id, a replayed batch) is ignored and counted as a conflict.  The one
+        # exception is the continuation of a span this daemon closed as "interrupted"
+        # at its own shutdown, recovered from the same process's heartbeat (same start
+        # and name): that row completes the interrupted one.
+        before = conn.total_changes
         conn.executemany(
-            """INSERT OR REPLACE INTO spans (boot_id,pid,pid_start,span_id,parent_span_id,tid,name,path,
+            """INSERT INTO spans (boot_id,pid,pid_start,span_id,parent_span_id,tid,name,path,
                depth,workload_class,attrs,start_ns,end_ns,duration_ns,start_wall_ns,status,recovered,
                dev_start_ns,dev_end_ns,samples,estimated,signals)
-               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+               ON CONFLICT (boot_id, pid, pid_start, span_id) DO UPDATE SET
+                 parent_span_id=excluded.parent_span_id, tid=excluded.tid, name=excluded.name,
+                 path=excluded.path, depth=excluded.depth, workload_class=excluded.workload_class,
+                 attrs=excluded.attrs, start_ns=excluded.start_ns, end_ns=excluded.end_ns,
+                 duration_ns=excluded.duration_ns, start_wall_ns=excluded.start_wall_ns, status=excluded.status,
+                 recovered=excluded.recovered, dev_start_ns=excluded.dev_start_ns, dev_end_ns=excluded.dev_end_ns,
+                 samples=excluded.samples, estimated=excluded.estimated, signals=excluded.signals
+               WHERE spans.status = 'interrupted' AND excluded.recovered = 1
+                 AND excluded.start_ns = spans.start_ns AND excluded.name = spans.name""",
             [
-                (
-                    r.boot_id,
-                    r.pid,
-                    r.pid_start,
-                    r.span_id,
-                    r.parent_span_id,
-                    r.tid,
-                    r.name,
-                    r.path,
-                    r.depth,
-                    r.workload_class,
-                    _json(r.attrs),
-                    r.start_ns,
-                    r.end_ns,
-                    r.duration_ns,
-                    r.start_wall_ns,
-                    r.status,
-                    int(r.recovered),
-                    r.dev_start_ns,
-                    r.dev_end_ns,
-                    r.samples,
-                    int(r.estimated),
-                    _json(r.signals) or "{}",
+                tuple(
+                    map(
+                        _i64,
+                        (
+                            r.boot_id,
+                            r.pid,
+                            r.pid_start,
+                            r.span_id,
+                            r.parent_span_id,
+                            r.tid,
+                            r.name,
+                            r.path,
+                            r.depth,
+                            r.workload_class,
+                            _json(r.attrs),
+                            r.start_ns,
+                            r.end_ns,
+                            r.duration_ns,
+                            r.start_wall_ns,
+                            r.status,
+                            int(r.recovered),
+                            r.dev_start_ns,
+                            r.dev_end_ns,
+                            r.samples,
+                            int(r.estimated),
+                            _json(r.signals) or "{}",
+                        ),
+                    )
                 )
                 for r in rows
             ],
         )
-        return len(rows)
+        written = conn.total_changes - before
+        self.span_conflicts += len(rows) - written
+        return written
 
     @staticmethod
     def _w_marks(conn: sqlite3.Connection, rows: list[MarkRow]) -> int:
         conn.executemany(
             "INSERT INTO marks (boot_id,pid,pid_start,tid,t_ns,wall_ns,name,attrs) VALUES (?,?,?,?,?,?,?,?)",
-            [(r.boot_id, r.pid, r.pid_start, r.tid, r.t_ns, r.wall_ns, r.name, _json(r.attrs)) for r in rows],
+            [
+                tuple(map(_i64, (r.boot_id, r.pid, r.pid_start, r.tid, r.t_ns, r.wall_ns, r.name, _json(r.attrs))))
+                for r in rows
+            ],
         )
         return len(rows)
 
@@ -408,7 +664,10 @@ class Store:
     def _w_samples(conn: sqlite3.Connection, rows: list[SampleRow]) -> int:
         conn.executemany(
             "INSERT INTO samples VALUES (?,?,?,?,?,?,?)",
-            [(r.boot_id, r.pid, r.pid_start, r.tid, r.t_ns, r.wall_ns, _json(r.signals)) for r in rows],
+            [
+                tuple(map(_i64, (r.boot_id, r.pid, r.pid_start, r.tid, r.t_ns, r.wall_ns, _json(r.signals))))
+                for r in rows
+            ],
         )
         return len(rows)
 
@@ -419,14 +678,19 @@ class Store:
             cur = conn.execute(
                 """UPDATE spans SET dev_start_ns=?, dev_end_ns=?,
                    signals=json_patch(signals, ?) WHERE boot_id=? AND pid=? AND pid_start=? AND span_id=?""",
-                (
-                    r.dev_start_ns,
-                    r.dev_end_ns,
-                    _json(r.signals or {}),
-                    r.boot_id,
-                    r.pid,
-                    r.pid_start,
-                    r.span_id,
+                tuple(
+                    map(
+                        _i64,
+                        (
+                            r.dev_start_ns,
+                            r.dev_end_ns,
+                            _json(r.signals or {}),
+                            r.boot_id,
+                            r.pid,
+                            r.pid_start,
+                            r.span_id,
+                        ),
+                    )
                 ),
             )
             n += cur.rowcount
@@ -441,10 +705,14 @@ class SpanQuery:
     since_wall_ns: int | None = None
     status: str | None = None
     limit: int = 50
+    uid: int | None = None  # only this uid's processes (what a non-root caller may see)
 
 
 def query_spans(conn: sqlite3.Connection, q: SpanQuery) -> list[dict[str, Any]]:
     where, args = ["1=1"], []
+    if q.uid is not None:
+        where.append("p.uid = ?")
+        args.append(q.uid)
     if q.pid is not None:
         where.append("s.pid = ?")
         args.append(q.pid)
@@ -489,15 +757,22 @@ PHASE_SUMMARY_SIGNALS: tuple[tuple[str, str], ...] = (
 )
 
 
-def phase_summary(conn: sqlite3.Connection, since_wall_ns: int | None = None) -> list[dict[str, Any]]:
-    """Per phase path: count, duration stats and the mean/sum of key signals."""
+def phase_summary(
+    conn: sqlite3.Connection, since_wall_ns: int | None = None, uid: int | None = None
+) -> list[dict[str, Any]]:
+    """Per phase path: count, duration stats and the mean/sum of key signals (of one uid, if given)."""
     sig = ", ".join(f"{how}(json_extract(signals, '$.{name}')) AS {name}" for name, how in PHASE_SUMMARY_SIGNALS)
+    where, args = "start_wall_ns >= ?", [since_wall_ns or 0]
+    if uid is not None:
+        where += """ AND EXISTS (SELECT 1 FROM processes p WHERE p.boot_id=spans.boot_id AND p.pid=spans.pid
+                     AND p.pid_start=spans.pid_start AND p.uid=?)"""
+        args.append(uid)
     rows = conn.execute(
         f"""SELECT path AS name, workload_class, count(*) AS count,
                    sum(status='abandoned') AS abandoned, avg(duration_ns) AS mean_ns,
                    min(duration_ns) AS min_ns, max(duration_ns) AS max_ns, sum(duration_ns) AS total_ns,
                    {sig}
-            FROM spans WHERE start_wall_ns >= ? GROUP BY path, workload_class ORDER BY min(start_ns)""",
-        (since_wall_ns or 0,),
+            FROM spans WHERE {where} GROUP BY path, workload_class ORDER BY min(start_ns)""",
+        args,
     ).fetchall()
     return [dict(r) for r in rows]

@@ -35,9 +35,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..store import open_readonly
+from ..store import open_readonly  # noqa: F401 - re-exported for callers that import it from here
 from .files import write_atomic as write_file_atomic
-from .main import args, command, parse_since, state_dir
+from .main import args, command, history, parse_since, pid_arg
 
 #: Synthetic thread ids (Linux tids stay below 2**22): overlap lanes and GPU tracks.
 LANE_BASE = 1 << 24
@@ -66,10 +66,18 @@ class _Lanes:
 
 
 class TraceBuilder:
-    def __init__(self, conn: sqlite3.Connection, since_wall_ns: int | None, pid: int | None, flows: bool) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        since_wall_ns: int | None,
+        pid: int | None,
+        flows: bool,
+        uid: int | None = None,
+    ) -> None:
         self.conn = conn
         self.since = since_wall_ns or 0
         self.pid = pid
+        self.uid = uid  # only this uid's processes (the daemon's answer to a non-root caller)
         self.flows = flows
         self.events: list[dict[str, Any]] = []
         self.meta: list[dict[str, Any]] = []
@@ -84,6 +92,12 @@ class TraceBuilder:
         if self.pid is not None:
             where.append("pid = ?")
             params.append(self.pid)
+        if self.uid is not None:
+            where.append(
+                "EXISTS (SELECT 1 FROM processes p WHERE p.boot_id = {t}.boot_id AND p.pid = {t}.pid "
+                "AND p.pid_start = {t}.pid_start AND p.uid = ?)".format(t=sql.split(" FROM ")[1].split()[0])
+            )
+            params.append(self.uid)
         return self.conn.execute(sql.format(where=" AND ".join(where)), params).fetchall()
 
     def build(self) -> dict[str, Any]:
@@ -94,7 +108,11 @@ class TraceBuilder:
             "ORDER BY boot_id, pid, pid_start, t_ns",
             "wall_ns",
         )
-        procs = {(r["boot_id"], r["pid"], r["pid_start"]): r for r in self.conn.execute("SELECT * FROM processes")}
+        procs = {
+            (r["boot_id"], r["pid"], r["pid_start"]): r
+            for r in self.conn.execute("SELECT * FROM processes")
+            if self.uid is None or r["uid"] == self.uid
+        }
         self._clock(spans, marks, samples)
         starts = [self._abs(r["boot_id"], r["start_ns"]) for r in spans]
         starts += [self._abs(r["boot_id"], r["t_ns"]) for r in marks]
@@ -297,10 +315,14 @@ class TraceBuilder:
 
 
 def build_trace(
-    conn: sqlite3.Connection, since_wall_ns: int | None = None, pid: int | None = None, fmt: str = "perfetto"
+    conn: sqlite3.Connection,
+    since_wall_ns: int | None = None,
+    pid: int | None = None,
+    fmt: str = "perfetto",
+    uid: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, int]]:
     """The trace document and what went into it (counts)."""
-    b = TraceBuilder(conn, since_wall_ns, pid, flows=fmt == "perfetto")
+    b = TraceBuilder(conn, since_wall_ns, pid, flows=fmt == "perfetto", uid=uid)
     trace = b.build()
     trace["otherData"]["format"] = fmt
     return trace, b.stats
@@ -315,17 +337,19 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=["perfetto", "chrome"], default="perfetto", help="default perfetto")
     p.add_argument("-o", "--output", required=True, help="output file (.json), or - for stdout")
     p.add_argument("--since", help="only what began since (90s, 15m, 2h, 1d, or ISO time)")
-    p.add_argument("--pid", type=int, help="only this process")
+    p.add_argument("--pid", type=pid_arg, help="only this process")
 
 
 @command("export", "write recorded phases, marks and samples as a Perfetto/Chrome trace (JSON)")
 @args(_export_args)
 def cmd_export(ns: argparse.Namespace) -> int:
-    conn = open_readonly(state_dir(ns))
-    try:
-        doc, stats = build_trace(conn, parse_since(ns.since), ns.pid, ns.format)
-    finally:
-        conn.close()
+    since = parse_since(ns.since)
+
+    def local(conn: sqlite3.Connection) -> tuple[dict[str, Any], dict[str, int]]:
+        return build_trace(conn, since, ns.pid, ns.format)
+
+    res = history(ns, "export", local, since_wall_ns=since, pid=ns.pid, format=ns.format)
+    doc, stats = (res["trace"], res["stats"]) if isinstance(res, dict) else res
     if ns.output == "-":
         json.dump(doc, sys.stdout, separators=(",", ":"))
         sys.stdout.write("\n")

@@ -5,10 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..safetext import safe
+
+__all__ = ["duration", "ms", "num", "safe", "table"]
+
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "") -> str:
-    """A fixed-width table; `align` is one char per column, 'r' for right."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    """A fixed-width table; `align` is one char per column, 'r' for right.
+
+    Every cell goes through safe(): a cell is one line, so no input can add a row
+    or send an escape sequence to the terminal.
+    """
+    cells = [[safe(h) for h in headers]] + [["" if c is None else safe(c) for c in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     out = []
     for n, row in enumerate(cells):

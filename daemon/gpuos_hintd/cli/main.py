@@ -1,8 +1,11 @@
 """`gpuos-hintctl`: status, spans, phases (and more subcommands as they land).
 
-Live state comes from the daemon's control socket; history from the SQLite
-store opened read-only, so `spans` and `phases` work with the daemon down.
-Exit codes: 0 ok, 1 daemon not running / store missing, 2 usage error.
+Live state comes from the daemon's control socket, and so does history: the
+store is the daemon's own (0600), so `spans`, `phases` and `export` ask the
+daemon, which answers with what the caller may see (root everything, others
+their own processes).  Only when no daemon answers do they read the store
+directly, if the caller can.  Every untrusted string is printed through
+safe().  Exit codes: 0 ok, 1 daemon not running / store missing, 2 usage error.
 """
 
 from __future__ import annotations
@@ -16,14 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gpuos_client.config import client_endpoint, control_endpoint_for
+from gpuos_client.config import client_endpoint, control_endpoint_for, ipc_path
 
 from .. import __version__
 from ..config import ENV_STATE_DIR, default_state_dir
 from ..control import DaemonUnavailable, request
-from ..errors import GpuosError
+from ..errors import GpuosError, StoreError
 from ..store import SpanQuery, open_readonly, phase_summary, query_spans
-from .fmt import duration, ms, num, table
+from .fmt import duration, ms, num, safe, table
 
 Command = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, tuple[Command, Callable[[argparse.ArgumentParser], None], str]] = {}
@@ -58,19 +61,86 @@ def state_dir(ns: argparse.Namespace) -> Path:
     return Path(env) if env else default_state_dir()
 
 
+I64_MAX = (1 << 63) - 1
+MAX_LIMIT = 10_000  # the daemon's own bound on one history answer
+
+
 def parse_since(text: str | None) -> int | None:
-    """'90s', '15m', '2h', '1d' ago, or an ISO date/time; as wall-clock ns."""
+    """'90s', '15m', '2h', '1d' ago, or an ISO date/time; as wall-clock ns (clamped to int64)."""
     if not text:
         return None
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    bad = f"gpuos-hintctl: --since {safe(text)!r}: use 90s, 15m, 2h, 1d or an ISO time"
     if text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
-        return time.time_ns() - int(float(text[:-1]) * units[text[-1]] * 1e9)
+        try:
+            ago = float(text[:-1]) * units[text[-1]] * 1e9
+        except (ValueError, OverflowError):
+            raise SystemExit(bad) from None
+        return max(time.time_ns() - int(min(ago, 2.0**63)), -I64_MAX)
     from datetime import datetime
 
     try:
-        return int(datetime.fromisoformat(text).timestamp() * 1e9)
+        return max(min(int(datetime.fromisoformat(text).timestamp() * 1e9), I64_MAX), -I64_MAX)
+    except (ValueError, OverflowError, OSError):
+        raise SystemExit(bad) from None
+
+
+def pid_arg(text: str) -> int:
+    """A --pid value: an integer that can be a pid (argparse reports anything else as a usage error)."""
+    try:
+        value = int(text)
     except ValueError:
-        raise SystemExit(f"gpuos-hintctl: --since {text!r}: use 90s, 15m, 2h, 1d or an ISO time") from None
+        raise argparse.ArgumentTypeError(f"{safe(text)!r} is not a pid") from None
+    if not 0 < value < 1 << 31:
+        raise argparse.ArgumentTypeError(f"{value} is not a pid (1..2^31-1)")
+    return value
+
+
+def limit_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{safe(text)!r} is not a number") from None
+    if not 1 <= value <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"{value}: use 1..{MAX_LIMIT}")
+    return value
+
+
+def history(ns: argparse.Namespace, op: str, local: Callable[[Any], Any], **query: Any) -> Any:
+    """A history answer: from the daemon (any user, disclosure applied), else from the store directly.
+
+    The store is read directly only when no daemon answers and the caller may
+    read it (root, or a daemon of the caller's own); otherwise one clear line.
+    """
+    endpoint = None
+    try:
+        endpoint = control_endpoint(ns)
+    except ValueError:
+        pass
+    sock = ipc_path(endpoint) if endpoint else None
+    if endpoint is not None and not ns.state_dir and (sock is None or sock.exists()):
+        try:
+            request(endpoint, "ping", timeout_s=ns.timeout)  # alive? (a stale socket costs --timeout)
+            # The answer itself may take the daemon's bound on a query (export: 5 s).
+            return request(endpoint, op, timeout_s=max(ns.timeout, 10.0), **query)
+        except DaemonUnavailable:
+            pass
+    path = state_dir(ns)
+    try:
+        conn = open_readonly(path)
+    except StoreError as exc:
+        raise StoreError(f"no daemon answered and {exc}") from None
+    except PermissionError:
+        raise StoreError(
+            f"no daemon answered on {endpoint or '(no control endpoint)'} and the store in {path} is not "
+            "readable by you; start the daemon (history comes through it) or run as its user"
+        ) from None
+    try:
+        return local(conn)
+    except Exception as exc:  # sqlite3.Error, OSError on an unreadable file
+        raise StoreError(f"cannot read the store in {path}: {exc}") from None
+    finally:
+        conn.close()
 
 
 def _print_json(obj: Any) -> None:
@@ -82,21 +152,35 @@ def _print_json(obj: Any) -> None:
 def render_status(st: dict[str, Any]) -> str:
     d, c = st["daemon"], st["counters"]
     lines = [
-        f"gpuos-hintd {d['version']}  pid {d['pid']}  up {duration(d['uptime_s'])}  sampling {d['sample_hz']:g} Hz",
-        f"  endpoint {d['endpoint']}",
-        f"  store    {(st.get('store') or {}).get('path', '-')}",
+        f"gpuos-hintd {safe(d['version'])}  pid {d['pid']}  up {duration(d['uptime_s'])}  "
+        f"sampling {d['sample_hz']:g} Hz",
+        f"  endpoint {safe(d['endpoint'])}",
+        f"  store    {safe((st.get('store') or {}).get('path', '-'))}",
         f"  events {c.get('events', 0):,}  spans closed {c.get('spans_closed', 0):,}  "
         f"rejected {c.get('rejected_total', 0):,}  dropped by clients {c.get('client_dropped_total', 0):,}  "
         f"abandoned {c.get('spans_abandoned', 0):,}",
     ]
     if st.get("rejected"):
-        lines.append("  rejected by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(st["rejected"].items())))
+        lines.append("  rejected by reason: " + ", ".join(f"{safe(k)}={v}" for k, v in sorted(st["rejected"].items())))
     store = st.get("store") or {}
     if store.get("write_errors"):
         lines.append(
-            f"  store write errors {store['write_errors']} (last: {store.get('last_error')}), "
+            f"  store write errors {store['write_errors']} (last: {safe(store.get('last_error'))}), "
             f"backlog {store.get('backlog_batches')} batches, shed {store.get('shed_rows')} rows"
         )
+    trouble = {
+        k: store.get(k)
+        for k in ("writer_crashes", "writer_restarts", "bad_rows", "span_conflicts", "reopened")
+        if store.get(k)
+    }
+    if store.get("shed_rows"):
+        trouble["shed"] = ", ".join(f"{safe(k)} {v}" for k, v in sorted((store.get("shed_by_kind") or {}).items()))
+    if store and store.get("writer_alive") is False:
+        trouble["writer"] = "NOT RUNNING"
+    if trouble:
+        lines.append("  store: " + "  ".join(f"{k.replace('_', ' ')} {safe(v)}" for k, v in trouble.items()))
+        if store.get("last_crash"):
+            lines.append(f"  store writer last crash: {safe(store['last_crash'])}")
     lines.append("")
     clients = st.get("clients") or []
     lines.append(f"Clients ({len(clients)})")
@@ -165,11 +249,13 @@ SPAN_COLUMNS = ("cpu_pct", "ctx_vol", "gpu_util_pct_mean", "gpu_power_mw_mean", 
 
 
 def _spans_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pid", type=int, help="only this process")
+    p.add_argument("--pid", type=pid_arg, help="only this process")
     p.add_argument("--name", help="only this phase name or path (e.g. decode or prefill/attn)")
     p.add_argument("--since", help="only spans that began since (90s, 15m, 2h, 1d, or ISO time)")
     p.add_argument("--status", choices=["ok", "error", "abandoned", "lost_end", "interrupted"])
-    p.add_argument("--limit", type=int, default=50, help="at most this many, newest first (default 50)")
+    p.add_argument(
+        "--limit", type=limit_arg, default=50, help=f"at most this many, newest first (default 50, max {MAX_LIMIT})"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output (all signals)")
 
 
@@ -177,8 +263,17 @@ def _spans_args(p: argparse.ArgumentParser) -> None:
 @args(_spans_args)
 def cmd_spans(ns: argparse.Namespace) -> int:
     since = parse_since(ns.since)  # bad arguments are reported before anything is opened
-    conn = open_readonly(state_dir(ns))
-    rows = query_spans(conn, SpanQuery(ns.pid, ns.name, since, ns.status, ns.limit))
+    q = SpanQuery(ns.pid, ns.name, since, ns.status, ns.limit)
+    rows = history(
+        ns,
+        "spans",
+        lambda conn: query_spans(conn, q),
+        pid=ns.pid,
+        name=ns.name,
+        since_wall_ns=since,
+        status=ns.status,
+        limit=ns.limit,
+    )
     if ns.json:
         _print_json(rows)
         return 0
@@ -259,8 +354,7 @@ def _phases_args(p: argparse.ArgumentParser) -> None:
 @args(_phases_args)
 def cmd_phases(ns: argparse.Namespace) -> int:
     since = parse_since(ns.since)
-    conn = open_readonly(state_dir(ns))
-    rows = phase_summary(conn, since)
+    rows = history(ns, "phases", lambda conn: phase_summary(conn, since), since_wall_ns=since)
     if ns.json:
         _print_json(rows)
         return 0
@@ -333,10 +427,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[ns.cmd][0](ns)
     except DaemonUnavailable as exc:
-        print(f"gpuos-hintctl: {exc}", file=sys.stderr)
+        print(f"gpuos-hintctl: {safe(exc)}", file=sys.stderr)
         return 1
     except GpuosError as exc:
-        print(f"gpuos-hintctl: {exc}", file=sys.stderr)
+        print(f"gpuos-hintctl: {safe(exc)}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, OverflowError) as exc:  # e.g. an unwritable -o, a bad endpoint
+        print(f"gpuos-hintctl: {safe(type(exc).__name__)}: {safe(exc)}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         return 0

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..control import DaemonUnavailable, request
 from ..errors import GpuosError
-from .fmt import duration, num
+from .fmt import duration, num, safe
 from .main import args, command, control_endpoint
 
 MIN_COLS, MIN_ROWS = 40, 6
@@ -76,6 +76,7 @@ def _rate(v: float | None) -> str:
 def _cols(values: list[str], widths: list[int], right: str) -> str:
     parts = []
     for i, (v, w) in enumerate(zip(values, widths, strict=True)):
+        v = safe(v)  # escaped before it is measured, so columns stay aligned
         v = v if len(v) <= w else v[: max(w - 1, 0)] + "~"
         parts.append(v.rjust(w) if right[i] == "r" else v.ljust(w))
     return " ".join(parts)
@@ -150,7 +151,7 @@ def render(
         (_cols(["PID", "COMMAND", "CLASS", "EV/S", "DROPPED"], cw, "rllrr") + " OPEN PHASES", "head")
     ]
     for cl in sorted(clients, key=lambda x: x["pid"]):
-        phases = ", ".join(f"{p['path']} {p['age_s']:.1f}s" for p in cl["open_phases"][-4:]) or "-"
+        phases = safe(", ".join(f"{p['path']} {p['age_s']:.1f}s" for p in cl["open_phases"][-4:]) or "-")
         client_lines.append(
             (
                 _cols(
@@ -221,7 +222,7 @@ def paint(lines: list[Line], cols: int, rows: int, footer: str) -> str:
     buf = ["\x1b[H"]
     body = lines[: rows - 1]
     for text, style in body:
-        t = text[:cols]
+        t = safe(text)[:cols]
         if style == "head":
             t = t.ljust(cols)
         buf.append(f"{STYLES[style]}{t}\x1b[0m\x1b[K\r\n" if style else f"{t}\x1b[K\r\n")
@@ -330,7 +331,7 @@ def cmd_top(ns: argparse.Namespace) -> int:
             cols = os.get_terminal_size().columns
         except OSError:
             cols = 160
-        print("\n".join(t.rstrip() for t, _s in render(st, rates, cols, None, own_pid=os.getpid())))
+        print("\n".join(safe(t).rstrip() for t, _s in render(st, rates, cols, None, own_pid=os.getpid())))
         return 0
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         print("gpuos-hintctl top: needs a terminal (use --once for a plain snapshot)", file=sys.stderr)
