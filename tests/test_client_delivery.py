@@ -341,3 +341,33 @@ print(json.dumps(evs))
     assert len(fresh) < len(tight) / 2  # most tight edges reuse the last reading (nil)
     times = [r[0] for r in fresh]
     assert all(b - a >= 20_000 for a, b in itertools.pairwise(times))
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="making a directory owned by another uid needs root")
+def test_client_refuses_a_socket_dir_it_cannot_trust(tmp_path):
+    """An impostor's directory (another uid's, or a symlink to one) never receives this program's hello."""
+    import os
+    import subprocess
+    import sys
+
+    squat = tmp_path / "squat"
+    squat.mkdir()
+    os.chown(squat, 65534, 65534)  # pre-created by another local user
+    link = tmp_path / "link"
+    link.symlink_to(squat)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUOS_HINT_")}
+    code = """
+import json, time, gpuos_client as h
+for i in range(10):
+    with h.phase("secret"):
+        pass
+time.sleep(0.3)
+print(json.dumps(h.stats()))
+"""
+    for d in (squat, link):
+        env["GPUOS_HINT_ENDPOINT"] = f"ipc://{d}/hint.sock"
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
+        s = json.loads(out.stdout.strip().splitlines()[-1])
+        assert s["handed"] == 0 and s["enabled"] is False
+        assert s["dropped_by_reason"].get("unsafe_socket_dir", 0) >= 1
+        assert "refusing" in s["last_error"]
