@@ -350,10 +350,13 @@ def test_client_refuses_a_socket_dir_it_cannot_trust(tmp_path):
     import subprocess
     import sys
 
-    squat = tmp_path / "squat"
+    shared = tmp_path / "tmp"  # a /tmp-like dir: root's, sticky, writable by everyone
+    shared.mkdir()
+    shared.chmod(0o1777)
+    squat = shared / "gpuos-hintd-0"
     squat.mkdir()
     os.chown(squat, 65534, 65534)  # pre-created by another local user
-    link = tmp_path / "link"
+    link = shared / "link"
     link.symlink_to(squat)
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPUOS_HINT_")}
     code = """
@@ -371,3 +374,19 @@ print(json.dumps(h.stats()))
         assert s["handed"] == 0 and s["enabled"] is False
         assert s["dropped_by_reason"].get("unsafe_socket_dir", 0) >= 1
         assert "refusing" in s["last_error"]
+
+
+def test_a_socket_dir_only_root_could_place_is_trusted_whoever_owns_it(tmp_path):
+    """The system daemon's /run/gpuos-hintd belongs to its service user: trusted, since /run is root's."""
+    import os
+
+    from gpuos_client.config import socket_dir_problem
+
+    private = tmp_path / "run"  # like /run: root's, writable by nobody else
+    private.mkdir(mode=0o755)
+    svc = private / "gpuos-hintd"
+    svc.mkdir(mode=0o755)
+    if os.geteuid() == 0:
+        os.chown(svc, 65534, 65534)
+    assert socket_dir_problem(svc, uid=12345) is None
+    assert "does not exist" in socket_dir_problem(private / "absent", uid=12345)

@@ -222,6 +222,26 @@ static PyObject *Core_take(Core *self, PyObject *Py_UNUSED(ignored)) {
     return old; /* the reference the core held */
 }
 
+/* (events, a copy of the open-phase registry, CLOCK_MONOTONIC now), taken together: no other
+   thread runs in between, so a heartbeat built from the copy and stamped with that time matches
+   the point in the stream where it is placed (after these events).  Otherwise a phase beginning
+   or ending in between would look lost to the daemon. */
+static PyObject *Core_take_with_open(Core *self, PyObject *Py_UNUSED(ignored)) {
+    PyObject *opened = PyDict_Copy(self->open);
+    if (opened == NULL) return NULL;
+    PyObject *events = Core_take(self, NULL);
+    if (events == NULL) {
+        Py_DECREF(opened);
+        return NULL;
+    }
+    PyObject *t = PyLong_FromLongLong(mono_ns()); /* the snapshot's time: the heartbeat's */
+    PyObject *r = t ? PyTuple_Pack(3, events, opened, t) : NULL;
+    Py_XDECREF(t);
+    Py_DECREF(events);
+    Py_DECREF(opened);
+    return r;
+}
+
 static PyObject *Core_new_id(Core *self, PyObject *Py_UNUSED(ignored)) {
     return PyLong_FromUnsignedLongLong(++self->next_id);
 }
@@ -235,6 +255,7 @@ static PyObject *Core_rusage_now(Core *self, PyObject *Py_UNUSED(ignored)) {
 
 static PyMethodDef Core_methods[] = {
     {"take", (PyCFunction)Core_take, METH_NOARGS, "Swap the event list for an empty one; return the old one."},
+    {"take_with_open", (PyCFunction)Core_take_with_open, METH_NOARGS, "(take(), a copy of open, now), atomically."},
     {"new_id", (PyCFunction)Core_new_id, METH_NOARGS, "Allocate a span id."},
     {"rusage_now", (PyCFunction)Core_rusage_now, METH_NOARGS, "This thread's edge reading now (or None)."},
     {NULL, NULL, 0, NULL},

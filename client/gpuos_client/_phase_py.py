@@ -128,6 +128,13 @@ class Core:
         buf, self.buf = self.buf, []
         return buf
 
+    def take_with_open(self) -> tuple[list[tuple[Any, ...]], dict[int, tuple[Any, ...]], int]:
+        """(take(), a copy of open, now) - atomic in the C twin; here a thread switch between these
+        statements is possible but needs a switch request to land exactly there."""
+        opened = self.open.copy()
+        buf, self.buf = self.buf, []
+        return buf, opened, monotonic_ns()
+
     def new_id(self) -> int:
         self.next_id += 1
         return self.next_id

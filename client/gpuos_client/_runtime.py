@@ -364,14 +364,20 @@ class Runtime:
 
             events.extend(collect_device_times(self))
         carry, self._carry = self._carry, []
-        taken = self.core.take()
+        now = time.monotonic()
+        heartbeat = now >= self._next_heartbeat
+        if heartbeat:
+            # The registry copy and the events are taken together, and the heartbeat goes
+            # right after those events: it then lists exactly the phases open at that point.
+            taken, opened, t_snap = self.core.take_with_open()
+        else:
+            taken = self.core.take()
         moved = bool(taken or carry)
         if carry:
             events.extend(carry)
         events.extend(taken)
-        now = time.monotonic()
-        if now >= self._next_heartbeat:
-            events.append(self._heartbeat_event())
+        if heartbeat:
+            events.append(self._heartbeat_event(opened, t_snap))
             self._next_heartbeat = now + self.config.heartbeat_s
         size = self.config.batch_size
         for i in range(0, len(events), size):
@@ -448,14 +454,15 @@ class Runtime:
         }
         return (P.HELLO, info["mono_ns"], impl.tid(), info)
 
-    def _heartbeat_event(self) -> tuple[Any, ...]:
-        opened = self.core.open.copy()  # atomic under the GIL
+    def _heartbeat_event(self, opened: dict[int, tuple[Any, ...]], t_snap: int) -> tuple[Any, ...]:
+        """The open phases as of t_snap (the daemon counts a span it holds open, begun by then and
+        not listed, as having lost its end)."""
         spans = [
             (ev[3], ev[4], ev[2], ev[1], ev[5], ev[6], ev[7]) for ev in list(opened.values())[: P.LIMITS.max_open_spans]
         ]
         stats = {"dropped": self.total_dropped(), "buffered": len(self.core.buf), "sent": self.handed_events}
         stats["cls"] = self.process_class
-        return (P.HEARTBEAT, _monotonic_ns(), impl.tid(), spans, stats)
+        return (P.HEARTBEAT, t_snap, impl.tid(), spans, stats)
 
     # ------------------------------------------------------- flush, teardown
     def undelivered(self) -> int:

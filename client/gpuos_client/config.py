@@ -72,6 +72,20 @@ def control_endpoint_for(hint_endpoint: str) -> str:
     return beside
 
 
+def _only_root_could_place(path: Path) -> bool:
+    """True when path's parent is root's and writable by nobody else (e.g. /run).
+
+    The system daemon's /run/gpuos-hintd belongs to its service user, not to root: it is still
+    trustworthy, since only root (systemd's RuntimeDirectory=) can create or hand over an entry
+    in /run.  Squatting needs a parent that others can write, such as /tmp.
+    """
+    try:
+        pst = os.lstat(path.parent)
+    except OSError:
+        return False
+    return stat.S_ISDIR(pst.st_mode) and pst.st_uid == 0 and not pst.st_mode & 0o022
+
+
 def socket_dir_problem(path: Path, uid: int) -> str | None:
     """Why the directory holding a daemon's socket must not be trusted by ``uid`` (None: it may).
 
@@ -79,8 +93,10 @@ def socket_dir_problem(path: Path, uid: int) -> str | None:
     user can create first: an impostor's socket there would receive this
     program's hello (its argv) and phases.  So before connecting the client
     checks the directory itself, without following a symlink: it must be a real
-    directory owned by ``uid`` or by root, and not writable by group or others
-    (a root-owned sticky dir such as /tmp is the one shared dir accepted).
+    directory owned by ``uid`` or by root (or placed where only root can place
+    it, as systemd places /run/gpuos-hintd for the service user), and not
+    writable by group or others (a root-owned sticky dir such as /tmp is the one
+    shared dir accepted).
     """
     try:
         st = os.lstat(path)
@@ -92,7 +108,7 @@ def socket_dir_problem(path: Path, uid: int) -> str | None:
         return f"{path} is a symlink"
     if not stat.S_ISDIR(st.st_mode):
         return f"{path} is not a directory"
-    if st.st_uid not in (uid, 0):
+    if st.st_uid not in (uid, 0) and not _only_root_could_place(path):
         return f"{path} is owned by uid {st.st_uid}, neither uid {uid} nor root"
     if st.st_mode & 0o022 and not (st.st_mode & stat.S_ISVTX and st.st_uid == 0):
         return f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
@@ -129,7 +145,7 @@ class ClientConfig:
     flush_interval_s: float = 0.05  # batching window while events flow (a sparse hint goes at once)
     heartbeat_s: float = 1.0  # while phases are open
     sndhwm: int = 1000  # messages queued in libzmq
-    exit_flush_s: float = 0.25  # bounded wait at exit for the daemon to acknowledge what is left
+    exit_flush_s: float = 1.0  # bounded wait at exit for the daemon's acknowledgement (a live one acks in ms)
     rusage: bool = True  # read thread/process CPU counters at phase edges (exact per-span CPU)
     rusage_min_ns: int = 20_000  # at most one reading per thread per this many ns (others reuse it)
 
@@ -141,7 +157,7 @@ class ClientConfig:
             max_buffered=max(1024, int(_env_float("GPUOS_HINT_MAX_BUFFERED", 65536))),
             flush_interval_s=max(0.0005, _env_float("GPUOS_HINT_FLUSH_MS", 50.0) / 1000),
             heartbeat_s=max(0.05, _env_float("GPUOS_HINT_HEARTBEAT_S", 1.0)),
-            exit_flush_s=max(0.0, _env_float("GPUOS_HINT_EXIT_FLUSH_MS", 250.0) / 1000),
+            exit_flush_s=max(0.0, _env_float("GPUOS_HINT_EXIT_FLUSH_MS", 1000.0) / 1000),
             rusage=_env_bool("GPUOS_HINT_RUSAGE", True),
             rusage_min_ns=int(max(0.0, _env_float("GPUOS_HINT_RUSAGE_MIN_US", 20.0)) * 1000),
         )
