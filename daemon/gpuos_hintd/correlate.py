@@ -13,6 +13,11 @@ sample and, for each of its spans:
   fall inside the span; a span with no sample inside gets the value
   interpolated at its midpoint and is flagged ``estimated``.
 
+Where the client read its thread's counters at the phase edges (the ``ru``
+items of phase_begin/phase_end), CPU, context switches and faults come from
+those readings instead, exact or within a stated bound (edge_cpu.py); spans
+without them keep the interpolation and carry ``cpu_exact: false`` and a bound.
+
 A span is finalised at the first tick at or after its end.  Processes that
 vanish get their open spans closed as ``abandoned`` at the last time they
 were seen alive.  A short ring of recent samples stays per process so that a
@@ -27,6 +32,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from . import edge_cpu
 from .samplers.base import Metric, ProcKey, ProcSample, Value
 from .store import SpanRow
 
@@ -51,6 +57,11 @@ class OpenSpan:
     gauge_max: dict[str, float] = dataclasses.field(default_factory=dict)
     gauge_n: dict[str, int] = dataclasses.field(default_factory=dict)
     samples: int = 0
+    #: The client's edge readings (docs/protocol.md), None for old clients / reads off.
+    ru_begin: edge_cpu.Ru | None = None
+    ru_end: edge_cpu.Ru | None = None
+    #: Where the thread CPU counter can be at the start, from the samples around it.
+    start_bounds: edge_cpu.Bounds | None = None
 
     @property
     def ended(self) -> bool:
@@ -175,17 +186,18 @@ class Correlator:
         return _interpolate_some(prev, cur, t_ns, tid, (), edges)
 
     # --------------------------------------------------------------- events
-    def begin(self, key: ProcKey, row: SpanRow) -> None:
+    def begin(self, key: ProcKey, row: SpanRow, ru: edge_cpu.Ru | None = None) -> None:
         spans = self.spans.setdefault(key, {})
-        spans[row.span_id] = OpenSpan(row)
+        spans[row.span_id] = OpenSpan(row, ru_begin=ru)
         self.n_open[key] = self.n_open.get(key, 0) + 1
 
-    def end(self, key: ProcKey, span_id: int, t_ns: int, status: str) -> SpanRow | None:
+    def end(self, key: ProcKey, span_id: int, t_ns: int, status: str, ru: edge_cpu.Ru | None = None) -> SpanRow | None:
         span = self.spans.get(key, {}).get(span_id)
         if span is None or span.ended:
             return None
         span.row.end_ns = max(t_ns, span.row.start_ns)
         span.row.status = status
+        span.ru_end = ru
         self.n_open[key] -= 1
         return span.row
 
@@ -212,6 +224,7 @@ class Correlator:
                 span.start_vals = self._interp(prev, cur, row.start_ns, row.tid, True)
                 # No sample before the start: the first one stands in, and it is said.
                 span.start_estimated = prev is None or row.start_ns < prev.t_ns
+                span.start_bounds = _thread_cpu_bounds(prev, cur, row.start_ns, row.tid)
             if row.start_ns <= t_ns and (not span.ended or t_ns <= row.end_ns):
                 self._add_gauges(span, cur, row.tid)
             if span.ended and row.end_ns <= t_ns:
@@ -271,6 +284,7 @@ class Correlator:
                     if v is not None:
                         signals[mean_key] = signals[max_key] = _round(v)
                         estimated = True
+        self._edge_cpu(span, signals, prev, cur)
         _derive(signals, row.duration_ns)
         if signals.get("gpu_energy_estimated_max"):
             signals["gpu_energy_is_estimate"] = True
@@ -280,6 +294,29 @@ class Correlator:
         self.spans.get(key, {}).pop(row.span_id, None)
         self.finalized += 1
         return row
+
+    def _edge_cpu(self, span: OpenSpan, signals: dict[str, Any], prev: Snapshot | None, cur: Snapshot | None) -> None:
+        """CPU figures from the edge readings, or bounds on the interpolated ones."""
+        row = span.row
+        sampled = None
+        if cur is not None and span.start_bounds is not None:
+            end_b = _thread_cpu_bounds(prev, cur, row.end_ns, row.tid)
+            if end_b is not None:
+                sb = span.start_bounds
+                sampled = (max(end_b[0] - sb[1], 0.0), end_b[1] - sb[0])
+        nthreads = span.gauge_max.get("threads")
+        if nthreads is None and cur is not None:
+            nthreads = cur.values.get("threads")
+        edge_cpu.apply(
+            signals,
+            row.duration_ns,
+            row.start_ns,
+            row.end_ns,
+            span.ru_begin,
+            span.ru_end,
+            sampled,
+            int(nthreads) if nthreads is not None else None,
+        )
 
     # ------------------------------------------------------------- lifetime
     def close_process(self, key: ProcKey, status: str, at_ns: int | None = None) -> list[SpanRow]:
@@ -302,6 +339,7 @@ class Correlator:
             if span.start_vals is None and prev is not None:
                 span.start_vals = vals
                 span.start_estimated = True
+                span.start_bounds = _thread_cpu_bounds(None, prev, row.start_ns, row.tid)
             out.append(self._finalize(key, span, vals, None, prev))
         self._cache_pair, self._cache = (None, None), {}
         if out:
@@ -325,6 +363,15 @@ class Correlator:
         if out:
             out["dev_samples"] = len(inside)
         return out
+
+
+def _thread_cpu_bounds(prev: Snapshot | None, cur: Snapshot, t_ns: int, tid: int) -> edge_cpu.Bounds | None:
+    """Where thread ``tid``'s CPU counter can be at t_ns, given the two samples around it."""
+    c1 = cur.threads.get(tid, _EMPTY).get("thread_cpu_ns")
+    if prev is None:
+        return edge_cpu.edge_bounds(None, None, c1, cur.t_ns, t_ns)
+    c0 = prev.threads.get(tid, _EMPTY).get("thread_cpu_ns")
+    return edge_cpu.edge_bounds(c0, prev.t_ns, c1, cur.t_ns, t_ns)
 
 
 def _round(v: float | int) -> float | int:

@@ -35,6 +35,11 @@ RECENT_EXITED = 32
 SpanSink = Callable[[list[SpanRow]], None]
 
 
+def _ru(ev: list[Any], index: int) -> tuple[int, ...] | None:
+    """The edge reading of a phase event (already checked by protocol.check_ru), or None."""
+    return tuple(ev[index][:7]) if len(ev) > index and ev[index] is not None else None
+
+
 class HintService:
     def __init__(
         self,
@@ -230,7 +235,7 @@ class HintService:
         span_id, parent_id, name, cls, attrs = ev[3], ev[4], ev[5], ev[6], ev[7]
         if corr.get(c.key, span_id) is not None:
             return  # already known (recovered from a heartbeat that overtook it)
-        self._open_span(c, span_id, parent_id, tid, t, name, cls, attrs, recovered=False)
+        self._open_span(c, span_id, parent_id, tid, t, name, cls, attrs, recovered=False, ru=_ru(ev, 8))
 
     def _open_span(
         self,
@@ -243,6 +248,7 @@ class HintService:
         cls: str | None,
         attrs: dict[str, Any] | None,
         recovered: bool,
+        ru: tuple[int, ...] | None = None,
     ) -> None:
         n_open = self.correlator.n_open.get(c.key, 0)
         if n_open >= self.config.max_open_spans_per_client:
@@ -270,10 +276,10 @@ class HintService:
         )
         if tid not in c.tids:
             c.tids.add(tid)
-        self.correlator.begin(c.key, row)
+        self.correlator.begin(c.key, row, ru)  # type: ignore[arg-type]  # check_ru made it 7 ints
 
     def _on_end(self, c: Client, ev: list[Any], t: int, tid: int) -> None:
-        row = self.correlator.end(c.key, ev[3], t, ev[4])
+        row = self.correlator.end(c.key, ev[3], t, ev[4], _ru(ev, 6))  # type: ignore[arg-type]
         if row is None:
             self.counters["orphan_ends"] += 1
         elif ev[5]:
