@@ -18,6 +18,12 @@ items of phase_begin/phase_end), CPU, context switches and faults come from
 those readings instead, exact or within a stated bound (edge_cpu.py); spans
 without them keep the interpolation and carry ``cpu_exact: false`` and a bound.
 
+Timestamped series finer than the tick (``ProcSample.series``: the GPU driver's
+power samples, ~20 ms apart) are kept per process, bounded, and integrated over
+each span's own interval - the device interval where the client recorded one,
+the host interval otherwise - which gives per-span GPU energy at the series'
+resolution, with a resolution estimate (``gpu_energy_err_j``).
+
 A span is finalised at the first tick at or after its end.  Processes that
 vanish get their open spans closed as ``abandoned`` at the last time they
 were seen alive.  A short ring of recent samples stays per process so that a
@@ -33,10 +39,14 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from . import edge_cpu
+from .samplers._power import PowerSeries
 from .samplers.base import Metric, ProcKey, ProcSample, Value
 from .store import SpanRow
 
 HISTORY_TICKS = 600  # 60 s at 10 Hz, for late device intervals
+SERIES_POINTS = 3000  # per process and series: 60 s of 20 ms power samples
+#: How long an ended span waits for the series to reach its end (the driver's samples lag).
+SERIES_WAIT_NS = 300_000_000
 
 
 @dataclasses.dataclass(slots=True)
@@ -160,6 +170,7 @@ class Correlator:
         # spans end between the same two samples, and they share it.
         self._cache_pair: tuple[Snapshot | None, Snapshot | None] = (None, None)
         self._cache: dict[tuple[int, bool], _Edges] = {}
+        self.series: dict[ProcKey, dict[str, PowerSeries]] = {}
 
     def set_metrics(self, metrics: Mapping[str, Metric]) -> None:
         self.metrics = dict(metrics)
@@ -215,6 +226,14 @@ class Correlator:
         if hist is None:
             hist = self.history[key] = collections.deque(maxlen=HISTORY_TICKS)
         hist.append(cur)
+        if sample.series:
+            mine = self.series.setdefault(key, {})
+            for name, pts in sample.series.items():
+                ser = mine.get(name)
+                if ser is None:
+                    ser = mine[name] = PowerSeries(SERIES_POINTS)
+                ser.add(pts)
+        series = self.series.get(key)
         done: list[SpanRow] = []
         for span in list(self.spans.get(key, {}).values()):
             row = span.row
@@ -228,6 +247,8 @@ class Correlator:
             if row.start_ns <= t_ns and (not span.ended or t_ns <= row.end_ns):
                 self._add_gauges(span, cur, row.tid)
             if span.ended and row.end_ns <= t_ns:
+                if series and t_ns - row.end_ns < SERIES_WAIT_NS and not _covered(series, row):
+                    continue  # the driver's samples up to the end are not in yet
                 end_vals = self._interp(prev, cur, row.end_ns, row.tid, True)
                 done.append(self._finalize(key, span, end_vals, prev, cur))
         self.prev[key] = cur
@@ -286,6 +307,8 @@ class Correlator:
                         estimated = True
         self._edge_cpu(span, signals, prev, cur)
         _derive(signals, row.duration_ns)
+        if key in self.series:
+            self._series_energy(key, row, signals)
         if signals.get("gpu_energy_estimated_max"):
             signals["gpu_energy_is_estimate"] = True
         row.signals = signals
@@ -294,6 +317,18 @@ class Correlator:
         self.spans.get(key, {}).pop(row.span_id, None)
         self.finalized += 1
         return row
+
+    def _series_energy(self, key: ProcKey, row: SpanRow, signals: dict[str, Any]) -> None:
+        """GPU energy of the span from the power series, over its device interval if it has one."""
+        dev = row.dev_start_ns is not None and row.dev_end_ns is not None
+        a, b = (row.dev_start_ns, row.dev_end_ns) if dev else (row.start_ns, row.end_ns)
+        got = series_energy(self.series.get(key, {}), a, b)  # type: ignore[arg-type]
+        if got is None:
+            return
+        if "gpu_energy_j" in signals:
+            signals["gpu_energy_counter_j"] = signals["gpu_energy_j"]
+        signals.update(got)
+        signals["gpu_energy_window"] = "device" if dev else "host"
 
     def _edge_cpu(self, span: OpenSpan, signals: dict[str, Any], prev: Snapshot | None, cur: Snapshot | None) -> None:
         """CPU figures from the edge readings, or bounds on the interpolated ones."""
@@ -327,9 +362,12 @@ class Correlator:
         """
         prev = self.prev.pop(key, None)
         self.history.pop(key, None)
+        series = self.series.pop(key, None)
         spans = self.spans.pop(key, {})
         self.n_open.pop(key, None)
         out = []
+        if series:
+            self.series[key] = series  # for these last finalisations only
         for span in spans.values():
             row = span.row
             if not span.ended:
@@ -341,6 +379,7 @@ class Correlator:
                 span.start_estimated = True
                 span.start_bounds = _thread_cpu_bounds(None, prev, row.start_ns, row.tid)
             out.append(self._finalize(key, span, vals, None, prev))
+        self.series.pop(key, None)
         self._cache_pair, self._cache = (None, None), {}
         if out:
             self.emit(out)
@@ -362,7 +401,48 @@ class Correlator:
                 out[f"dev_{name}_max"] = _round(max(vals))
         if out:
             out["dev_samples"] = len(inside)
+        got = series_energy(self.series.get(key, {}), begin_ns, end_ns)
+        if got is not None:
+            out.update(got)
+            out["gpu_energy_window"] = "device"
         return out
+
+
+def _covered(series: dict[str, PowerSeries], row: SpanRow) -> bool:
+    end = row.dev_end_ns if row.dev_end_ns is not None else row.end_ns
+    return all(s.covered(end) for s in series.values())
+
+
+def series_energy(series: Mapping[str, PowerSeries], a: int, b: int) -> dict[str, Any] | None:
+    """Energy over [a, b] from a process's power series (one per GPU), with its resolution."""
+    if not series or b < a:
+        return None
+    mj = err = 0.0
+    n = None
+    ext = 0
+    for s in series.values():
+        got = s.integrate(a, b, scale=1.0)  # the sampler already applied the calibration
+        if got is None:
+            continue
+        mj += got.mj
+        err += got.err_mj
+        n = got.samples if n is None else min(n, got.samples)
+        ext = max(ext, got.extrapolated_ns)
+    if n is None:
+        return None
+    out: dict[str, Any] = {
+        "gpu_energy_j": _round(mj / 1000.0),
+        "gpu_energy_err_j": _round(err / 1000.0),
+        "gpu_energy_source": "power_samples",
+        "gpu_power_samples": n,
+    }
+    if b > a:
+        out["gpu_avg_power_w"] = _round(mj / ((b - a) / 1e9) / 1000.0)
+    if ext:
+        out["gpu_energy_extrapolated_ms"] = _round(ext / 1e6)
+    if n == 0:
+        out["gpu_energy_subres"] = True  # shorter than the sample period: see the phase estimator
+    return out
 
 
 def _thread_cpu_bounds(prev: Snapshot | None, cur: Snapshot, t_ns: int, tid: int) -> edge_cpu.Bounds | None:

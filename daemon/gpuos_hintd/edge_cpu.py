@@ -102,9 +102,11 @@ def apply(
     window: Bounds = (0.0, dur)
     guess = signals.get("thread_cpu_ns")
     if ru_begin is None or ru_end is None:
+        if guess is None:
+            return  # no thread CPU at all (no /proc sampler): nothing to qualify
         signals["cpu_exact"] = False
         iv = _cut(window, sampled)
-        if iv is not None and guess is not None:
+        if iv is not None:
             p = _point(iv[0], iv[1], guess, guess)
             signals["thread_cpu_ns"] = round(p)
             signals["thread_cpu_ns_err"] = round(max(p - iv[0], iv[1] - p))
