@@ -130,8 +130,8 @@ def test_span_waits_for_the_series_to_reach_its_end_then_uses_the_device_interva
     (r,) = out
     s = r.signals
     assert s["gpu_energy_window"] == "device"
-    # 100 W from 60 to 80 ms, then 100 -> 200 W at 90 ms: 2 J + 1.5 J = 3.5 J... in mJ: 2.0 + 1.5
-    assert s["gpu_energy_j"] == pytest.approx(3.5, abs=1e-6)
+    # A sample is the mean over the period ending at it: 100 W over 60-80 ms, 300 W over 80-90 ms.
+    assert s["gpu_energy_j"] == pytest.approx(2.0 + 3.0, abs=1e-6)
 
 
 def test_nvml_sampler_reads_power_samples_and_calibrates(tmp_path):

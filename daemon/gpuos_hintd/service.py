@@ -23,6 +23,8 @@ from . import __version__, procfs
 from .clients import Client, Rejected, TokenBucket, describe_process, is_alive, verify_peer
 from .config import Config
 from .correlate import Correlator
+from .phase_energy import MARK_NAME as PHASE_ENERGY_MARK
+from .phase_energy import PhaseEnergy, SpanIv
 from .phase_stats import PhaseStats
 from .samplers.base import Metric, NullSampler, ProcKey, Sampler, Target
 from .sampling import SampleResult, SamplerState, SamplingWorker
@@ -33,6 +35,13 @@ log = structlog.get_logger("gpuos_hintd.service")
 DEVICE_MARK = "__device__"
 RECENT_EXITED = 32
 SpanSink = Callable[[list[SpanRow]], None]
+
+
+def _span_iv(row: SpanRow, ended: bool) -> SpanIv:
+    """A span's interval for the phase-energy fit: device interval if recorded, else host; open: None end."""
+    if row.dev_start_ns is not None and row.dev_end_ns is not None:
+        return SpanIv(row.span_id, row.parent_span_id, row.path, row.dev_start_ns, row.dev_end_ns)
+    return SpanIv(row.span_id, row.parent_span_id, row.path, row.start_ns, row.end_ns if ended else None)
 
 
 def _ru(ev: list[Any], index: int) -> tuple[int, ...] | None:
@@ -67,6 +76,7 @@ class HintService:
         #: Called on the daemon's thread after every sampling tick (metrics, exporters).
         self.tick_hooks: list[Callable[[HintService], None]] = []
         self.phase_stats = PhaseStats()
+        self.phase_energy = PhaseEnergy()
         self.correlator = Correlator({}, self._on_spans)
         for s in samplers:
             self.add_sampler(s)
@@ -301,6 +311,7 @@ class HintService:
             open_span.row.dev_start_ns, open_span.row.dev_end_ns = begin, end
             return
         self.counters["device_intervals_late"] += 1
+        self.phase_energy.device(c.key, span_id, begin, end)
         if self.store is not None:
             sig = self.correlator.device_signals(c.key, begin, end)
             self.store.submit(
@@ -386,6 +397,13 @@ class HintService:
             if key not in self.clients:
                 continue  # reaped while it was being sampled
             self.correlator.on_sample(key, now, ps)
+            series = self.correlator.series.get(key)
+            if series:
+                live = (_span_iv(sp.row, sp.ended) for sp in self.correlator.spans.get(key, {}).values())
+                attrs = self.phase_energy.advance(key, now, series, live)
+                if attrs:
+                    mark = MarkRow(self.boot_id, key.pid, key.start, 0, now, wall, PHASE_ENERGY_MARK, attrs)
+                    self._marks.append(mark)
             if self.config.store_samples and now - self._stored_at.get(key, 0) >= self._store_every_ns:
                 self._stored_at[key] = now
                 rows.append(SampleRow(self.boot_id, key.pid, key.start, 0, now, wall, ps.values))
@@ -442,6 +460,11 @@ class HintService:
         self.counters["spans_closed"] += len(rows)
         for row in rows:
             self.phase_stats.add(row)
+            if row.signals.get("gpu_energy_source") == "power_samples":
+                iv = _span_iv(row, True)
+                self.phase_energy.on_span(
+                    ProcKey(row.pid, row.pid_start), row.span_id, row.parent_span_id, row.path, iv.a, iv.b or iv.a
+                )
         if self.store is not None:
             self.store.submit("spans", rows)
         for sink in self.sinks:
@@ -462,6 +485,12 @@ class HintService:
             last = self.correlator.prev.get(key)
             at = max(c.last_seen_mono_ns, last.t_ns if last else 0)
             closed = self.correlator.close_process(key, "abandoned", at)
+            attrs = self.phase_energy.forget(key)
+            if attrs:
+                mono = time.monotonic_ns()
+                self._marks.append(
+                    MarkRow(self.boot_id, key.pid, key.start, 0, mono, self._wall(c, mono), PHASE_ENERGY_MARK, attrs)
+                )
             abandoned = sum(1 for r in closed if r.status == "abandoned")
             reason = "exited" if c.said_bye else "died"
             self.counters["clients_exited"] += 1

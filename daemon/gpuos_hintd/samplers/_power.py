@@ -8,7 +8,11 @@ NVML_TOTAL_POWER_SAMPLES, last_ts)``); integrating them over a span's own
 interval gives the span its energy at 20 ms resolution, whatever the daemon's
 tick rate, so it cannot alias with the counter's update period.
 
-The samples are read as a piecewise-linear power curve.  Their integral is
+Each sample is read as the mean power over the period that ends at its
+timestamp (a step curve, value ``w_i`` on ``(t_{i-1}, t_i]``): the driver's
+samples are averages over its sampling period, not instants.  (If they were
+instants, this shifts energy by up to half a period; the H200 script checks
+span energy against isolated-phase truth either way.)  Their integral is
 calibrated against the energy counter over long windows (>= ``CAL_MIN_NS``
 between two observed counter changes): ``scale = d(counter) / integral``, kept
 and reported, so that span energies add up to what the counter says.
@@ -72,7 +76,7 @@ class PowerSeries:
             if self._t and t <= self._t[-1]:
                 continue
             if self._t:
-                self._cum.append(self._cum[-1] + (self._w[-1] + w) / 2.0 * (t - self._t[-1]) / 1e9)
+                self._cum.append(self._cum[-1] + w * (t - self._t[-1]) / 1e9)
             else:
                 self._cum.append(0.0)
             self._t.append(t)
@@ -88,12 +92,10 @@ class PowerSeries:
         ts = self._t
         i = bisect.bisect_right(ts, t)
         if i == 0:
-            return self._cum[0] - self._w[0] * (ts[0] - t) / 1e9
+            return self._cum[0] - self._w[0] * (ts[0] - t) / 1e9  # before the first: held
         if i == len(ts):
             return self._cum[-1] + self._w[-1] * (t - ts[-1]) / 1e9
-        t0, t1, w0, w1 = ts[i - 1], ts[i], self._w[i - 1], self._w[i]
-        w = w0 + (w1 - w0) * (t - t0) / (t1 - t0)
-        return self._cum[i - 1] + (w0 + w) / 2.0 * (t - t0) / 1e9
+        return self._cum[i - 1] + self._w[i] * (t - ts[i - 1]) / 1e9
 
     def _edge_err(self, t: int) -> float:
         ts = self._t
@@ -117,6 +119,17 @@ class PowerSeries:
         if ext:  # held power: the power may have gone anywhere between idle and the peak seen
             err += max(self._w) * ext / 2.0 / 1e9
         return Integral(raw * s, err * s, inside, ext)
+
+    def windows(self, after: int, upto: int) -> list[tuple[int, int, float]]:
+        """(t0, t1, mJ) of each interval between consecutive samples with after < t1 <= upto."""
+        ts, ws = self._t, self._w
+        i = max(bisect.bisect_right(ts, after), 1)
+        out = []
+        while i < len(ts) and ts[i] <= upto:
+            t0, t1 = ts[i - 1], ts[i]
+            out.append((t0, t1, ws[i] * (t1 - t0) / 1e9))
+            i += 1
+        return out
 
     def covered(self, t: int) -> bool:
         return bool(self._t) and self._t[-1] >= t
