@@ -9,35 +9,35 @@
 Fail-open by design: with no daemon, a slow one or a restarted one, nothing
 here blocks or raises into your program; dropped hints are counted
 (``stats()``, ``last_error()``).  Imports only the standard library, pyzmq
-and msgpack (the latter two lazily, on the sender thread).
-Environment: GPUOS_HINT_ENDPOINT, GPUOS_HINT_DISABLE=1.
+and msgpack.  Environment: GPUOS_HINT_ENDPOINT, GPUOS_HINT_DISABLE=1
+(docs/client.md lists every knob).
 """
 
+from ._runtime import get_runtime as _get_runtime
 from .api import CLASSES, current_phase, flush, last_error, mark, phase, stats, workload_class
 
 __version__ = "0.1.0"
 
 
-def _start_early() -> None:
-    """Start the sender now, in the background, so that its imports (zmq,
-    msgpack) and the hello to the daemon happen while the program is still
-    starting up - not inside its first phase.  GPUOS_HINT_LAZY=1 defers it.
-    The daemon and gpuos-hintctl import this package for its protocol and
-    config modules only: they never hint, so nothing starts in them."""
-    import os
-    import sys
+def _prepare() -> None:
+    """Make the runtime (no thread, no socket) and import what the sender needs.
 
-    if "gpuos_hintd" in sys.modules:
+    The sender thread starts at the first hint, not here.  pyzmq and msgpack are
+    imported now, in the importing thread, so that no thread is ever importing
+    them when the program forks: a child forked at any moment (even right after
+    ``import gpuos_client``) finds them whole and builds its own sender.
+    """
+    rt = _get_runtime()
+    if rt.disabled:
         return
-    if os.environ.get("GPUOS_HINT_LAZY", "") in ("", "0"):
-        from ._runtime import get_runtime
+    try:
+        import msgpack  # noqa: F401
+        import zmq  # noqa: F401
+    except ImportError as exc:  # fail open: the first hint finds out and counts it
+        rt.last_error = f"pyzmq/msgpack not importable: {exc}"
 
-        rt = get_runtime()
-        if not rt.disabled:
-            rt.wake()
 
-
-_start_early()
+_prepare()
 __all__ = [
     "CLASSES",
     "current_phase",

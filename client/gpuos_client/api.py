@@ -9,17 +9,15 @@ the developer should see - but nothing at run time ever raises.
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import inspect
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
-from . import _runtime as _rtmod
 from . import protocol as P
-from ._runtime import get_runtime
+from ._runtime import CURRENT as _current
+from ._runtime import get_runtime, impl
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,28 +37,7 @@ CLASSES: Final = frozenset(
     }
 )
 
-# The innermost open phase in this context: (span_id, depth, scoped class,
-# the enclosing state, tid).  A linked stack in a ContextVar: each thread and
-# each asyncio task sees its own, and exit restores the parent without a Token.
-_ROOT: Final = (0, 0, None, None, 0)
-_current: contextvars.ContextVar[tuple[Any, ...]] = contextvars.ContextVar("gpuos_phase", default=_ROOT)
-_MAX_DEPTH: Final = P.LIMITS.max_depth
-_BEGIN: Final = P.PHASE_BEGIN
-_END: Final = P.PHASE_END
-
 _monotonic_ns = time.monotonic_ns
-_get_native_id = threading.get_native_id
-# gettid() is a syscall (~0.2 us); a thread-local cache makes it ~0.04 us.
-# The fork hook clears it, since the child's thread has a new tid.
-_tls = _rtmod.tls
-
-
-def _tid() -> int:
-    try:
-        return _tls.tid  # type: ignore[no-any-return]
-    except AttributeError:
-        tid = _tls.tid = _get_native_id()
-        return tid
 
 
 def _checked(name: str, what: str = "name") -> str:
@@ -79,78 +56,23 @@ def _checked_attrs(attrs: dict[str, Any]) -> dict[str, Any] | None:
         raise ValueError(str(exc)) from None
 
 
-class phase:
+class phase(impl.Phase):  # type: ignore[misc,name-defined]
     """A named phase of the program: a context manager, and a decorator.
 
     ``with phase("prefill", batch=8): ...`` sends phase_begin/phase_end hints
     with the thread id and CLOCK_MONOTONIC timestamps.  Phases nest per thread
     and per asyncio task (contextvars), so concurrent tasks never see each
-    other's phases.  ``device=True`` also records CUDA events at the edges, so
-    the daemon learns when the GPU actually ran the phase.
+    other's phases.  ``device=True`` also records CUDA events at the edges
+    (torch.cuda.Event when torch is loaded, else CuPy), so the daemon learns
+    when the GPU actually ran the phase.
 
-    The object can be re-entered and used from several threads at once: state
-    for each entry lives on a small per-object stack, not in fixed slots.
+    Enter and exit are implemented in C (``_cphase``) when the extension is
+    built, else in Python (``_phase_py``); names are validated once and cached.
+    The object can be re-entered and used from several threads at once: the
+    state of each entry lives in the context, not on the object.
     """
 
-    __slots__ = ("attrs", "device", "name")
-
-    def __init__(self, name: str, /, *, device: bool = False, **attrs: Any) -> None:
-        self.name = _checked(name)
-        self.attrs = _checked_attrs(attrs)
-        self.device = device
-
-    def __enter__(self) -> phase:
-        rt = _rtmod._runtime or get_runtime()
-        if rt.disabled:
-            return self
-        cur = _current.get()
-        if cur[1] >= _MAX_DEPTH:
-            rt.drop("too_deep")
-            return self
-        try:
-            tid = _tls.tid
-        except AttributeError:
-            tid = _tid()
-        sid = next(rt.ids)
-        ev = (_BEGIN, _monotonic_ns(), tid, sid, cur[0], self.name, cur[2], self.attrs)
-        rt.open[sid] = ev
-        # rt.push(ev), inlined: this is the hot path.
-        buf = rt.buf
-        if len(buf) < rt.max_buffered:
-            buf.append(ev)
-            if rt.sleeping:
-                rt.wake()
-        else:
-            rt.full_drops += 1
-        _current.set((sid, cur[1] + 1, cur[2], cur, tid))
-        if self.device:
-            from .device import begin
-
-            begin(rt, sid)
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        cur = _current.get()
-        sid = cur[0]
-        if not sid:
-            return  # disabled, too deep, or exited in another context than entered
-        _current.set(cur[3])
-        rt = _rtmod._runtime or get_runtime()
-        if rt.open.pop(sid, None) is None:
-            return  # opened before a fork, in the parent: the parent reports it
-        # A with-block ends on the thread it began on: reuse the tid from enter.
-        ev = (_END, _monotonic_ns(), cur[4], sid, "error" if exc_type else "ok", None)
-        buf = rt.buf
-        if len(buf) < rt.max_buffered:
-            buf.append(ev)
-            if rt.sleeping:
-                rt.wake()
-        else:
-            rt.full_drops += 1
-        if self.device:
-            from .device import end
-
-            end(rt, sid)
+    __slots__ = ()
 
     def __call__(self, fn: F) -> F:
         """Decorate a function (sync or async): each call runs inside a fresh phase."""
@@ -226,16 +148,22 @@ def mark(name: str, /, **attrs: Any) -> None:
     rt = get_runtime()
     if rt.disabled:
         return
-    rt.push((P.MARK, _monotonic_ns(), _tid(), _checked(name), _checked_attrs(attrs)))
+    rt.push((P.MARK, _monotonic_ns(), impl.tid(), _checked(name), _checked_attrs(attrs)))
 
 
 def current_phase() -> int:
     """The span id of the innermost open phase in this context (0 if none)."""
-    return _current.get()[0]
+    return _current.get()[0]  # type: ignore[no-any-return]
 
 
 def stats() -> dict[str, Any]:
-    """Counters of this process's client: sent, dropped (by reason), buffered, errors."""
+    """This process's hint accounting.
+
+    ``handed``: events ZeroMQ took onto a live connection; ``delivered``: events
+    the daemon acknowledged; ``undelivered``: handed but not (yet) acknowledged;
+    ``rejected``: refused by the daemon (``rejected_by_reason``); ``dropped``:
+    never left this process (``dropped_by_reason``); ``buffered``: waiting here.
+    """
     return get_runtime().stats()
 
 
@@ -245,19 +173,9 @@ def last_error() -> str | None:
 
 
 def flush(timeout: float = 1.0) -> bool:
-    """Wait (bounded) until buffered hints have been handed to ZeroMQ.
+    """Wait (bounded) until every buffered hint was delivered (acknowledged by the daemon).
 
-    For tests and short scripts; the hot path never needs it.  True if the
-    buffer drained in time.
+    For tests and short scripts; the hot path never needs it.  False when the
+    daemon did not acknowledge everything in time (or there is none).
     """
-    rt = get_runtime()
-    if rt.disabled:
-        return True
-    if rt.buf or rt._class_pending:
-        rt.wake()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not rt.buf and rt._pending is None and rt._class_pending is None:
-            return True
-        time.sleep(0.001)
-    return False
+    return get_runtime().flush(timeout)

@@ -82,27 +82,38 @@ def _env_float(name: str, default: float) -> float:
         return default
 
 
+def _env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.lower() not in ("0", "false", "no", "off")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class ClientConfig:
-    """Client tuning.  Defaults are what the benchmarks were measured with."""
+    """Client tuning.  Defaults are what the benchmarks were measured with (docs/benchmarks.md)."""
 
     endpoint: str
     disabled: bool = False
     max_buffered: int = 65536  # events held in-process before new ones are dropped (counted)
-    batch_size: int = 256  # events per message
-    flush_interval_s: float = 0.002  # sender period while events flow
-    idle_after_s: float = 0.1  # no events this long -> sender sleeps until woken or heartbeat
-    heartbeat_s: float = 1.0
-    sndhwm: int = 1000  # messages queued in libzmq (x batch_size events)
-    exit_flush_s: float = 0.25  # bounded wait at interpreter exit for undelivered hints
+    batch_size: int = 1024  # events per message (the daemon takes up to 4096 and 1 MiB)
+    batch_wake: int = 4096  # buffered events that end a batching window early
+    flush_interval_s: float = 0.05  # batching window while events flow (a sparse hint goes at once)
+    heartbeat_s: float = 1.0  # while phases are open
+    sndhwm: int = 1000  # messages queued in libzmq
+    exit_flush_s: float = 0.25  # bounded wait at exit for the daemon to acknowledge what is left
+    rusage: bool = True  # read thread/process CPU counters at phase edges (exact per-span CPU)
+    rusage_min_ns: int = 20_000  # at most one reading per thread per this many ns (others reuse it)
 
     @classmethod
     def from_env(cls) -> ClientConfig:
         return cls(
             endpoint=client_endpoint(),
-            disabled=os.environ.get(ENV_DISABLE, "") not in ("", "0", "false", "no"),
-            max_buffered=int(_env_float("GPUOS_HINT_MAX_BUFFERED", 65536)),
-            flush_interval_s=_env_float("GPUOS_HINT_FLUSH_MS", 2.0) / 1000,
-            heartbeat_s=_env_float("GPUOS_HINT_HEARTBEAT_S", 1.0),
-            exit_flush_s=_env_float("GPUOS_HINT_EXIT_FLUSH_MS", 250.0) / 1000,
+            disabled=_env_bool(ENV_DISABLE, False),
+            max_buffered=max(1024, int(_env_float("GPUOS_HINT_MAX_BUFFERED", 65536))),
+            flush_interval_s=max(0.0005, _env_float("GPUOS_HINT_FLUSH_MS", 50.0) / 1000),
+            heartbeat_s=max(0.05, _env_float("GPUOS_HINT_HEARTBEAT_S", 1.0)),
+            exit_flush_s=max(0.0, _env_float("GPUOS_HINT_EXIT_FLUSH_MS", 250.0) / 1000),
+            rusage=_env_bool("GPUOS_HINT_RUSAGE", True),
+            rusage_min_ns=int(max(0.0, _env_float("GPUOS_HINT_RUSAGE_MIN_US", 20.0)) * 1000),
         )

@@ -1,12 +1,19 @@
-"""Device-side timing of phases with CUDA events (CuPy), off the hot path.
+"""Device-side timing of phases with CUDA events, off the hot path.
 
 ``phase(..., device=True)`` records a CUDA event on the current stream at
 enter and at exit.  The host interval is known at once; the device interval
-is only known once the GPU reaches the events, so the sender thread polls
-``Event.query()`` (never synchronises) and, when both have completed, sends a
-MARK ``__device__`` event carrying the span's device begin/end on the host's
-CLOCK_MONOTONIC.  The conversion uses an *anchor*: an event whose completion
-time on the host clock is known to within the sender's polling period.
+only once the GPU reaches the events, so the sender thread polls the events
+(never synchronises) and, when both have completed, sends a MARK
+``__device__`` carrying the span's device begin/end on the host's
+CLOCK_MONOTONIC.  The conversion uses an *anchor*: an event recorded on a
+private non-blocking stream, whose completion time on the host clock is known
+to within a few microseconds.
+
+Backends: ``torch.cuda.Event`` when the program has imported torch (PyTorch
+programs have no CuPy), else CuPy.  When neither is usable the first
+device-timed phase says why once (``last_error``) and device timing switches
+itself off (``core.device_ok = 0``), so later ``device=True`` phases cost what
+a plain phase costs.
 
 Why: host and device time diverge by orders of magnitude on a GPU (DESIGN
 section 10: 3 s of host-side enqueueing kept an H100 busy for 24.8 s).
@@ -14,107 +21,191 @@ section 10: 3 s of host-side enqueueing kept an H100 busy for 24.8 s).
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from typing import Any
 
+from . import _runtime
 from . import protocol as P
 
 DEVICE_MARK = "__device__"
-_ANCHOR_REFRESH_S = 1.0  # cheap (microseconds), so clocks never drift apart
+_ANCHOR_REFRESH_S = 1.0  # cheap (microseconds), so the clocks never drift apart
 _MAX_PENDING = 4096
 
-_anchor_lock = threading.Lock()
-_anchor: tuple[Any, int] | None = None  # (cupy Event, host monotonic ns when it completed)
+
+class _Backend:
+    """The few CUDA-event operations device timing needs, for one library."""
+
+    name = "none"
+
+    def record(self) -> Any:  # an event recorded on the current stream
+        raise NotImplementedError
+
+    def done(self, ev: Any) -> bool:
+        raise NotImplementedError
+
+    def elapsed_ms(self, a: Any, b: Any) -> float:
+        raise NotImplementedError
+
+    def anchor_event(self) -> Any:  # an event on a private non-blocking stream
+        raise NotImplementedError
+
+
+class _TorchBackend(_Backend):
+    name = "torch"
+
+    def __init__(self, torch: Any) -> None:
+        self.torch = torch
+        self.stream = torch.cuda.Stream()  # created non-blocking w.r.t. other streams' work
+
+    def record(self) -> Any:
+        ev = self.torch.cuda.Event(enable_timing=True)
+        ev.record()
+        return ev
+
+    def done(self, ev: Any) -> bool:
+        return bool(ev.query())
+
+    def elapsed_ms(self, a: Any, b: Any) -> float:
+        return float(a.elapsed_time(b))
+
+    def anchor_event(self) -> Any:
+        ev = self.torch.cuda.Event(enable_timing=True)
+        ev.record(self.stream)
+        return ev
+
+
+class _CupyBackend(_Backend):
+    name = "cupy"
+
+    def __init__(self, cp: Any) -> None:
+        self.cp = cp
+        self.stream = cp.cuda.Stream(non_blocking=True)
+
+    def record(self) -> Any:
+        ev = self.cp.cuda.Event()
+        ev.record()
+        return ev
+
+    def done(self, ev: Any) -> bool:
+        return bool(ev.done)
+
+    def elapsed_ms(self, a: Any, b: Any) -> float:
+        return float(self.cp.cuda.get_elapsed_time(a, b))
+
+    def anchor_event(self) -> Any:
+        ev = self.cp.cuda.Event()
+        ev.record(self.stream)
+        return ev
+
+
+_backend_lock = threading.Lock()
+_backend: _Backend | None = None
+_backend_why: str | None = None
+_backend_probed = False
+_anchor: tuple[Any, int] | None = None  # (event, host monotonic ns when it completed)
 _anchor_made = 0.0
-_anchor_stream: Any = None
 
 
-def _cupy() -> Any | None:
+def _probe() -> tuple[_Backend | None, str | None]:
+    torch = sys.modules.get("torch")
+    reasons = []
+    if torch is not None:
+        try:
+            if torch.cuda.is_available():
+                return _TorchBackend(torch), None
+            reasons.append("torch.cuda.is_available() is False")
+        except Exception as exc:
+            reasons.append(f"torch.cuda: {type(exc).__name__}: {exc}")
     try:
         import cupy
 
-        return cupy
-    except Exception:
-        return None
+        cupy.cuda.runtime.getDeviceCount()
+        return _CupyBackend(cupy), None
+    except Exception as exc:
+        reasons.append(f"cupy: {type(exc).__name__}: {str(exc)[:120]}")
+    return None, "device timing off (no usable CUDA): " + "; ".join(reasons)
 
 
-def record_event() -> Any | None:
-    """Record a CUDA event on the current stream; None when CuPy/CUDA is unusable."""
-    cp = _cupy()
-    if cp is None:
-        return None
-    try:
-        ev = cp.cuda.Event()
-        ev.record()
-        return ev
-    except Exception:
-        return None
+def backend() -> _Backend | None:
+    """The backend, probed once per process (a forked child probes again)."""
+    global _backend, _backend_why, _backend_probed
+    if not _backend_probed:
+        with _backend_lock:
+            if not _backend_probed:
+                _backend, _backend_why = _probe()
+                _backend_probed = True
+    return _backend
 
 
-def _fresh_anchor(cp: Any) -> tuple[Any, int] | None:
-    """Record an event on a private non-blocking stream and spin until it completes.
-
-    A non-blocking stream does not wait for work queued on the default stream,
-    so the event completes within microseconds even on a busy GPU; the host
-    time taken right after ``query()`` turns true is its completion time on
-    CLOCK_MONOTONIC, to within the polling step.
-    """
-    global _anchor_stream
-    if _anchor_stream is None:
-        _anchor_stream = cp.cuda.Stream(non_blocking=True)
-    ev = cp.cuda.Event()
-    ev.record(_anchor_stream)
-    deadline = time.monotonic_ns() + 50_000_000
-    while time.monotonic_ns() < deadline:
-        if ev.done:
-            return ev, time.monotonic_ns()
-    return None
+def _reset_after_fork() -> None:
+    global _backend_lock, _backend, _backend_probed, _anchor
+    _backend_lock = threading.Lock()
+    _backend, _backend_probed, _anchor = None, False, None
 
 
-def _get_anchor(cp: Any) -> tuple[Any, int] | None:
-    global _anchor, _anchor_made
-    with _anchor_lock:
-        if _anchor is None or time.monotonic() - _anchor_made > _ANCHOR_REFRESH_S:
-            new = _fresh_anchor(cp)
-            if new is not None:
-                _anchor, _anchor_made = new, time.monotonic()
-        return _anchor
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def begin(rt: Any, span_id: int) -> None:
+def begin(rt: _runtime.Runtime, span_id: int) -> None:
     """At phase enter: record the start event (kept until the phase exits)."""
-    ev = record_event()
-    if ev is None:
+    b = backend()
+    if b is None:
+        rt.core.device_ok = 0  # from now on device=True costs what a plain phase costs
         rt.drop("no_cuda")
+        rt.last_error = _backend_why
         return
-    rt._device_open[span_id] = ev
+    try:
+        rt._device_open[span_id] = b.record()
+    except Exception as exc:
+        rt.drop("device_timing_error")
+        rt.last_error = f"device timing: {type(exc).__name__}: {exc}"
 
 
-def end(rt: Any, span_id: int) -> None:
+def end(rt: _runtime.Runtime, span_id: int) -> None:
     """At phase exit: record the end event; the sender resolves the pair later."""
     start_ev = rt._device_open.pop(span_id, None)
-    if start_ev is None:
+    b = _backend
+    if start_ev is None or b is None:
         return
-    end_ev = record_event()
-    if end_ev is not None:
-        add_pending(rt, span_id, start_ev, end_ev)
-
-
-def add_pending(rt: Any, span_id: int, start_ev: Any, end_ev: Any) -> None:
+    try:
+        end_ev = b.record()
+    except Exception as exc:
+        rt.drop("device_timing_error")
+        rt.last_error = f"device timing: {type(exc).__name__}: {exc}"
+        return
     if len(rt._device_pending) >= _MAX_PENDING:
         rt.drop("device_pending_full")
         return
     rt._device_pending.append((span_id, start_ev, end_ev))
-    if rt.sleeping:
-        rt.wake()
 
 
-def collect_device_times(rt: Any) -> list[tuple[Any, ...]]:
+def _fresh_anchor(b: _Backend) -> tuple[Any, int] | None:
+    """Spin (bounded) until an event on the private stream completes: its host time."""
+    ev = b.anchor_event()
+    deadline = time.monotonic_ns() + 50_000_000
+    while time.monotonic_ns() < deadline:
+        if b.done(ev):
+            return ev, time.monotonic_ns()
+    return None
+
+
+def _get_anchor(b: _Backend) -> tuple[Any, int] | None:
+    global _anchor, _anchor_made
+    if _anchor is None or time.monotonic() - _anchor_made > _ANCHOR_REFRESH_S:
+        new = _fresh_anchor(b)
+        if new is not None:
+            _anchor, _anchor_made = new, time.monotonic()
+    return _anchor
+
+
+def collect_device_times(rt: _runtime.Runtime) -> list[tuple[Any, ...]]:
     """Called by the sender: turn completed event pairs into __device__ marks."""
-    cp = _cupy()
+    b = _backend
     pending = rt._device_pending
-    if cp is None or not pending:
+    if b is None or not pending:
         pending.clear()
         return []
     out: list[tuple[Any, ...]] = []
@@ -124,17 +215,17 @@ def collect_device_times(rt: Any) -> list[tuple[Any, ...]]:
     for item in taken:
         span_id, start_ev, end_ev = item
         try:
-            if not end_ev.done:
+            if not b.done(end_ev):
                 keep.append(item)
                 continue
             if anchor is None:
-                anchor = _get_anchor(cp)
+                anchor = _get_anchor(b)
             if anchor is None:
                 keep.append(item)
                 continue
             a_ev, a_ns = anchor
-            begin = a_ns + int(cp.cuda.get_elapsed_time(a_ev, start_ev) * 1e6)
-            end = a_ns + int(cp.cuda.get_elapsed_time(a_ev, end_ev) * 1e6)
+            dev_begin = a_ns + int(b.elapsed_ms(a_ev, start_ev) * 1e6)
+            dev_end = a_ns + int(b.elapsed_ms(a_ev, end_ev) * 1e6)
         except Exception as exc:
             rt.drop("device_timing_error")
             rt.last_error = f"device timing: {type(exc).__name__}: {exc}"
@@ -142,10 +233,10 @@ def collect_device_times(rt: Any) -> list[tuple[Any, ...]]:
         out.append(
             (
                 P.MARK,
-                end,
-                threading.get_native_id(),
+                dev_end,
+                _runtime.impl.tid(),
                 DEVICE_MARK,
-                {"span": span_id, "dev_begin_ns": max(begin, 0), "dev_end_ns": max(end, 0)},
+                {"span": span_id, "dev_begin_ns": max(dev_begin, 0), "dev_end_ns": max(dev_end, 0), "via": b.name},
             )
         )
     pending.extend(keep)

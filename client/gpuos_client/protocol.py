@@ -29,8 +29,11 @@ SUPPORTED_VERSIONS: Final = frozenset({1})
 
 # --- event kinds (first item of every event array) ----------------------------
 HELLO: Final = 0  # [0, t, tid, info:map]
-PHASE_BEGIN: Final = 1  # [1, t, tid, span_id, parent_id, name, cls|nil, attrs|nil]
-PHASE_END: Final = 2  # [2, t, tid, span_id, status, attrs|nil]
+PHASE_BEGIN: Final = 1  # [1, t, tid, span_id, parent_id, name, cls|nil, attrs|nil, ru|nil]
+PHASE_END: Final = 2  # [2, t, tid, span_id, status, attrs|nil, ru|nil]
+# ru (v1.1, appended): [t_read_ns, thread_cpu_ns, proc_cpu_ns, nvcsw, nivcsw, minflt, majflt], the
+# edge thread's getrusage(RUSAGE_THREAD) and the process CPU clock, read at t_read_ns <= t (a reading
+# may be reused within GPUOS_HINT_RUSAGE_MIN_US): thread CPU at the edge is in [cpu, cpu + t - t_read].
 MARK: Final = 3  # [3, t, tid, name, attrs|nil]
 CLASS: Final = 4  # [4, t, tid, cls|nil]          process-wide workload class
 HEARTBEAT: Final = 5  # [5, t, tid, open:list[open_span], stats:map]
@@ -60,6 +63,9 @@ CLIENT_STATUSES: Final = frozenset({STATUS_OK, STATUS_ERROR})
 # --- daemon -> client replies (ROUTER -> DEALER), a msgpack map -------------
 REPLY_WELCOME: Final = "welcome"  # answer to hello: {"op","v","daemon","caps"}
 REPLY_RESYNC: Final = "resync"  # "I don't know you (restart?): send hello+heartbeat"
+#: Answer to every batch from an admitted client: {"op","seq","ok","bad","why"?}: events
+#: accepted and refused.  The client's "delivered" count is the sum of "ok".
+REPLY_ACK: Final = "ack"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -112,6 +118,26 @@ def encode_batch(pid: int, pid_start: int, seq: int, dropped: int, events: Seque
         {"v": VERSION, "pid": pid, "pst": pid_start, "seq": seq, "drop": dropped, "ev": events},
         use_bin_type=True,
     )
+
+
+def encode_reply(reply: Mapping[str, Any]) -> bytes:
+    """Pack a daemon -> client reply (a small map)."""
+    import msgpack
+
+    return msgpack.packb(dict(reply), use_bin_type=True)
+
+
+def decode_reply(data: bytes) -> dict[str, Any] | None:
+    """Unpack a daemon -> client reply; None if it is not a small map with an "op"."""
+    import msgpack
+
+    if len(data) > 65536:
+        return None
+    try:
+        msg = msgpack.unpackb(data, raw=False, max_map_len=64, max_array_len=64, max_str_len=4096, max_bin_len=4096)
+    except Exception:
+        return None
+    return msg if isinstance(msg, dict) and isinstance(msg.get("op"), str) else None
 
 
 def decode_batch(data: bytes, limits: Limits = LIMITS) -> Batch:

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import structlog
 from gpuos_client import protocol as P
 
@@ -124,10 +123,19 @@ class HintService:
         self.counters["messages"] += 1
         try:
             batch = P.decode_batch(data, self.limits)
+        except P.ProtocolError as exc:
+            self._reject(exc.reason, exc.detail, peer, n=1)
+            return []
+        try:
             client = self._admit(batch, peer, routing_id)
         except (P.ProtocolError, Rejected) as exc:
             self._reject(exc.reason, exc.detail, peer, n=1)
-            return []
+            # The sender learns that (and why) its events were refused: its stats say so.
+            return [
+                P.encode_reply(
+                    {"op": P.REPLY_ACK, "seq": batch.seq, "ok": 0, "bad": len(batch.events), "why": exc.reason}
+                )
+            ]
         replies: list[bytes] = []
         if batch.seq != client.last_seq + 1 and client.last_seq:
             client.seq_gaps += 1
@@ -139,16 +147,15 @@ class HintService:
         check_fields = P.check_fields
         limits = self.limits
         nev = 0
+        why = None
         for ev in batch.events:
             try:
                 kind, t_ns, tid = P.check_event(ev, limits)
                 check_fields(kind, ev, limits)
                 out = handlers[kind](client, ev, t_ns, tid)
-            except P.ProtocolError as exc:
+            except (P.ProtocolError, Rejected) as exc:
                 self._reject(exc.reason, exc.detail, peer, n=1, unit="event")
-                continue
-            except Rejected as exc:
-                self._reject(exc.reason, exc.detail, peer, n=1, unit="event")
+                why = exc.reason
                 continue
             nev += 1
             if out:
@@ -162,8 +169,12 @@ class HintService:
             self._sample_now(due)
         if client.hello is None and client.batches == 1:
             # A client we never greeted: the daemon restarted under it.  Ask it to resync.
-            replies.append(msgpack.packb({"op": P.REPLY_RESYNC}))
+            replies.append(P.encode_reply({"op": P.REPLY_RESYNC}))
             self.counters["resync_requests"] += 1
+        ack = {"op": P.REPLY_ACK, "seq": batch.seq, "ok": nev, "bad": len(batch.events) - nev}
+        if why is not None:
+            ack["why"] = why
+        replies.append(P.encode_reply(ack))
         return replies
 
     def _admit(self, batch: P.Batch, peer: tuple[int, int, int] | None, routing_id: bytes) -> Client:
@@ -238,7 +249,7 @@ class HintService:
         info = dict(ev[3])
         c.hello = {k: info[k] for k in ("wall_ns", "mono_ns", "argv", "client", "proto", "python") if k in info}
         caps = {"op": P.REPLY_WELCOME, "v": P.VERSION, "daemon": __version__, "caps": ["device_marks"]}
-        return [msgpack.packb(caps)]
+        return [P.encode_reply(caps)]
 
     def _on_begin(self, c: Client, ev: list[Any], t: int, tid: int) -> None:
         corr = self.correlator

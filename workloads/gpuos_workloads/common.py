@@ -77,6 +77,14 @@ class Hints:
         return self._client.stats()
 
 
+def hint_summary(c: dict[str, Any]) -> str:
+    """One line of the client's own accounting (gpuos_client.stats()), in its words."""
+    return (
+        f"  hints:   {c['delivered']} events delivered, {c['undelivered']} undelivered, "
+        f"{c['dropped']} dropped, daemon {c['daemon'] or 'not seen'}"
+    )
+
+
 def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .common import Hints, Timer, base_parser, emit_summary, get_backend, progress
+from .common import Hints, Timer, base_parser, emit_summary, get_backend, hint_summary, progress
 
 
 def build_model(xp: Any, layers: int, hidden: int, vocab: int, seed: int) -> dict[str, Any]:
@@ -113,8 +113,7 @@ def render(s: dict[str, Any]) -> str:
         f"  wall:    {s['wall_s']:.3f} s",
     ]
     if s.get("client"):
-        c = s["client"]
-        lines.append(f"  hints:   {c['sent']} events sent, {c['dropped']} dropped, daemon {c['daemon'] or 'not seen'}")
+        lines.append(hint_summary(s["client"]))
     return "\n".join(lines)
 
 

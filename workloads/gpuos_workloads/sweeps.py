@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .common import Hints, base_parser, emit_summary, get_backend, progress
+from .common import Hints, base_parser, emit_summary, get_backend, hint_summary, progress
 
 CADENCE_GAPS_US = (0, 50, 200, 1000, 2000)
 SYNC_EVERY = (1, 4, 16, 64, 0)  # 0 = never (one sync at the end of the level)
@@ -123,8 +123,7 @@ def render(s: dict[str, Any]) -> str:
             f"  {lv['sweep']:9s} {knob:18s} {lv['s'] * 1e3:9.2f} ms  {lv['launches_per_s']:>12,.0f} launches/s"
         )
     if s.get("client"):
-        c = s["client"]
-        lines.append(f"  hints:   {c['sent']} events sent, {c['dropped']} dropped, daemon {c['daemon'] or 'not seen'}")
+        lines.append(hint_summary(s["client"]))
     return "\n".join(lines)
 
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import Hints, Timer, base_parser, emit_summary, get_backend, progress
+from .common import Hints, Timer, base_parser, emit_summary, get_backend, hint_summary, progress
 
 
 def make_dataset(root: Path, shards: int, rows: int, features: int, seed: int) -> list[Path]:
@@ -137,8 +137,7 @@ def render(s: dict[str, Any]) -> str:
         f"  loss {s['loss_first']:.4f} -> {s['loss_last']:.4f}",
     ]
     if s.get("client"):
-        c = s["client"]
-        lines.append(f"  hints:   {c['sent']} events sent, {c['dropped']} dropped, daemon {c['daemon'] or 'not seen'}")
+        lines.append(hint_summary(s["client"]))
     return "\n".join(lines)
 
 
