@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from gpuos_hintd import edge_cpu
 from gpuos_hintd.correlate import Correlator
 from gpuos_hintd.samplers.base import Metric, ProcKey, ProcSample
 from gpuos_hintd.store import SpanRow
@@ -100,6 +101,9 @@ def test_device_interval_signals_from_recent_history(corr):
 
 
 # ---------------------------------------------------------------- edge readings (ru)
+RES = edge_cpu.RUSAGE_RES_NS
+
+
 def ru(t_read, thread_cpu, proc_cpu=0, nvcsw=0, nivcsw=0, minflt=0, majflt=0):
     return (t_read, thread_cpu, proc_cpu, nvcsw, nivcsw, minflt, majflt)
 
@@ -123,7 +127,7 @@ def test_edge_readings_give_each_span_its_own_cpu(corr):
         assert s["cpu_exact"] is True
         want = 4 * MS if r.name == "hot" else 0
         assert s["thread_cpu_ns"] == want and s["proc_cpu_ns"] == want
-        assert s["thread_cpu_ns_err"] == 2_000 and s["proc_cpu_ns_err"] == 0
+        assert s["thread_cpu_ns_err"] == RES and s["proc_cpu_ns_err"] == 0
         assert s["cpu_user_ns"] + s.get("cpu_sys_ns", 0) == want  # the sampled split, rescaled
         assert s["ctx_vol"] == (0 if r.name == "hot" else 5)
         assert s["ctx_invol"] == (1 if r.name == "hot" else 0)
@@ -132,7 +136,7 @@ def test_edge_readings_give_each_span_its_own_cpu(corr):
 
 def test_reused_reading_bounds_the_span(corr):
     # The end edge reuses the begin's reading (taken 3 ms before the begin): the span's thread
-    # CPU lies in [d - 0, d + gap_end] cut to [0, duration]; the interpolated value is clamped in.
+    # CPU lies in [d - gap_begin, d + gap_end] cut to [0, duration].
     corr.on_sample(KEY, 0, sample(0, 10, thread_cpu=0))
     r0 = ru(7 * MS, 7 * MS, 7 * MS)
     corr.begin(KEY, row(1, 10 * MS), r0)
@@ -143,8 +147,8 @@ def test_reused_reading_bounds_the_span(corr):
     assert s["cpu_exact"] is False
     lo, hi = s["thread_cpu_ns"] - s["thread_cpu_ns_err"], s["thread_cpu_ns"] + s["thread_cpu_ns_err"]
     assert lo <= 5 * MS <= hi  # the true value (the thread spun all along) is inside the bound
-    assert s["thread_cpu_ns"] == 5 * MS  # interpolation said 5 ms, and it is allowed
-    assert "ctx_vol" not in s  # counts are not made up from a reused reading
+    assert s["thread_cpu_ns"] == 0  # the readings' own difference, with the gap as its bound
+    assert s["ctx_vol"] == 0 and s["ru_gap_ns"] == 3 * MS + 8 * MS  # counts between the readings, gap said
 
 
 def test_spans_without_readings_are_inexact_with_a_bound(corr):
@@ -169,3 +173,16 @@ def test_samples_tighten_the_bound_of_unread_spans(corr):
     corr.on_sample(KEY, 100 * MS, sample(100 * MS, 10, thread_cpu=100 * MS))
     (r,) = corr.out
     assert r.signals["thread_cpu_ns"] == 30 * MS and r.signals["thread_cpu_ns_err"] == 0
+
+
+def test_readings_that_the_wall_time_forbids_are_clamped_and_flagged(corr):
+    # getrusage said 1.3 ms of thread CPU in a 1 ms span: clamped to 1 ms, the bound says 0.3 ms.
+    corr.on_sample(KEY, 0, sample(0, 10, thread_cpu=0))
+    corr.begin(KEY, row(1, 10 * MS), ru(10 * MS, 0, 0))
+    corr.end(KEY, 1, 11 * MS, "ok", ru(11 * MS, 1_300_000, 1_000_000))
+    corr.on_sample(KEY, 100 * MS, sample(100 * MS, 10, thread_cpu=50 * MS))
+    (r,) = corr.out
+    s = r.signals
+    assert s["cpu_reading_clamped"] is True and s["cpu_exact"] is True
+    assert s["thread_cpu_ns"] == MS and s["thread_cpu_ns_err"] == 300_000 + RES
+    assert s["proc_cpu_ns"] == MS

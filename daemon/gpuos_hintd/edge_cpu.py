@@ -13,20 +13,24 @@ thread can have run at most ``t - t_read`` ns since.  That gives every span an
 interval, not just a number:
 
 * thread CPU in ``[e - b - gap_begin, e - b + gap_end]`` (one thread runs at
-  most 1 ns per ns), further cut by what the 10 Hz samples around each edge
-  allow and by ``[0, duration]``;
+  most 1 ns per ns), cut by ``[0, duration]``; the estimate is the readings'
+  own difference (the 10 Hz samples are a different clock and are not mixed
+  in).  getrusage's per-thread utime+stime is not the thread's exact clock -
+  the kernel scales tick samples to the runtime, and measured here a 1 ms spin
+  read 1.02-1.04 ms of it - so a difference outside what the wall time allows
+  is clamped to it and flagged ``cpu_reading_clamped``;
 * process CPU likewise, with ``n`` threads able to run in each gap;
-* context switches and faults only when both edges were read at the edge
-  (counts have no rate bound), else they stay interpolated.
+* context switches and faults as the difference of the readings (the counts
+  in a reused reading's gap are not seen: ``ru_gap_ns`` says how long that was).
 
 A span with no readings keeps the sampled interpolation; its thread CPU still
 gets a rigorous interval from the samples around its edges (the counter is
 monotone and grows at most 1 ns per ns), so it says how far off it can be.
 
 Signals written (all ns): ``thread_cpu_ns`` with ``thread_cpu_ns_err`` (a
-symmetric bound that covers the interval, plus the 2 us resolution of
+symmetric bound that covers the interval, plus the resolution of
 getrusage), ``proc_cpu_ns`` with ``proc_cpu_ns_err``, and ``cpu_exact`` (True
-only when both edges were read at the edge).
+only when both edges were read at the edge, no reading reused).
 """
 
 from __future__ import annotations
@@ -39,8 +43,11 @@ from .samplers.base import Value
 #: ru = [t_read_ns, thread_cpu_ns, proc_cpu_ns, nvcsw, nivcsw, minflt, majflt] (docs/protocol.md)
 T_READ, THREAD_CPU, PROC_CPU, NVCSW, NIVCSW, MINFLT, MAJFLT = range(7)
 Ru = tuple[int, int, int, int, int, int, int]
-#: getrusage gives utime and stime in us, each truncated: a difference is off by < 2 us.
-RUSAGE_RES_NS = 2_000
+#: How far a difference of two getrusage(RUSAGE_THREAD) utime+stime readings can be from the
+#: thread's exact clock: the us truncation (2 us) and the kernel's scaling of tick samples to
+#: the runtime (cputime_adjust), which measured tens of us per span here (median 3-27 us,
+#: benchmarks/results/accuracy_cpu.json); a client reading CLOCK_THREAD_CPUTIME_ID would be exact.
+RUSAGE_RES_NS = 50_000
 #: (signal, ru item) of the counts that are exact only when both edges were read at the edge.
 _COUNTS = (("ctx_vol", NVCSW), ("ctx_invol", NIVCSW), ("thread_minflt", MINFLT), ("thread_majflt", MAJFLT))
 _NCPU = os.cpu_count() or 1
@@ -116,13 +123,21 @@ def apply(
     exact = gb == 0 and ge == 0
     signals["cpu_exact"] = exact
     d = ru_end[THREAD_CPU] - ru_begin[THREAD_CPU]
-    iv = _cut(window, (d - gb, d + ge))
-    if not exact:
-        iv = _cut(iv, sampled)
-    assert iv is not None
-    p = _point(iv[0], iv[1], guess if not exact else None, float(d))
-    signals["thread_cpu_ns"] = round(p)
-    signals["thread_cpu_ns_err"] = round(max(p - iv[0], iv[1] - p)) + RUSAGE_RES_NS
+    lo, hi = d - gb, d + ge
+    if hi < 0 or lo > dur:
+        # getrusage's utime+stime of a thread is not its exact clock (cputime_adjust scales tick
+        # samples; a running thread's sum can lag and later overshoot): a difference outside what
+        # the wall time allows is clamped into it, and the bound says by how much.
+        signals["cpu_reading_clamped"] = True
+        p = min(max(float(d), 0.0), dur)
+        signals["thread_cpu_ns"] = round(p)
+        signals["thread_cpu_ns_err"] = round(abs(d - p)) + RUSAGE_RES_NS
+    else:
+        # The readings' own difference is the estimate (the samples are another clock: not mixed in).
+        lo, hi = max(lo, 0.0), min(hi, dur)
+        p = min(max(float(d), lo), hi)
+        signals["thread_cpu_ns"] = round(p)
+        signals["thread_cpu_ns_err"] = round(max(p - lo, hi - p)) + RUSAGE_RES_NS
     # Process CPU: every thread of it may have run in the gaps (at most one per CPU).
     n = min(max(nthreads or 1, 1), _NCPU)
     dp = ru_end[PROC_CPU] - ru_begin[PROC_CPU]
@@ -131,13 +146,15 @@ def apply(
     interp = None
     if "cpu_user_ns" in signals or "cpu_sys_ns" in signals:
         interp = float((signals.get("cpu_user_ns") or 0) + (signals.get("cpu_sys_ns") or 0))
-    pp = _point(piv[0], piv[1], interp if not exact else None, float(dp))
+    pp = _point(piv[0], piv[1], None, float(dp))
     signals["proc_cpu_ns"] = round(pp)
     signals["proc_cpu_ns_err"] = round(max(pp - piv[0], piv[1] - pp))
     _rescale_user_sys(signals, pp, interp)
-    if exact:
-        for name, item in _COUNTS:
-            signals[name] = max(ru_end[item] - ru_begin[item], 0)
+    # Counts between the two readings: the span, less the gaps (a reading reused from the previous
+    # edge, ~10 us here); what happened in a gap is not seen, so ru_gap_ns says how much that is.
+    for name, item in _COUNTS:
+        signals[name] = max(ru_end[item] - ru_begin[item], 0)
+    signals["ru_gap_ns"] = gb + ge
 
 
 def _rescale_user_sys(signals: dict[str, Any], total: float, interp: float | None) -> None:
