@@ -81,3 +81,57 @@ def test_marks_are_bounded_and_forget_drops_state():
     assert len(pe.procs["k"].ring) < len(spans)  # spans behind every window taken are dropped
     assert pe.forget("k")["cols"][0] == UNHINTED
     assert "k" not in pe.procs and pe.forget("k") is None
+
+
+def test_hintctl_shows_figures_with_their_uncertainty_and_the_fit(tmp_path):
+    """Spans and __phase_energy__ marks in a real store; `spans` and `phases` print them with ±."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from gpuos_hintd.store import MarkRow, SpanRow, Store
+
+    spans, ser = build(seconds=12.0)
+    pe = PhaseEnergy()
+    for s in spans:
+        pe.on_span("k", s.span_id, s.parent_id, s.path, s.a, s.b)
+    marks = [
+        m
+        for now in range(1_000 * MS, ser.last_t + 12_000 * MS, 1_000 * MS)
+        if (m := pe.advance("k", now, {"gpu_power_mw@0": ser}, []))
+    ]
+    marks.append(pe.forget("k"))
+    store = Store(tmp_path / "state")
+    rows = []
+    for s in spans[:200]:
+        r = SpanRow("boot", 42, 7, s.span_id, s.parent_id, 42, s.path.rsplit("/", 1)[-1], s.path, 1 + s.path.count("/"),
+                    None, None, s.a, s.b, 1_700_000_000_000_000_000 + s.a, "ok")  # fmt: skip
+        r.signals = {"thread_cpu_ns": 1_000_000, "thread_cpu_ns_err": 50_000, "cpu_exact": False,
+                     "proc_cpu_ns": 1_000_000, "gpu_energy_j": 2.5, "gpu_energy_err_j": 0.4}  # fmt: skip
+        rows.append(r)
+    store.submit("spans", rows)
+    store.submit("marks", [MarkRow("boot", 42, 7, 0, i, 1_700_000_000_000_000_000 + i, "__phase_energy__", m)
+                           for i, m in enumerate(marks) if m])  # fmt: skip
+    store.close()
+    env = dict(os.environ, GPUOS_HINT_STATE_DIR=str(tmp_path / "state"))
+    out = subprocess.run(
+        [sys.executable, "-m", "gpuos_hintd.cli.main", "phases"], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("prefill"))
+    assert "2.5" in line and "±" in line  # energy with its uncertainty
+    assert "FIT W" in out.stdout
+    js = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "gpuos_hintd.cli.main", "phases", "--json"], env=env, capture_output=True, text=True
+        ).stdout
+    )
+    fit = {r["name"]: r.get("energy_fit") for r in js}
+    assert fit["prefill"]["power_w"] == pytest.approx(600, rel=0.08)
+    lo, hi = fit["prefill"]["ci_w"]
+    assert lo <= fit["prefill"]["power_w"] <= hi
+    sp = subprocess.run([sys.executable, "-m", "gpuos_hintd.cli.main", "spans", "--limit", "5"], env=env,
+                        capture_output=True, text=True)  # fmt: skip
+    assert sp.returncode == 0, sp.stderr
+    assert "1.000±0.050" in sp.stdout and "2.500±0.400" in sp.stdout

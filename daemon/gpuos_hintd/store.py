@@ -489,6 +489,20 @@ PHASE_SUMMARY_SIGNALS: tuple[tuple[str, str], ...] = (
 )
 
 
+def phase_energy_marks(conn: sqlite3.Connection, since_wall_ns: int | None = None) -> dict[tuple[int, int], list[Any]]:
+    """The per-phase energy statistics the daemon wrote (``__phase_energy__`` marks), per process."""
+    out: dict[tuple[int, int], list[Any]] = {}
+    for pid, pst, attrs in conn.execute(
+        "SELECT pid, pid_start, attrs FROM marks WHERE name='__phase_energy__' AND wall_ns >= ? ORDER BY id",
+        (since_wall_ns or 0,),
+    ):
+        try:
+            out.setdefault((pid, pst), []).append(json.loads(attrs))
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
 def phase_summary(conn: sqlite3.Connection, since_wall_ns: int | None = None) -> list[dict[str, Any]]:
     """Per phase path: count, duration stats and the mean/sum of key signals."""
     sig = ", ".join(f"{how}(json_extract(signals, '$.{name}')) AS {name}" for name, how in PHASE_SUMMARY_SIGNALS)
@@ -496,6 +510,12 @@ def phase_summary(conn: sqlite3.Connection, since_wall_ns: int | None = None) ->
         f"""SELECT path AS name, workload_class, count(*) AS count,
                    sum(status='abandoned') AS abandoned, avg(duration_ns) AS mean_ns,
                    min(duration_ns) AS min_ns, max(duration_ns) AS max_ns, sum(duration_ns) AS total_ns,
+                   avg(dev_end_ns - dev_start_ns) AS dev_mean_ns, count(dev_start_ns) AS dev_count,
+                   sum(json_extract(signals, '$.thread_cpu_ns')) AS thread_cpu_total_ns,
+                   sum(json_extract(signals, '$.thread_cpu_ns_err')) AS thread_cpu_total_err_ns,
+                   sum(json_extract(signals, '$.cpu_exact') = 1) AS cpu_exact_spans,
+                   sum(json_extract(signals, '$.gpu_energy_err_j')) AS gpu_energy_err_j,
+                   sum(json_extract(signals, '$.gpu_energy_subres') = 1) AS gpu_energy_subres_spans,
                    {sig}
             FROM spans WHERE start_wall_ns >= ? GROUP BY path, workload_class ORDER BY min(start_ns)""",
         (since_wall_ns or 0,),

@@ -22,8 +22,8 @@ from .. import __version__
 from ..config import ENV_STATE_DIR, default_state_dir
 from ..control import DaemonUnavailable, request
 from ..errors import GpuosError
-from ..store import SpanQuery, open_readonly, phase_summary, query_spans
-from .fmt import duration, ms, num, table
+from ..store import SpanQuery, open_readonly, phase_energy_marks, phase_summary, query_spans
+from .fmt import duration, ms, num, pm, table
 
 Command = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, tuple[Command, Callable[[argparse.ArgumentParser], None], str]] = {}
@@ -199,10 +199,11 @@ def cmd_spans(ns: argparse.Namespace) -> int:
                 dev,
                 r["status"] + ("*" if r["estimated"] else ""),
                 num(s.get("cpu_pct")),
+                _thread_cpu(s),
                 num(s.get("ctx_vol")),
                 num(s.get("gpu_util_pct_mean")),
                 num(s["gpu_power_mw_mean"] / 1000 if s.get("gpu_power_mw_mean") is not None else None),
-                num(s.get("gpu_energy_j"), 3),
+                pm(s.get("gpu_energy_j"), s.get("gpu_energy_err_j"), 3),
                 thread_state(s),
             ]
         )
@@ -217,6 +218,7 @@ def cmd_spans(ns: argparse.Namespace) -> int:
                 "DEV MS",
                 "STATUS",
                 "CPU %",
+                "THREAD CPU MS",
                 "CTXSW",
                 "GPU %",
                 "POWER W",
@@ -224,12 +226,24 @@ def cmd_spans(ns: argparse.Namespace) -> int:
                 "THREAD STATE",
             ],
             out,
-            "rr  rr rrrrr ",
+            "rr  rr rrrrrr ",
         )
     )
     if any(r["estimated"] for r in rows):
         print("* estimated: the span was shorter than the sampling period, figures are interpolated")
+    if any(r["signals"].get("cpu_exact") is False for r in rows):
+        print("~ thread CPU interpolated from samples (no edge readings): the ± is its bound")
     return 0
+
+
+def _thread_cpu(s: dict[str, Any]) -> str:
+    """Thread CPU in ms with its bound; '~' marks a figure interpolated from samples."""
+    v = s.get("thread_cpu_ns")
+    if v is None:
+        return "-"
+    err = s.get("thread_cpu_ns_err")
+    text = pm(v / 1e6, err / 1e6 if err is not None else None, 3)
+    return text + ("~" if s.get("cpu_exact") is False and "proc_cpu_ns" not in s else "")
 
 
 #: The syscalls sampler's per-thread states, as shown in the THREAD STATE column.
@@ -261,6 +275,10 @@ def cmd_phases(ns: argparse.Namespace) -> int:
     since = parse_since(ns.since)
     conn = open_readonly(state_dir(ns))
     rows = phase_summary(conn, since)
+    fits = _phase_fits(phase_energy_marks(conn, since))
+    for r in rows:
+        if r["name"] in fits:
+            r["energy_fit"] = fits[r["name"]]
     if ns.json:
         _print_json(rows)
         return 0
@@ -278,10 +296,16 @@ def cmd_phases(ns: argparse.Namespace) -> int:
             ms(r["max_ns"]),
             ms(r["total_ns"]),
             num(r.get("cpu_pct")),
+            pm(
+                r["thread_cpu_total_ns"] / 1e6 if r.get("thread_cpu_total_ns") is not None else None,
+                r["thread_cpu_total_err_ns"] / 1e6 if r.get("thread_cpu_total_err_ns") is not None else None,
+            ),
             num(r.get("ctx_vol")),
             num(r.get("gpu_util_pct_mean")),
             num(r["gpu_power_mw_mean"] / 1000 if r.get("gpu_power_mw_mean") is not None else None),
-            num(r.get("gpu_energy_j"), 3),
+            pm(r.get("gpu_energy_j"), r.get("gpu_energy_err_j"), 3),
+            _fit_power(r.get("energy_fit")),
+            _fit_energy(r),
         ]
         for r in rows
     ]
@@ -297,16 +321,57 @@ def cmd_phases(ns: argparse.Namespace) -> int:
                 "MAX MS",
                 "TOTAL MS",
                 "CPU %",
+                "THREAD CPU MS",
                 "CTXSW",
                 "GPU %",
                 "POWER W",
                 "ENERGY J",
+                "FIT W (95% CI)",
+                "FIT J/SPAN",
             ],
             out,
-            "  rrrrrrrrrrr",
+            "  rrrrrrrrrrrrrr",
         )
     )
+    if fits:
+        print(
+            "FIT: per-phase power from NNLS of power-sample window energy on each phase's share of the"
+            " window, across repetitions (bootstrap 95% CI); FIT J/SPAN = FIT W x mean device (else host) time"
+        )
     return 0
+
+
+def _phase_fits(by_proc: dict[tuple[int, int], list[Any]]) -> dict[str, dict[str, Any]]:
+    """Per phase path: the fit of the process that saw it in the most windows."""
+    from ..phase_energy import fit_marks
+
+    best: dict[str, dict[str, Any]] = {}
+    for (pid, _pst), marks in by_proc.items():
+        for path, f in fit_marks(marks).items():
+            if path.startswith("("):
+                continue  # (unhinted), (other phases): shown only in --json through the paths
+            if path not in best or f["windows"] > best[path]["windows"]:
+                best[path] = {**f, "pid": pid}
+    return best
+
+
+def _fit_power(f: dict[str, Any] | None) -> str:
+    if not f:
+        return "-"
+    lo, hi = f["ci_w"]
+    return f"{f['power_w']:,.0f} ({lo:,.0f}-{hi:,.0f})"
+
+
+def _fit_energy(r: dict[str, Any]) -> str:
+    f = r.get("energy_fit")
+    if not f:
+        return "-"
+    t = r.get("dev_mean_ns") if r.get("dev_count") else r.get("mean_ns")
+    if not t:
+        return "-"
+    lo, hi = f["ci_w"]
+    s = t / 1e9
+    return pm(f["power_w"] * s, max(f["power_w"] - lo, hi - f["power_w"]) * s, 3)
 
 
 # --------------------------------------------------------------------- main
