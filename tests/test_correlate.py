@@ -96,8 +96,8 @@ def test_device_interval_signals_from_recent_history(corr):
     for i, util in enumerate([0, 100, 100, 0]):
         corr.on_sample(KEY, i * 100 * MS, sample(0, 0, util=util))
     sig = corr.device_signals(KEY, 50 * MS, 250 * MS)
-    assert sig["dev_gpu_util_pct_mean"] == 100 and sig["dev_samples"] == 2
-    assert corr.device_signals(ProcKey(1, 1), 0, 1) == {}
+    assert sig["dev_gpu_util_pct_mean"] == 100 and sig["dev_samples"] == 2 and sig["dev_ms"] == 200
+    assert corr.device_signals(ProcKey(1, 1), 0, 1) == {"dev_ms": 0.0}  # an unknown process: only its length
 
 
 # ---------------------------------------------------------------- edge readings (ru)

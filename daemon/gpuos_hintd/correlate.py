@@ -307,7 +307,12 @@ class Correlator:
                         estimated = True
         self._edge_cpu(span, signals, prev, cur)
         _derive(signals, row.duration_ns)
-        if key in self.series:
+        if row.dev_start_ns is not None and row.dev_end_ns is not None:
+            # Device time and the GPU figures over the device interval (busy %, energy).
+            if "gpu_energy_j" in signals:
+                signals["gpu_energy_counter_j"] = signals["gpu_energy_j"]
+            signals.update(self.device_signals(key, row.dev_start_ns, row.dev_end_ns))
+        elif key in self.series:
             self._series_energy(key, row, signals)
         if signals.get("gpu_energy_estimated_max"):
             signals["gpu_energy_is_estimate"] = True
@@ -319,16 +324,14 @@ class Correlator:
         return row
 
     def _series_energy(self, key: ProcKey, row: SpanRow, signals: dict[str, Any]) -> None:
-        """GPU energy of the span from the power series, over its device interval if it has one."""
-        dev = row.dev_start_ns is not None and row.dev_end_ns is not None
-        a, b = (row.dev_start_ns, row.dev_end_ns) if dev else (row.start_ns, row.end_ns)
-        got = series_energy(self.series.get(key, {}), a, b)  # type: ignore[arg-type]
+        """GPU energy of a span without a device interval, from the power series over its host interval."""
+        got = series_energy(self.series.get(key, {}), row.start_ns, row.end_ns)
         if got is None:
             return
         if "gpu_energy_j" in signals:
             signals["gpu_energy_counter_j"] = signals["gpu_energy_j"]
         signals.update(got)
-        signals["gpu_energy_window"] = "device" if dev else "host"
+        signals["gpu_energy_window"] = "host"
 
     def _edge_cpu(self, span: OpenSpan, signals: dict[str, Any], prev: Snapshot | None, cur: Snapshot | None) -> None:
         """CPU figures from the edge readings, or bounds on the interpolated ones."""
@@ -386,12 +389,17 @@ class Correlator:
         return out
 
     def device_signals(self, key: ProcKey, begin_ns: int, end_ns: int) -> dict[str, Any]:
-        """GPU gauges over a device interval, from the recent-sample ring (best effort)."""
+        """GPU figures over a device interval: its length, gauges from the recent-sample ring
+        (best effort: NVML utilisation is itself a ~1/6 s average), energy from the power series."""
+        out: dict[str, Any] = {"dev_ms": _round((end_ns - begin_ns) / 1e6)}
+        got = series_energy(self.series.get(key, {}), begin_ns, end_ns)
+        if got is not None:
+            out.update(got)
+            out["gpu_energy_window"] = "device"
         hist = self.history.get(key)
         if not hist:
-            return {}
+            return out
         inside = [s for s in hist if begin_ns <= s.t_ns <= end_ns]
-        out: dict[str, Any] = {}
         for name, m in self.metrics.items():
             if m.kind != "gauge" or not name.startswith("gpu_"):
                 continue
@@ -399,12 +407,7 @@ class Correlator:
             if vals:
                 out[f"dev_{name}_mean"] = _round(sum(vals) / len(vals))
                 out[f"dev_{name}_max"] = _round(max(vals))
-        if out:
-            out["dev_samples"] = len(inside)
-        got = series_energy(self.series.get(key, {}), begin_ns, end_ns)
-        if got is not None:
-            out.update(got)
-            out["gpu_energy_window"] = "device"
+        out["dev_samples"] = len(inside)
         return out
 
 

@@ -295,6 +295,7 @@ def cmd_phases(ns: argparse.Namespace) -> int:
             ms(r["min_ns"]),
             ms(r["max_ns"]),
             ms(r["total_ns"]),
+            ms(r["dev_mean_ns"]) if r.get("dev_count") else "-",
             num(r.get("cpu_pct")),
             pm(
                 r["thread_cpu_total_ns"] / 1e6 if r.get("thread_cpu_total_ns") is not None else None,
@@ -320,6 +321,7 @@ def cmd_phases(ns: argparse.Namespace) -> int:
                 "MIN MS",
                 "MAX MS",
                 "TOTAL MS",
+                "DEV MS",
                 "CPU %",
                 "THREAD CPU MS",
                 "CTXSW",
@@ -330,7 +332,7 @@ def cmd_phases(ns: argparse.Namespace) -> int:
                 "FIT J/SPAN",
             ],
             out,
-            "  rrrrrrrrrrrrrr",
+            "  rrrrrrrrrrrrrrr",
         )
     )
     if fits:
