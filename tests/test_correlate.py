@@ -101,9 +101,6 @@ def test_device_interval_signals_from_recent_history(corr):
 
 
 # ---------------------------------------------------------------- edge readings (ru)
-RES = edge_cpu.RUSAGE_RES_NS
-
-
 def ru(t_read, thread_cpu, proc_cpu=0, nvcsw=0, nivcsw=0, minflt=0, majflt=0):
     return (t_read, thread_cpu, proc_cpu, nvcsw, nivcsw, minflt, majflt)
 
@@ -127,7 +124,7 @@ def test_edge_readings_give_each_span_its_own_cpu(corr):
         assert s["cpu_exact"] is True
         want = 4 * MS if r.name == "hot" else 0
         assert s["thread_cpu_ns"] == want and s["proc_cpu_ns"] == want
-        assert s["thread_cpu_ns_err"] == RES and s["proc_cpu_ns_err"] == 0
+        assert s["thread_cpu_ns_err"] == edge_cpu.rusage_res(want) and s["proc_cpu_ns_err"] == 0
         assert s["cpu_user_ns"] + s.get("cpu_sys_ns", 0) == want  # the sampled split, rescaled
         assert s["ctx_vol"] == (0 if r.name == "hot" else 5)
         assert s["ctx_invol"] == (1 if r.name == "hot" else 0)
@@ -184,5 +181,5 @@ def test_readings_that_the_wall_time_forbids_are_clamped_and_flagged(corr):
     (r,) = corr.out
     s = r.signals
     assert s["cpu_reading_clamped"] is True and s["cpu_exact"] is True
-    assert s["thread_cpu_ns"] == MS and s["thread_cpu_ns_err"] == 300_000 + RES
+    assert s["thread_cpu_ns"] == MS and s["thread_cpu_ns_err"] == 300_000 + edge_cpu.rusage_res(MS)
     assert s["proc_cpu_ns"] == MS

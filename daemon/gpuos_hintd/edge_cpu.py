@@ -45,9 +45,17 @@ T_READ, THREAD_CPU, PROC_CPU, NVCSW, NIVCSW, MINFLT, MAJFLT = range(7)
 Ru = tuple[int, int, int, int, int, int, int]
 #: How far a difference of two getrusage(RUSAGE_THREAD) utime+stime readings can be from the
 #: thread's exact clock: the us truncation (2 us) and the kernel's scaling of tick samples to
-#: the runtime (cputime_adjust), which measured tens of us per span here (median 3-27 us,
-#: benchmarks/results/accuracy_cpu.json); a client reading CLOCK_THREAD_CPUTIME_ID would be exact.
+#: the runtime (cputime_adjust): per span, median 3 us at 0.5 ms, 31 us at 20 ms, 66 us at
+#: 100 ms here (benchmarks/results/accuracy_cpu.json).  So 50 us plus 0.1 % of the reading;
+#: a client reading CLOCK_THREAD_CPUTIME_ID would be exact.
 RUSAGE_RES_NS = 50_000
+RUSAGE_RES_FRAC = 0.001
+
+
+def rusage_res(d: float) -> int:
+    return RUSAGE_RES_NS + round(abs(d) * RUSAGE_RES_FRAC)
+
+
 #: (signal, ru item) of the counts that are exact only when both edges were read at the edge.
 _COUNTS = (("ctx_vol", NVCSW), ("ctx_invol", NIVCSW), ("thread_minflt", MINFLT), ("thread_majflt", MAJFLT))
 _NCPU = os.cpu_count() or 1
@@ -131,13 +139,13 @@ def apply(
         signals["cpu_reading_clamped"] = True
         p = min(max(float(d), 0.0), dur)
         signals["thread_cpu_ns"] = round(p)
-        signals["thread_cpu_ns_err"] = round(abs(d - p)) + RUSAGE_RES_NS
+        signals["thread_cpu_ns_err"] = round(abs(d - p)) + rusage_res(p)
     else:
         # The readings' own difference is the estimate (the samples are another clock: not mixed in).
         lo, hi = max(lo, 0.0), min(hi, dur)
         p = min(max(float(d), lo), hi)
         signals["thread_cpu_ns"] = round(p)
-        signals["thread_cpu_ns_err"] = round(max(p - lo, hi - p)) + RUSAGE_RES_NS
+        signals["thread_cpu_ns_err"] = round(max(p - lo, hi - p)) + rusage_res(p)
     # Process CPU: every thread of it may have run in the gaps (at most one per CPU).
     n = min(max(nthreads or 1, 1), _NCPU)
     dp = ru_end[PROC_CPU] - ru_begin[PROC_CPU]
