@@ -39,3 +39,26 @@ def test_edge_readings_meet_the_cpu_targets(tmp_path):
         assert abs(p["daemon_ctx_vol"] - p["truth_ctx_vol"]) <= max(2, 0.1 * p["truth_ctx_vol"]), (name, p)
     # Without the readings (the interpolation) the same run is far off: the harness can tell.
     assert interp["hot"]["share_of_case_cpu_pct"] < 90 or abs(interp["hot"]["thread_cpu_err_pct"]) > 10
+
+
+def test_gpu_accuracy_script_cpu_smoke(tmp_path):
+    """benchmarks/gpu/accuracy_gpu.py --cpu: the same code path as on the H200, tiny, no NVML."""
+    import pytest
+
+    for mod in ("torch", "transformers"):
+        pytest.importorskip(mod, reason=f"{mod} is not installed (pip install torch==2.13.0 transformers)")
+    subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu" / "accuracy_gpu.py"), "--cpu", "--out", str(tmp_path)],
+        check=True,
+        timeout=600,
+        capture_output=True,
+    )
+    doc = json.loads((tmp_path / "accuracy_gpu.json").read_text())
+    assert doc["mode"] == "cpu-smoke"
+    ph = doc["daemon"]["phases"]
+    # Every hinted phase reached the daemon, each span with its CPU from the edge readings.
+    assert ph["prefill"]["spans"] == 2 and ph["decode"]["spans"] == 8
+    assert ph["stage_a"]["spans"] == 5 and ph["forward"]["spans"] == 3
+    assert all(p["thread_cpu_ms_mean"] is not None for p in ph.values())
+    assert set(doc["isolated"]) >= {"prefill", "decode", "forward", "backward", "optimizer"}
+    assert "FIT W" in doc["daemon"]["phases_table"]
