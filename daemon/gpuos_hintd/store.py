@@ -503,6 +503,15 @@ def phase_energy_marks(conn: sqlite3.Connection, since_wall_ns: int | None = Non
     return out
 
 
+def phase_energy_fits(
+    conn: sqlite3.Connection, since_wall_ns: int | None = None, resamples: int = 200
+) -> dict[tuple[int, int], dict[str, dict[str, Any]]]:
+    """Per process: the per-phase power fit (NNLS + bootstrap CI) over its __phase_energy__ marks."""
+    from .phase_energy import fit_marks  # the offline half of phase_energy: pure arithmetic
+
+    return {key: fit_marks(marks, resamples) for key, marks in phase_energy_marks(conn, since_wall_ns).items()}
+
+
 def phase_summary(conn: sqlite3.Connection, since_wall_ns: int | None = None) -> list[dict[str, Any]]:
     """Per phase path: count, duration stats and the mean/sum of key signals."""
     sig = ", ".join(f"{how}(json_extract(signals, '$.{name}')) AS {name}" for name, how in PHASE_SUMMARY_SIGNALS)

@@ -22,7 +22,7 @@ from .. import __version__
 from ..config import ENV_STATE_DIR, default_state_dir
 from ..control import DaemonUnavailable, request
 from ..errors import GpuosError
-from ..store import SpanQuery, open_readonly, phase_energy_marks, phase_summary, query_spans
+from ..store import SpanQuery, open_readonly, phase_energy_fits, phase_summary, query_spans
 from .fmt import duration, ms, num, pm, table
 
 Command = Callable[[argparse.Namespace], int]
@@ -275,7 +275,7 @@ def cmd_phases(ns: argparse.Namespace) -> int:
     since = parse_since(ns.since)
     conn = open_readonly(state_dir(ns))
     rows = phase_summary(conn, since)
-    fits = _phase_fits(phase_energy_marks(conn, since))
+    fits = _phase_fits(phase_energy_fits(conn, since))
     for r in rows:
         if r["name"] in fits:
             r["energy_fit"] = fits[r["name"]]
@@ -343,13 +343,11 @@ def cmd_phases(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _phase_fits(by_proc: dict[tuple[int, int], list[Any]]) -> dict[str, dict[str, Any]]:
+def _phase_fits(by_proc: dict[tuple[int, int], dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """Per phase path: the fit of the process that saw it in the most windows."""
-    from ..phase_energy import fit_marks
-
     best: dict[str, dict[str, Any]] = {}
-    for (pid, _pst), marks in by_proc.items():
-        for path, f in fit_marks(marks).items():
+    for (pid, _pst), fits in by_proc.items():
+        for path, f in fits.items():
             if path.startswith("("):
                 continue  # (unhinted), (other phases): shown only in --json through the paths
             if path not in best or f["windows"] > best[path]["windows"]:
