@@ -255,7 +255,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> bool:
             if rest:
                 axes[1].plot(*zip(*rest, strict=True), marker=marker, label=f"{res['config']} {mix}")
     axes[0].set(xscale="log", yscale="symlog", xlabel="phase length (ms)", ylabel="|total thread CPU error| (%)",
-                title="busy phase: total CPU vs the thread clock")  # fmt: skip
+                title="busy phase: total CPU vs the thread clock", ylim=(0, 150))  # fmt: skip
     axes[0].axhline(5, color="grey", ls="--", lw=0.8)
     axes[1].set(xscale="log", xlabel="phase length (ms)", ylabel="share of the case's CPU given (%)",
                 title="the sleep phase next to it (truth ~0 %)")  # fmt: skip
@@ -295,7 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--configs", help="comma-separated subset of the configuration names")
     ap.add_argument("--keep", type=Path, help="keep the daemons' stores and the truth files here")
+    ap.add_argument("--replot", action="store_true", help="only redraw the plot from --out's results")
     args = ap.parse_args(argv)
+    if args.replot:
+        return 0 if plot(json.loads(args.out.read_text())["results"], args.out.with_suffix(".png")) else 1
     cases = plan(args.small)
     configs = CONFIGS_SMALL if args.small else CONFIGS_FULL
     if args.configs:
