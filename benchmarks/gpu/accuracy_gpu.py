@@ -353,11 +353,26 @@ def main() -> int:
         counter = Counter(not args.cpu)
         min_reps, min_s = (3, 0.05) if args.cpu else (30, 2.0)
         iso = {}
-        for name in ("prefill", "decode", "forward", "backward", "optimizer", "stage_a", "stage_b"):
+
+        def fwd_bwd() -> None:
+            ph["forward"]()
+            ph["backward"]()
+
+        alone = dict(ph, forward_backward=fwd_bwd)
+        for name in ("prefill", "decode", "forward", "forward_backward", "optimizer", "stage_a", "stage_b"):
             if time.monotonic() - t_start > args.budget_s * 0.45:
                 break
-            iso[name] = isolated(name, ph[name], sync, counter, min_reps, min_s)
+            iso[name] = isolated(name, alone[name], sync, counter, min_reps, min_s)
             print(json.dumps(iso[name]), flush=True)
+        if "forward_backward" in iso and "forward" in iso:
+            # backward needs a forward before it: its truth is (forward + backward) - forward.
+            fb, f = iso["forward_backward"], iso["forward"]
+            iso["backward"] = {"phase": "backward", "derived": "forward_backward - forward",
+                               "wall_ms_per_rep": round(fb["wall_ms_per_rep"] - f["wall_ms_per_rep"], 4)}  # fmt: skip
+            if "energy_j_per_rep" in fb and "energy_j_per_rep" in f:
+                e = fb["energy_j_per_rep"] - f["energy_j_per_rep"]
+                iso["backward"]["energy_j_per_rep"] = round(e, 5)
+                iso["backward"]["power_w"] = round(e / (iso["backward"]["wall_ms_per_rep"] / 1e3), 2)
         result["isolated"] = iso
         result["profiler"] = profile(w, ph, sync, args)
         time.sleep(1.0)  # an idle gap the fit sees as unhinted
