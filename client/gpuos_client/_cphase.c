@@ -15,11 +15,12 @@
  * installs it with set_core()).  Events are plain tuples appended to
  * core.buf, a list the sender swaps out with take().
  *
- * Edge counters: at a phase edge the thread's getrusage(RUSAGE_THREAD) and the
+ * Edge counters: at a phase edge the thread's CPU clock, its getrusage(RUSAGE_THREAD) and the
  * process CPU clock are read, at most once per ru_min_ns per thread; an edge
- * that falls inside that window carries the thread's last reading and its
- * time, so the daemon knows the exact bound (thread CPU at the edge lies in
- * [reading, reading + (t_edge - t_read)]).
+ * that falls inside that window carries nil, and the daemon uses the last
+ * reading it got from that thread, so it knows the exact bound (thread CPU at
+ * the edge lies in [reading, reading + (t_edge - t_read)]).  Sending nil rather
+ * than the reading again keeps the sender's packing cost down.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -54,7 +55,7 @@ typedef struct {
 } Core;
 
 static Core *g_core = NULL;          /* the installed core (owned) */
-static PyObject *s_ok, *s_error, *s_too_deep;
+static PyObject *s_ok, *s_error, *s_too_deep, *s_device;
 static volatile long long g_fork_gen = 0;
 
 /* Per-thread caches, invalidated in a forked child by the generation. */
@@ -80,25 +81,30 @@ static inline long get_tid(void) {
     return t_tid;
 }
 
-/* Borrowed reference to this thread's reading valid at t (new one if stale), or Py_None. */
+/* A new reading of this thread's counters at t (borrowed, owned by the thread cache), or
+   Py_None when the thread's last reading is younger than ru_min_ns: the edge then carries
+   nil and the daemon uses the last reading it got from this thread (the bound is the gap). */
 static PyObject *edge_rusage(Core *c, long long t) {
     if (!c->rusage) return Py_None;
     if (t_ru_gen != g_fork_gen) {
         t_ru = NULL; /* the parent's reading: not ours (leaked in the child on purpose) */
         t_ru_gen = g_fork_gen;
     }
-    if (t_ru != NULL && t - t_ru_ns < c->ru_min_ns) return t_ru;
+    if (t_ru != NULL && t - t_ru_ns < c->ru_min_ns) return Py_None;
     struct rusage r;
-    struct timespec p;
-    if (getrusage(RUSAGE_THREAD, &r) != 0 || clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &p) != 0)
-        return t_ru ? t_ru : Py_None;
-    long long tcpu = ((long long)r.ru_utime.tv_sec + r.ru_stime.tv_sec) * 1000000000LL +
-                     ((long long)r.ru_utime.tv_usec + r.ru_stime.tv_usec) * 1000LL;
+    struct timespec th, p;
+    /* The thread's CPU from its own clock (exact: the scheduler's runtime sum); getrusage's
+       utime+stime is tick samples scaled to it, off by 2-4 % on a 1 ms spin.  getrusage still
+       gives the context switches and faults. */
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &th) != 0 || getrusage(RUSAGE_THREAD, &r) != 0 ||
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &p) != 0)
+        return Py_None;
+    long long tcpu = (long long)th.tv_sec * 1000000000LL + th.tv_nsec;
     long long pcpu = (long long)p.tv_sec * 1000000000LL + p.tv_nsec;
     PyObject *tup = Py_BuildValue("(LLLllll)", t, tcpu, pcpu, r.ru_nvcsw, r.ru_nivcsw, r.ru_minflt, r.ru_majflt);
     if (tup == NULL) {
         PyErr_Clear();
-        return t_ru ? t_ru : Py_None;
+        return Py_None;
     }
     Py_XSETREF(t_ru, tup);
     t_ru_ns = t;
@@ -202,6 +208,7 @@ static PyObject *Core_new_id(Core *self, PyObject *Py_UNUSED(ignored)) {
 }
 
 static PyObject *Core_rusage_now(Core *self, PyObject *Py_UNUSED(ignored)) {
+    t_ru = NULL; /* force a fresh reading (the old one stays referenced by the events that carry it) */
     PyObject *r = edge_rusage(self, mono_ns());
     Py_INCREF(r);
     return r;
@@ -303,13 +310,14 @@ static int Phase_init(Phase *self, PyObject *args, PyObject *kw) {
     int device = 0;
     PyObject *attrs = NULL;
     if (kw != NULL && PyDict_GET_SIZE(kw) > 0) {
-        PyObject *dev = PyDict_GetItemString(kw, "device"); /* borrowed */
+        PyObject *dev = PyDict_GetItemWithError(kw, s_device); /* borrowed */
+        if (dev == NULL && PyErr_Occurred()) return -1;
         if (dev != NULL) {
             device = PyObject_IsTrue(dev);
             if (device < 0) return -1;
             if (PyDict_GET_SIZE(kw) > 1) {
                 attrs = PyDict_Copy(kw);
-                if (attrs == NULL || PyDict_DelItemString(attrs, "device") < 0) {
+                if (attrs == NULL || PyDict_DelItem(attrs, s_device) < 0) {
                     Py_XDECREF(attrs);
                     return -1;
                 }
@@ -318,6 +326,9 @@ static int Phase_init(Phase *self, PyObject *args, PyObject *kw) {
             attrs = kw;
             Py_INCREF(attrs);
         }
+    }
+    if (attrs != NULL && g_core->disabled) { /* disabled: a phase costs what a no-op costs */
+        Py_CLEAR(attrs);
     }
     if (attrs != NULL) {
         PyObject *ok = PyObject_CallOneArg(g_core->check_attrs, attrs);
@@ -501,7 +512,8 @@ PyMODINIT_FUNC PyInit__cphase(void) {
     s_ok = PyUnicode_InternFromString("ok");
     s_error = PyUnicode_InternFromString("error");
     s_too_deep = PyUnicode_InternFromString("too_deep");
-    if (!s_ok || !s_error || !s_too_deep) return NULL;
+    s_device = PyUnicode_InternFromString("device");
+    if (!s_ok || !s_error || !s_too_deep || !s_device) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (m == NULL) return NULL;
     Py_INCREF(&CoreType);

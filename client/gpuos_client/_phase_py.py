@@ -29,6 +29,7 @@ monotonic_ns = time.monotonic_ns
 _getrusage = resource.getrusage
 _RUSAGE_THREAD: int = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
 _process_time_ns = time.process_time_ns
+_thread_time_ns = time.thread_time_ns
 _get_native_id = threading.get_native_id
 
 _core: Core | None = None
@@ -63,15 +64,16 @@ def _edge_rusage(core: Core, t: int) -> tuple[int, ...] | None:
         return None
     last = getattr(_tls, "ru", None)
     if last is not None and last[0] == _fork_gen and t - last[1] < core.ru_min_ns:
-        return last[2]  # type: ignore[no-any-return]
+        return None  # the daemon uses this thread's last reading (the bound is the gap)
     try:
+        th = _thread_time_ns()  # the thread's own clock: exact (getrusage's utime+stime is scaled ticks)
         r = _getrusage(_RUSAGE_THREAD)
         p = _process_time_ns()
     except OSError:
-        return last[2] if last is not None and last[0] == _fork_gen else None
+        return None
     reading = (
         t,
-        round((r.ru_utime + r.ru_stime) * 1e9),
+        th,
         p,
         r.ru_nvcsw,
         r.ru_nivcsw,
@@ -127,6 +129,7 @@ class Core:
         return self.next_id
 
     def rusage_now(self) -> tuple[int, ...] | None:
+        _tls.ru = None  # force a fresh reading
         return _edge_rusage(self, monotonic_ns())
 
 
@@ -155,7 +158,7 @@ class Phase:
         if core is None:
             raise RuntimeError("gpuos_client core not installed")
         self.name = _checked_name(core, name)
-        self.attrs = core.check_attrs(attrs) if attrs else None
+        self.attrs = core.check_attrs(attrs) if attrs and not core.disabled else None
         self.device = bool(device)
 
     def __enter__(self) -> Any:

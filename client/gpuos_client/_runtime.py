@@ -81,13 +81,37 @@ def _check_name(name: Any) -> str:
         raise ValueError(str(exc)) from None
 
 
+_ok_attr_keys: set[str] = set()
+_MAX_ATTRS = P.LIMITS.max_attrs
+_MAX_VALUE_LEN = P.LIMITS.max_attr_value_len
+
+
 def _check_attrs(attrs: dict[str, Any]) -> dict[str, Any] | None:
+    """Validate phase/mark attrs: keys once (cached), values by exact type (cheap), else in full.
+
+    ``attrs`` is the call's own ``**kwargs`` dict, so it is returned as it is, not copied.
+    """
     if not attrs:
         return None
+    if len(attrs) <= _MAX_ATTRS:
+        for key, value in attrs.items():
+            if key not in _ok_attr_keys:
+                break
+            t = type(value)
+            if t is str or t is bytes:
+                if len(value) > _MAX_VALUE_LEN:
+                    break
+            elif not (t is int or t is float or t is bool or value is None):
+                break
+        else:
+            return attrs
     try:
-        return P.check_attrs(attrs)
+        checked = P.check_attrs(attrs)
     except P.ProtocolError as exc:
         raise ValueError(str(exc)) from None
+    if len(_ok_attr_keys) < 4096:
+        _ok_attr_keys.update(attrs)
+    return checked
 
 
 class Runtime:

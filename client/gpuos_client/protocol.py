@@ -31,9 +31,11 @@ SUPPORTED_VERSIONS: Final = frozenset({1})
 HELLO: Final = 0  # [0, t, tid, info:map]
 PHASE_BEGIN: Final = 1  # [1, t, tid, span_id, parent_id, name, cls|nil, attrs|nil, ru|nil]
 PHASE_END: Final = 2  # [2, t, tid, span_id, status, attrs|nil, ru|nil]
-# ru (v1.1, appended): [t_read_ns, thread_cpu_ns, proc_cpu_ns, nvcsw, nivcsw, minflt, majflt], the
-# edge thread's getrusage(RUSAGE_THREAD) and the process CPU clock, read at t_read_ns <= t (a reading
-# may be reused within GPUOS_HINT_RUSAGE_MIN_US): thread CPU at the edge is in [cpu, cpu + t - t_read].
+# ru (v1.1, appended): [t_read_ns, thread_cpu_ns, proc_cpu_ns, nvcsw, nivcsw, minflt, majflt]: the
+# edge thread's CPU clock (CLOCK_THREAD_CPUTIME_ID), the process CPU clock and the thread's
+# getrusage(RUSAGE_THREAD) counts, read at t_read_ns <= t.  The client
+# reads at most once per GPUOS_HINT_RUSAGE_MIN_US per thread; an edge inside that window carries nil,
+# meaning "the last reading this thread sent": thread CPU at the edge is in [cpu, cpu + t - t_read].
 MARK: Final = 3  # [3, t, tid, name, attrs|nil]
 CLASS: Final = 4  # [4, t, tid, cls|nil]          process-wide workload class
 HEARTBEAT: Final = 5  # [5, t, tid, open:list[open_span], stats:map]
