@@ -43,9 +43,19 @@ def _span_iv(row: SpanRow, ended: bool) -> SpanIv:
     return SpanIv(row.span_id, row.parent_span_id, row.path, row.start_ns, row.end_ns if ended else None)
 
 
-def _ru(ev: list[Any], index: int) -> tuple[int, ...] | None:
-    """The edge reading of a phase event (already checked by protocol.check_ru), or None."""
-    return tuple(ev[index][:7]) if len(ev) > index and ev[index] is not None else None
+def _edge_ru(c: Client, ev: list[Any], index: int, tid: int) -> tuple[int, ...] | None:
+    """The edge reading of a phase event (already checked by protocol.check_ru).
+
+    A nil reading from a thread that sent one before stands for that last reading (the client
+    reads at most once per GPUOS_HINT_RUSAGE_MIN_US per thread); from a thread that never sent
+    one (an old client, or reads off) it means no reading.
+    """
+    if len(ev) > index and ev[index] is not None:
+        ru = tuple(ev[index][:7])
+        if len(c.last_ru) < 4096 or tid in c.last_ru:  # bounded per client
+            c.last_ru[tid] = ru
+        return ru
+    return c.last_ru.get(tid)
 
 
 class HintService:
@@ -256,7 +266,7 @@ class HintService:
         span_id, parent_id, name, cls, attrs = ev[3], ev[4], ev[5], ev[6], ev[7]
         if corr.get(c.key, span_id) is not None:
             return  # already known (recovered from a heartbeat that overtook it)
-        self._open_span(c, span_id, parent_id, tid, t, name, cls, attrs, recovered=False, ru=_ru(ev, 8))
+        self._open_span(c, span_id, parent_id, tid, t, name, cls, attrs, recovered=False, ru=_edge_ru(c, ev, 8, tid))
 
     def _open_span(
         self,
@@ -300,7 +310,7 @@ class HintService:
         self.correlator.begin(c.key, row, ru)  # type: ignore[arg-type]  # check_ru made it 7 ints
 
     def _on_end(self, c: Client, ev: list[Any], t: int, tid: int) -> None:
-        row = self.correlator.end(c.key, ev[3], t, ev[4], _ru(ev, 6))  # type: ignore[arg-type]
+        row = self.correlator.end(c.key, ev[3], t, ev[4], _edge_ru(c, ev, 6, tid))  # type: ignore[arg-type]
         if row is None:
             self.counters["orphan_ends"] += 1
         elif ev[5]:
