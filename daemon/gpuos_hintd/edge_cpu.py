@@ -3,7 +3,7 @@
 Why: the /proc sampler reads every 100 ms, and a 4 ms phase between two reads
 gets a *time share* of the interval's CPU - a 4 ms spin next to a 6 ms sleep
 comes out at 40 % of its CPU and the sleep at 60 %.  The client can read its
-own thread's counters (``getrusage(RUSAGE_THREAD)``, ``CLOCK_PROCESS_CPUTIME_ID``)
+own thread's counters (``CLOCK_THREAD_CPUTIME_ID``, ``CLOCK_PROCESS_CPUTIME_ID``, ``getrusage``)
 at the phase edges; the difference of two readings is the span's own figure,
 with nothing smeared across a boundary.
 
@@ -15,10 +15,11 @@ interval, not just a number:
 * thread CPU in ``[e - b - gap_begin, e - b + gap_end]`` (one thread runs at
   most 1 ns per ns), cut by ``[0, duration]``; the estimate is the readings'
   own difference (the 10 Hz samples are a different clock and are not mixed
-  in).  getrusage's per-thread utime+stime is not the thread's exact clock -
-  the kernel scales tick samples to the runtime, and measured here a 1 ms spin
-  read 1.02-1.04 ms of it - so a difference outside what the wall time allows
-  is clamped to it and flagged ``cpu_reading_clamped``;
+  in).  The client reads CLOCK_THREAD_CPUTIME_ID: getrusage's per-thread
+  utime+stime is not the thread's exact clock (the kernel scales tick samples
+  to the runtime; a 1 ms spin read 1.02-1.04 ms of it here), so a difference
+  outside what the wall time allows is clamped to it and flagged
+  ``cpu_reading_clamped``;
 * process CPU likewise, with ``n`` threads able to run in each gap;
 * context switches and faults as the difference of the readings (the counts
   in a reused reading's gap are not seen: ``ru_gap_ns`` says how long that was).
@@ -43,13 +44,13 @@ from .samplers.base import Value
 #: ru = [t_read_ns, thread_cpu_ns, proc_cpu_ns, nvcsw, nivcsw, minflt, majflt] (docs/protocol.md)
 T_READ, THREAD_CPU, PROC_CPU, NVCSW, NIVCSW, MINFLT, MAJFLT = range(7)
 Ru = tuple[int, int, int, int, int, int, int]
-#: How far a difference of two getrusage(RUSAGE_THREAD) utime+stime readings can be from the
-#: thread's exact clock: the us truncation (2 us) and the kernel's scaling of tick samples to
-#: the runtime (cputime_adjust): per span, median 3 us at 0.5 ms, 31 us at 20 ms, 66 us at
-#: 100 ms here (benchmarks/results/accuracy_cpu.json).  So 50 us plus 0.1 % of the reading;
-#: a client reading CLOCK_THREAD_CPUTIME_ID would be exact.
-RUSAGE_RES_NS = 50_000
-RUSAGE_RES_FRAC = 0.001
+#: How far a difference of two edge readings of the thread clock can be from the span's own CPU:
+#: the client reads CLOCK_THREAD_CPUTIME_ID (exact, ns) just after taking the edge's timestamp,
+#: so a reading includes up to a few us of the hint's own code.  (An earlier client sent
+#: getrusage's utime+stime, which is scaled tick samples: 20-40 us off per 1 ms spin, tens of
+#: us per 20 ms span, measured here; the clamp below still guards against such readings.)
+RUSAGE_RES_NS = 5_000
+RUSAGE_RES_FRAC = 0.0
 
 
 def rusage_res(d: float) -> int:
@@ -133,9 +134,8 @@ def apply(
     d = ru_end[THREAD_CPU] - ru_begin[THREAD_CPU]
     lo, hi = d - gb, d + ge
     if hi < 0 or lo > dur:
-        # getrusage's utime+stime of a thread is not its exact clock (cputime_adjust scales tick
-        # samples; a running thread's sum can lag and later overshoot): a difference outside what
-        # the wall time allows is clamped into it, and the bound says by how much.
+        # A difference the wall time forbids (a client sending getrusage's utime+stime, which is
+        # scaled tick samples and can lag and later overshoot) is clamped, and the bound says how far.
         signals["cpu_reading_clamped"] = True
         p = min(max(float(d), 0.0), dur)
         signals["thread_cpu_ns"] = round(p)
