@@ -29,8 +29,8 @@ gets a rigorous interval from the samples around its edges (the counter is
 monotone and grows at most 1 ns per ns), so it says how far off it can be.
 
 Signals written (all ns): ``thread_cpu_ns`` with ``thread_cpu_ns_err`` (a
-symmetric bound that covers the interval, plus the resolution of
-getrusage), ``proc_cpu_ns`` with ``proc_cpu_ns_err``, and ``cpu_exact`` (True
+symmetric bound that covers the interval, plus the reading's resolution),
+``proc_cpu_ns`` with ``proc_cpu_ns_err``, and ``cpu_exact`` (True
 only when both edges were read at the edge, no reading reused).
 """
 
