@@ -230,8 +230,8 @@ def cmd_spans(ns: argparse.Namespace) -> int:
         )
     )
     if any(r["estimated"] for r in rows):
-        print("* estimated: the span was shorter than the sampling period, figures are interpolated")
-    if any(r["signals"].get("cpu_exact") is False for r in rows):
+        print("* estimated: no sample fell inside the span; its gauges (RSS, GPU %, power) are interpolated")
+    if any(r["signals"].get("cpu_exact") is False and "proc_cpu_ns" not in r["signals"] for r in rows):
         print("~ thread CPU interpolated from samples (no edge readings): the ± is its bound")
     return 0
 
