@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from gpuos_hintd import edge_cpu
 from gpuos_hintd.correlate import Correlator
 from gpuos_hintd.samplers.base import Metric, ProcKey, ProcSample
 from gpuos_hintd.store import SpanRow
@@ -95,5 +96,90 @@ def test_device_interval_signals_from_recent_history(corr):
     for i, util in enumerate([0, 100, 100, 0]):
         corr.on_sample(KEY, i * 100 * MS, sample(0, 0, util=util))
     sig = corr.device_signals(KEY, 50 * MS, 250 * MS)
-    assert sig["dev_gpu_util_pct_mean"] == 100 and sig["dev_samples"] == 2
-    assert corr.device_signals(ProcKey(1, 1), 0, 1) == {}
+    assert sig["dev_gpu_util_pct_mean"] == 100 and sig["dev_samples"] == 2 and sig["dev_ms"] == 200
+    assert corr.device_signals(ProcKey(1, 1), 0, 1) == {"dev_ms": 0.0}  # an unknown process: only its length
+
+
+# ---------------------------------------------------------------- edge readings (ru)
+def ru(t_read, thread_cpu, proc_cpu=0, nvcsw=0, nivcsw=0, minflt=0, majflt=0):
+    return (t_read, thread_cpu, proc_cpu, nvcsw, nivcsw, minflt, majflt)
+
+
+def test_edge_readings_give_each_span_its_own_cpu(corr):
+    # hot 4 ms / cold 6 ms alternation inside one 100 ms sample interval: the samples only
+    # see 40 ms of CPU over 100 ms; the readings put all of it in the hot spans.
+    corr.on_sample(KEY, 0, sample(0, 10, thread_cpu=0))
+    t, cpu = 0, 0
+    for i in range(10):
+        corr.begin(KEY, row(2 * i + 1, t, name="hot"), ru(t, cpu, cpu, 5 * i, i, 100 + i, 0))
+        t, cpu = t + 4 * MS, cpu + 4 * MS
+        corr.end(KEY, 2 * i + 1, t, "ok", ru(t, cpu, cpu, 5 * i, i + 1, 100 + i + 1, 0))
+        corr.begin(KEY, row(2 * i + 2, t, name="cold"), ru(t, cpu, cpu, 5 * i, i + 1, 100 + i + 1, 0))
+        t += 6 * MS
+        corr.end(KEY, 2 * i + 2, t, "ok", ru(t, cpu, cpu, 5 * (i + 1), i + 1, 100 + i + 1, 0))
+    corr.on_sample(KEY, 100 * MS, sample(40 * MS, 10, thread_cpu=40 * MS))
+    assert len(corr.out) == 20
+    for r in corr.out:
+        s = r.signals
+        assert s["cpu_exact"] is True
+        want = 4 * MS if r.name == "hot" else 0
+        assert s["thread_cpu_ns"] == want and s["proc_cpu_ns"] == want
+        assert s["thread_cpu_ns_err"] == edge_cpu.rusage_res(want) and s["proc_cpu_ns_err"] == 0
+        assert s["cpu_user_ns"] + s.get("cpu_sys_ns", 0) == want  # the sampled split, rescaled
+        assert s["ctx_vol"] == (0 if r.name == "hot" else 5)
+        assert s["ctx_invol"] == (1 if r.name == "hot" else 0)
+        assert s["thread_minflt"] == (1 if r.name == "hot" else 0)
+
+
+def test_reused_reading_bounds_the_span(corr):
+    # The end edge reuses the begin's reading (taken 3 ms before the begin): the span's thread
+    # CPU lies in [d - gap_begin, d + gap_end] cut to [0, duration].
+    corr.on_sample(KEY, 0, sample(0, 10, thread_cpu=0))
+    r0 = ru(7 * MS, 7 * MS, 7 * MS)
+    corr.begin(KEY, row(1, 10 * MS), r0)
+    corr.end(KEY, 1, 15 * MS, "ok", r0)
+    corr.on_sample(KEY, 100 * MS, sample(100 * MS, 10, thread_cpu=100 * MS))
+    (r,) = corr.out
+    s = r.signals
+    assert s["cpu_exact"] is False
+    lo, hi = s["thread_cpu_ns"] - s["thread_cpu_ns_err"], s["thread_cpu_ns"] + s["thread_cpu_ns_err"]
+    assert lo <= 5 * MS <= hi  # the true value (the thread spun all along) is inside the bound
+    assert s["thread_cpu_ns"] == 0  # the readings' own difference, with the gap as its bound
+    assert s["ctx_vol"] == 0 and s["ru_gap_ns"] == 3 * MS + 8 * MS  # counts between the readings, gap said
+
+
+def test_spans_without_readings_are_inexact_with_a_bound(corr):
+    # Thread CPU 40 ms over 100 ms; a 4 ms span gets 1.6 ms interpolated, bounded by [0, 4 ms].
+    corr.on_sample(KEY, 0, sample(0, 10, thread_cpu=0))
+    corr.begin(KEY, row(1, 50 * MS))
+    corr.end(KEY, 1, 54 * MS, "ok")
+    corr.on_sample(KEY, 100 * MS, sample(40 * MS, 10, thread_cpu=40 * MS))
+    (r,) = corr.out
+    s = r.signals
+    assert s["cpu_exact"] is False
+    assert s["thread_cpu_ns"] == pytest.approx(1.6 * MS, abs=1)
+    assert s["thread_cpu_ns_err"] == pytest.approx(2.4 * MS, abs=1)  # up to the whole 4 ms
+    assert "proc_cpu_ns" not in s
+
+
+def test_samples_tighten_the_bound_of_unread_spans(corr):
+    # The thread ran all the time: the samples pin a 30 ms span to exactly 30 ms of CPU.
+    corr.on_sample(KEY, 0, sample(0, 10, thread_cpu=0))
+    corr.begin(KEY, row(1, 20 * MS))
+    corr.end(KEY, 1, 50 * MS, "ok")
+    corr.on_sample(KEY, 100 * MS, sample(100 * MS, 10, thread_cpu=100 * MS))
+    (r,) = corr.out
+    assert r.signals["thread_cpu_ns"] == 30 * MS and r.signals["thread_cpu_ns_err"] == 0
+
+
+def test_readings_that_the_wall_time_forbids_are_clamped_and_flagged(corr):
+    # getrusage said 1.3 ms of thread CPU in a 1 ms span: clamped to 1 ms, the bound says 0.3 ms.
+    corr.on_sample(KEY, 0, sample(0, 10, thread_cpu=0))
+    corr.begin(KEY, row(1, 10 * MS), ru(10 * MS, 0, 0))
+    corr.end(KEY, 1, 11 * MS, "ok", ru(11 * MS, 1_300_000, 1_000_000))
+    corr.on_sample(KEY, 100 * MS, sample(100 * MS, 10, thread_cpu=50 * MS))
+    (r,) = corr.out
+    s = r.signals
+    assert s["cpu_reading_clamped"] is True and s["cpu_exact"] is True
+    assert s["thread_cpu_ns"] == MS and s["thread_cpu_ns_err"] == 300_000 + edge_cpu.rusage_res(MS)
+    assert s["proc_cpu_ns"] == MS

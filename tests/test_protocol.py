@@ -76,9 +76,52 @@ def test_bad_events_have_a_reason(ev, reason):
 def test_unknown_fields_are_ignored():
     data = msgpack.packb({"v": 1, "pid": 1, "pst": 2, "seq": 1, "drop": 0, "ev": [], "future": {"x": 1}})
     assert P.decode_batch(data).pid == 1
-    ev = [P.PHASE_END, 1, 1, 3, "ok", None, "appended-in-v1.1"]
+    # Item 6 of phase_end is the edge reading (nil here); what comes after it is a later revision's.
+    ev = [P.PHASE_END, 1, 1, 3, "ok", None, None, "appended-later"]
     kind, _, _ = P.check_event(ev)
     P.check_fields(kind, ev)
+
+
+RU = [90, 1_000, 2_000, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize(
+    "ev",
+    [
+        [P.PHASE_BEGIN, 100, 1, 1, 0, "a", None, None, RU],
+        [P.PHASE_BEGIN, 100, 1, 1, 0, "a", None, None, None],
+        [P.PHASE_BEGIN, 90, 1, 1, 0, "a", None, None, [*RU, "later"]],
+        [P.PHASE_END, 100, 1, 1, "ok", None, RU],
+        [P.PHASE_END, 100, 1, 1, "ok", None, None],
+        [P.PHASE_BEGIN, 100, 1, 1, 0, "a", None, None],  # an older client: no reading at all
+    ],
+)
+def test_edge_readings_accepted(ev):
+    kind, _, _ = P.check_event(ev)
+    P.check_fields(kind, ev)
+    assert P.check_ru(RU, 100) == tuple(RU)
+
+
+@pytest.mark.parametrize(
+    "ru",
+    [
+        "x",
+        {"t": 1},
+        RU[:6],
+        [101, *RU[1:]],  # read after the edge: no client reuses a future reading
+        [90, -1, 0, 0, 0, 0, 0],
+        [90, 1.5, 0, 0, 0, 0, 0],
+        [90, True, 0, 0, 0, 0, 0],
+        [90, 0, 0, 0, 0, 0, 1 << 64],
+        [90, 0, 0, None, 0, 0, 0],
+    ],
+)
+def test_bad_edge_readings_are_refused(ru):
+    for ev in ([P.PHASE_BEGIN, 100, 1, 1, 0, "a", None, None, ru], [P.PHASE_END, 100, 1, 1, "ok", None, ru]):
+        kind, _, _ = P.check_event(ev)
+        with pytest.raises(P.ProtocolError) as exc:
+            P.check_fields(kind, ev)
+        assert exc.value.reason == "bad_ru"
 
 
 @pytest.mark.parametrize(

@@ -92,3 +92,43 @@ def test_per_process_mapping_and_energy(trees):
     assert h["card0"]["split_method"] == "fdinfo_busy"
     assert h["card0"]["residual_mj"] == pytest.approx(287_000 * 0.5)
     assert h["card1"]["split_method"] == "even"
+
+
+def test_hwmon_power_becomes_a_calibrated_power_series_for_span_energy(trees):
+    """card1 (power1_input + energy1_input): each tick's power reading is a series point for the
+    process on it; the energy counter (here 5 % above power x time) calibrates it; a span over
+    the series gets its energy from it (tick resolution: hwmon keeps no sample history)."""
+    from gpuos_hintd.correlate import Correlator
+    from gpuos_hintd.store import SpanRow
+
+    sysfs, proc = trees
+    hw = sysfs / "class/drm/card1/device/hwmon/hwmon4"
+    s = ROCmSampler(sysfs=sysfs, procfs=proc)
+    out: list[SpanRow] = []
+    corr = Correlator(dict(s.metrics), out.extend)
+    ms = 1_000_000
+    energy_uj = 123456789000
+    corr.begin(P_NODE, SpanRow("b", P_NODE.pid, P_NODE.start, 1, 0, 1, "p", "p", 1, None, None, 1_000 * ms,
+                               1_000 * ms, 0, "open"))  # fmt: skip
+    points = 0
+    for i in range(0, 41):
+        t = i * 100 * ms
+        watts = 100 if (i // 5) % 2 == 0 else 300
+        (hw / "power1_input").write_text(f"{watts * 1_000_000}\n")
+        if i:
+            energy_uj += int(watts * 1.05 * 0.1 * 1e6)  # this tick's interval, 5 % above the power
+        (hw / "energy1_input").write_text(f"{energy_uj}\n")
+        if i == 30:
+            corr.end(P_NODE, 1, 3_000 * ms, "ok")
+        got = s.sample([Target(k) for k in (P_FDINFO, P_NODE, P_NONE)], t)
+        pts = got[P_NODE].series.get("gpu_power_mw@amd:card1", [])
+        points += len(pts)
+        corr.on_sample(P_NODE, t, got[P_NODE])
+    assert points == 41 and not got[P_NONE].series
+    dev = {d["card"]: d for d in s.devices()}["card1"]
+    assert dev["power_samples_scale"] == pytest.approx(1.05, abs=0.01)
+    (r,) = out
+    assert r.signals["gpu_energy_source"] == "power_samples"
+    # Each reading stands for the tick interval ending at it (ticks 11..30 cover 1-3 s), x the scale.
+    truth_j = sum((100 if (i // 5) % 2 == 0 else 300) * 0.1 for i in range(11, 31)) * 1.05
+    assert r.signals["gpu_energy_j"] == pytest.approx(truth_j, rel=0.06)

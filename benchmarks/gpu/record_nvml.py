@@ -47,6 +47,7 @@ FRAME_FUNCTIONS: tuple[str, ...] = (
     "nvmlDeviceGetPcieThroughput",
     "nvmlDeviceGetComputeRunningProcesses",
     "nvmlDeviceGetProcessUtilization",
+    "nvmlDeviceGetSamples",
 )
 STATIC_FUNCTIONS: tuple[str, ...] = ("nvmlDeviceGetUUID", "nvmlDeviceGetName")
 
@@ -124,8 +125,14 @@ _PROC_FIELDS = ("pid", "usedGpuMemory", "gpuInstanceId", "computeInstanceId")
 _UTIL_FIELDS = ("pid", "timeStamp", "smUtil", "memUtil", "encUtil", "decUtil")
 
 
-def record_device(nv: Any, h: Any, last_seen: dict[int, int], idx: int) -> dict[str, Any]:
-    """One frame of one GPU: every FRAME_FUNCTIONS call, value or error."""
+def record_device(
+    nv: Any, h: Any, last_seen: dict[int, int], idx: int, t0_mono_ns: int = 0, last_power: dict[int, int] | None = None
+) -> dict[str, Any]:
+    """One frame of one GPU: every FRAME_FUNCTIONS call, value or error.
+
+    Power samples (nvmlDeviceGetSamples, NVML_TOTAL_POWER_SAMPLES) are stored with their
+    wall-clock microsecond stamps converted to the frames' timeline (CLOCK_MONOTONIC - t0).
+    """
     out: dict[str, Any] = {}
 
     def call(fname: str, conv: Any, *args: Any) -> Any:
@@ -167,6 +174,18 @@ def record_device(nv: Any, h: Any, last_seen: dict[int, int], idx: int) -> dict[
         if isinstance(util, list) and util:
             last_seen[idx] = max(s["timeStamp"] for s in util)
         out["nvmlDeviceGetProcessUtilization"] = util
+        lp = last_power if last_power is not None else {}
+        got = call("nvmlDeviceGetSamples", lambda r: r, nv.NVML_TOTAL_POWER_SAMPLES, lp.get(idx, 0))
+        if isinstance(got, tuple):
+            vtype, samples = got
+            field = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal"}.get(int(vtype), "uiVal")
+            off = time.time_ns() - time.monotonic_ns() + t0_mono_ns
+            pts = [[int(x.timeStamp) * 1000 - off, getattr(x.sampleValue, field)] for x in samples]
+            if samples:
+                lp[idx] = max(int(x.timeStamp) for x in samples)
+            out["nvmlDeviceGetSamples"] = {"type": int(vtype), "samples": pts}
+        else:
+            out["nvmlDeviceGetSamples"] = got
     except nv.NVMLError_GpuIsLost:
         return {"error": "GpuIsLost"}
     return out
@@ -219,6 +238,7 @@ def main() -> int:
 
         period = 1.0 / args.hz
         last_seen: dict[int, int] = {}
+        last_power: dict[int, int] = {}
         frames = []
         t0 = time.monotonic_ns()
         deadline = time.monotonic()
@@ -233,7 +253,7 @@ def main() -> int:
                 {
                     "t_ns": t - t0,
                     "wall_ns": time.time_ns(),
-                    "devices": [record_device(nv, h, last_seen, i) for i, h in enumerate(handles)],
+                    "devices": [record_device(nv, h, last_seen, i, t0, last_power) for i, h in enumerate(handles)],
                 }
             )
             deadline += period

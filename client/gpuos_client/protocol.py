@@ -251,6 +251,33 @@ def check_event(ev: Any, limits: Limits = LIMITS) -> tuple[int, int, int]:
     return kind, _int(ev[1], "t_ns"), _int(ev[2], "tid")
 
 
+#: The optional edge reading appended to phase_begin (item 8) and phase_end (item 6), a v1
+#: minor extension: ru = [t_read_ns, thread_cpu_ns, proc_cpu_ns, nvcsw, nivcsw, minflt, majflt].
+_RU_FIELDS: Final = ("t_read_ns", "thread_cpu_ns", "proc_cpu_ns", "nvcsw", "nivcsw", "minflt", "majflt")
+_U63: Final = (1 << 63) - 1
+
+
+def check_ru(ru: Any, t_ns: int) -> tuple[int, ...] | None:
+    """Validate an edge reading ``ru`` (nil, or 7 non-negative int64s with t_read_ns <= t).
+
+    A reading from the future (t_read_ns > the edge's t) cannot be a reading the
+    client reused from an earlier edge, so it is refused (``bad_ru``); the event
+    is refused with it, as for any other malformed field.  Items past the seven
+    known ones are ignored (a later minor revision may append).
+    """
+    if ru is None:
+        return None
+    if not isinstance(ru, list | tuple) or len(ru) < len(_RU_FIELDS):
+        raise ProtocolError("bad_ru", f"ru must be an array of {len(_RU_FIELDS)} ints or nil")
+    out = tuple(ru[: len(_RU_FIELDS)])
+    for what, v in zip(_RU_FIELDS, out, strict=True):
+        if type(v) is not int or not 0 <= v <= _U63:
+            raise ProtocolError("bad_ru", f"ru.{what}={v!r} is not a non-negative int64")
+    if out[0] > t_ns:
+        raise ProtocolError("bad_ru", f"ru.t_read_ns={out[0]} is after the edge t={t_ns}")
+    return out
+
+
 def check_fields(kind: int, ev: Sequence[Any], limits: Limits = LIMITS) -> None:
     """Validate the kind-specific fields of an event already passed to check_event."""
     if kind == PHASE_BEGIN:
@@ -260,10 +287,14 @@ def check_fields(kind: int, ev: Sequence[Any], limits: Limits = LIMITS) -> None:
         if ev[6] is not None:
             check_name(ev[6], limits, "class")
         check_attrs(ev[7], limits)
+        if len(ev) > 8:
+            check_ru(ev[8], ev[1])
     elif kind == PHASE_END:
         _int(ev[3], "span_id")
         check_status(ev[4])
         check_attrs(ev[5], limits)
+        if len(ev) > 6:
+            check_ru(ev[6], ev[1])
     elif kind == MARK:
         check_name(ev[3], limits)
         check_attrs(ev[4], limits)

@@ -66,6 +66,9 @@ class Client:
     workload_class: str | None = None
     hello: dict[str, Any] | None = None
     tids: set[int] = dataclasses.field(default_factory=set)
+    #: Each thread's last edge reading (ru): a phase edge with a nil reading from a thread that
+    #: sent one before means "that reading still stands" (the client reads at most every 20 us).
+    last_ru: dict[int, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     events: int = 0
     batches: int = 0
     last_seq: int = 0

@@ -13,6 +13,17 @@ sample and, for each of its spans:
   fall inside the span; a span with no sample inside gets the value
   interpolated at its midpoint and is flagged ``estimated``.
 
+Where the client read its thread's counters at the phase edges (the ``ru``
+items of phase_begin/phase_end), CPU, context switches and faults come from
+those readings instead, exact or within a stated bound (edge_cpu.py); spans
+without them keep the interpolation and carry ``cpu_exact: false`` and a bound.
+
+Timestamped series finer than the tick (``ProcSample.series``: the GPU driver's
+power samples, ~20 ms apart) are kept per process, bounded, and integrated over
+each span's own interval - the device interval where the client recorded one,
+the host interval otherwise - which gives per-span GPU energy at the series'
+resolution, with a resolution estimate (``gpu_energy_err_j``).
+
 A span is finalised at the first tick at or after its end.  Processes that
 vanish get their open spans closed as ``abandoned`` at the last time they
 were seen alive.  A short ring of recent samples stays per process so that a
@@ -27,10 +38,15 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from . import edge_cpu
+from .samplers._power import PowerSeries
 from .samplers.base import Metric, ProcKey, ProcSample, Value
 from .store import SpanRow
 
 HISTORY_TICKS = 600  # 60 s at 10 Hz, for late device intervals
+SERIES_POINTS = 3000  # per process and series: 60 s of 20 ms power samples
+#: How long an ended span waits for the series to reach its end (the driver's samples lag).
+SERIES_WAIT_NS = 300_000_000
 
 
 @dataclasses.dataclass(slots=True)
@@ -51,6 +67,11 @@ class OpenSpan:
     gauge_max: dict[str, float] = dataclasses.field(default_factory=dict)
     gauge_n: dict[str, int] = dataclasses.field(default_factory=dict)
     samples: int = 0
+    #: The client's edge readings (docs/protocol.md), None for old clients / reads off.
+    ru_begin: edge_cpu.Ru | None = None
+    ru_end: edge_cpu.Ru | None = None
+    #: Where the thread CPU counter can be at the start, from the samples around it.
+    start_bounds: edge_cpu.Bounds | None = None
 
     @property
     def ended(self) -> bool:
@@ -149,6 +170,7 @@ class Correlator:
         # spans end between the same two samples, and they share it.
         self._cache_pair: tuple[Snapshot | None, Snapshot | None] = (None, None)
         self._cache: dict[tuple[int, bool], _Edges] = {}
+        self.series: dict[ProcKey, dict[str, PowerSeries]] = {}
 
     def set_metrics(self, metrics: Mapping[str, Metric]) -> None:
         self.metrics = dict(metrics)
@@ -175,17 +197,18 @@ class Correlator:
         return _interpolate_some(prev, cur, t_ns, tid, (), edges)
 
     # --------------------------------------------------------------- events
-    def begin(self, key: ProcKey, row: SpanRow) -> None:
+    def begin(self, key: ProcKey, row: SpanRow, ru: edge_cpu.Ru | None = None) -> None:
         spans = self.spans.setdefault(key, {})
-        spans[row.span_id] = OpenSpan(row)
+        spans[row.span_id] = OpenSpan(row, ru_begin=ru)
         self.n_open[key] = self.n_open.get(key, 0) + 1
 
-    def end(self, key: ProcKey, span_id: int, t_ns: int, status: str) -> SpanRow | None:
+    def end(self, key: ProcKey, span_id: int, t_ns: int, status: str, ru: edge_cpu.Ru | None = None) -> SpanRow | None:
         span = self.spans.get(key, {}).get(span_id)
         if span is None or span.ended:
             return None
         span.row.end_ns = max(t_ns, span.row.start_ns)
         span.row.status = status
+        span.ru_end = ru
         self.n_open[key] -= 1
         return span.row
 
@@ -203,6 +226,14 @@ class Correlator:
         if hist is None:
             hist = self.history[key] = collections.deque(maxlen=HISTORY_TICKS)
         hist.append(cur)
+        if sample.series:
+            mine = self.series.setdefault(key, {})
+            for name, pts in sample.series.items():
+                ser = mine.get(name)
+                if ser is None:
+                    ser = mine[name] = PowerSeries(SERIES_POINTS)
+                ser.add(pts)
+        series = self.series.get(key)
         done: list[SpanRow] = []
         for span in list(self.spans.get(key, {}).values()):
             row = span.row
@@ -212,9 +243,12 @@ class Correlator:
                 span.start_vals = self._interp(prev, cur, row.start_ns, row.tid, True)
                 # No sample before the start: the first one stands in, and it is said.
                 span.start_estimated = prev is None or row.start_ns < prev.t_ns
+                span.start_bounds = _thread_cpu_bounds(prev, cur, row.start_ns, row.tid)
             if row.start_ns <= t_ns and (not span.ended or t_ns <= row.end_ns):
                 self._add_gauges(span, cur, row.tid)
             if span.ended and row.end_ns <= t_ns:
+                if series and t_ns - row.end_ns < SERIES_WAIT_NS and not _covered(series, row):
+                    continue  # the driver's samples up to the end are not in yet
                 end_vals = self._interp(prev, cur, row.end_ns, row.tid, True)
                 done.append(self._finalize(key, span, end_vals, prev, cur))
         self.prev[key] = cur
@@ -271,7 +305,15 @@ class Correlator:
                     if v is not None:
                         signals[mean_key] = signals[max_key] = _round(v)
                         estimated = True
+        self._edge_cpu(span, signals, prev, cur)
         _derive(signals, row.duration_ns)
+        if row.dev_start_ns is not None and row.dev_end_ns is not None:
+            # Device time and the GPU figures over the device interval (busy %, energy).
+            if "gpu_energy_j" in signals:
+                signals["gpu_energy_counter_j"] = signals["gpu_energy_j"]
+            signals.update(self.device_signals(key, row.dev_start_ns, row.dev_end_ns))
+        elif key in self.series:
+            self._series_energy(key, row, signals)
         if signals.get("gpu_energy_estimated_max"):
             signals["gpu_energy_is_estimate"] = True
         row.signals = signals
@@ -280,6 +322,39 @@ class Correlator:
         self.spans.get(key, {}).pop(row.span_id, None)
         self.finalized += 1
         return row
+
+    def _series_energy(self, key: ProcKey, row: SpanRow, signals: dict[str, Any]) -> None:
+        """GPU energy of a span without a device interval, from the power series over its host interval."""
+        got = series_energy(self.series.get(key, {}), row.start_ns, row.end_ns)
+        if got is None:
+            return
+        if "gpu_energy_j" in signals:
+            signals["gpu_energy_counter_j"] = signals["gpu_energy_j"]
+        signals.update(got)
+        signals["gpu_energy_window"] = "host"
+
+    def _edge_cpu(self, span: OpenSpan, signals: dict[str, Any], prev: Snapshot | None, cur: Snapshot | None) -> None:
+        """CPU figures from the edge readings, or bounds on the interpolated ones."""
+        row = span.row
+        sampled = None
+        if cur is not None and span.start_bounds is not None:
+            end_b = _thread_cpu_bounds(prev, cur, row.end_ns, row.tid)
+            if end_b is not None:
+                sb = span.start_bounds
+                sampled = (max(end_b[0] - sb[1], 0.0), end_b[1] - sb[0])
+        nthreads = span.gauge_max.get("threads")
+        if nthreads is None and cur is not None:
+            nthreads = cur.values.get("threads")
+        edge_cpu.apply(
+            signals,
+            row.duration_ns,
+            row.start_ns,
+            row.end_ns,
+            span.ru_begin,
+            span.ru_end,
+            sampled,
+            int(nthreads) if nthreads is not None else None,
+        )
 
     # ------------------------------------------------------------- lifetime
     def close_process(self, key: ProcKey, status: str, at_ns: int | None = None) -> list[SpanRow]:
@@ -290,9 +365,12 @@ class Correlator:
         """
         prev = self.prev.pop(key, None)
         self.history.pop(key, None)
+        series = self.series.pop(key, None)
         spans = self.spans.pop(key, {})
         self.n_open.pop(key, None)
         out = []
+        if series:
+            self.series[key] = series  # for these last finalisations only
         for span in spans.values():
             row = span.row
             if not span.ended:
@@ -302,19 +380,26 @@ class Correlator:
             if span.start_vals is None and prev is not None:
                 span.start_vals = vals
                 span.start_estimated = True
+                span.start_bounds = _thread_cpu_bounds(None, prev, row.start_ns, row.tid)
             out.append(self._finalize(key, span, vals, None, prev))
+        self.series.pop(key, None)
         self._cache_pair, self._cache = (None, None), {}
         if out:
             self.emit(out)
         return out
 
     def device_signals(self, key: ProcKey, begin_ns: int, end_ns: int) -> dict[str, Any]:
-        """GPU gauges over a device interval, from the recent-sample ring (best effort)."""
+        """GPU figures over a device interval: its length, gauges from the recent-sample ring
+        (best effort: NVML utilisation is itself a ~1/6 s average), energy from the power series."""
+        out: dict[str, Any] = {"dev_ms": _round((end_ns - begin_ns) / 1e6)}
+        got = series_energy(self.series.get(key, {}), begin_ns, end_ns)
+        if got is not None:
+            out.update(got)
+            out["gpu_energy_window"] = "device"
         hist = self.history.get(key)
         if not hist:
-            return {}
+            return out
         inside = [s for s in hist if begin_ns <= s.t_ns <= end_ns]
-        out: dict[str, Any] = {}
         for name, m in self.metrics.items():
             if m.kind != "gauge" or not name.startswith("gpu_"):
                 continue
@@ -322,9 +407,54 @@ class Correlator:
             if vals:
                 out[f"dev_{name}_mean"] = _round(sum(vals) / len(vals))
                 out[f"dev_{name}_max"] = _round(max(vals))
-        if out:
-            out["dev_samples"] = len(inside)
+        out["dev_samples"] = len(inside)
         return out
+
+
+def _covered(series: dict[str, PowerSeries], row: SpanRow) -> bool:
+    end = row.dev_end_ns if row.dev_end_ns is not None else row.end_ns
+    return all(s.covered(end) for s in series.values())
+
+
+def series_energy(series: Mapping[str, PowerSeries], a: int, b: int) -> dict[str, Any] | None:
+    """Energy over [a, b] from a process's power series (one per GPU), with its resolution."""
+    if not series or b < a:
+        return None
+    mj = err = 0.0
+    n = None
+    ext = 0
+    for s in series.values():
+        got = s.integrate(a, b, scale=1.0)  # the sampler already applied the calibration
+        if got is None:
+            continue
+        mj += got.mj
+        err += got.err_mj
+        n = got.samples if n is None else min(n, got.samples)
+        ext = max(ext, got.extrapolated_ns)
+    if n is None:
+        return None
+    out: dict[str, Any] = {
+        "gpu_energy_j": _round(mj / 1000.0),
+        "gpu_energy_err_j": _round(err / 1000.0),
+        "gpu_energy_source": "power_samples",
+        "gpu_power_samples": n,
+    }
+    if b > a:
+        out["gpu_avg_power_w"] = _round(mj / ((b - a) / 1e9) / 1000.0)
+    if ext:
+        out["gpu_energy_extrapolated_ms"] = _round(ext / 1e6)
+    if n == 0:
+        out["gpu_energy_subres"] = True  # shorter than the sample period: see the phase estimator
+    return out
+
+
+def _thread_cpu_bounds(prev: Snapshot | None, cur: Snapshot, t_ns: int, tid: int) -> edge_cpu.Bounds | None:
+    """Where thread ``tid``'s CPU counter can be at t_ns, given the two samples around it."""
+    c1 = cur.threads.get(tid, _EMPTY).get("thread_cpu_ns")
+    if prev is None:
+        return edge_cpu.edge_bounds(None, None, c1, cur.t_ns, t_ns)
+    c0 = prev.threads.get(tid, _EMPTY).get("thread_cpu_ns")
+    return edge_cpu.edge_bounds(c0, prev.t_ns, c1, cur.t_ns, t_ns)
 
 
 def _round(v: float | int) -> float | int:

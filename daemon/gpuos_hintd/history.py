@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .store import SpanQuery, open_readonly, phase_summary, query_spans
+from .store import SpanQuery, open_readonly, phase_table, query_spans
 
 MAX_ROWS = 10_000
 MAX_QUERY_S = 1.0
@@ -74,7 +74,7 @@ def op_spans(service: Any, req: dict[str, Any], uid: int | None) -> list[dict[st
 
 def op_phases(service: Any, req: dict[str, Any], uid: int | None) -> list[dict[str, Any]]:
     since = _opt_int(req, "since_wall_ns", -I64_MAX)
-    return _bounded(service, lambda conn: phase_summary(conn, since, _scope(uid)))
+    return _bounded(service, lambda conn: phase_table(conn, since, _scope(uid)))
 
 
 def op_export(service: Any, req: dict[str, Any], uid: int | None) -> dict[str, Any]:

@@ -76,11 +76,12 @@ def sample_all(states: Sequence[SamplerState], targets: Sequence[Target], now: i
         for key, ps in result.items():
             m = merged.get(key)
             if m is None:
-                merged[key] = ProcSample(dict(ps.values), {t: dict(v) for t, v in ps.threads.items()})
+                merged[key] = ProcSample(dict(ps.values), {t: dict(v) for t, v in ps.threads.items()}, dict(ps.series))
             else:
                 m.values.update(ps.values)
                 for tid, vals in ps.threads.items():
                     m.threads.setdefault(tid, {}).update(vals)
+                m.series.update(ps.series)
     return merged
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import resource
 import signal
 import socket
@@ -34,6 +35,8 @@ from .notify import Notifier
 from .service import HintService
 
 log = structlog.get_logger("gpuos_hintd.server")
+#: Tick jitter, as a fraction of the period (uniform, around a fixed grid).
+TICK_JITTER = 0.1
 
 MAX_DRAIN = 4096  # messages per readiness before timers get a turn
 # Over this libzmq drops the peer outright; between max_message_bytes and this it is
@@ -254,7 +257,12 @@ class Server:
         svc, cfg, notifier = self.service, self.config, self.notifier
         period_ns = int(1e9 / cfg.sample_hz)
         now = time.monotonic_ns()
-        next_tick = now + period_ns
+        # Each tick is jittered around a fixed grid (the mean rate stays sample_hz): a tick at
+        # exactly 10 Hz aliases with counters that the driver refreshes every ~100 ms (17 % of
+        # 100 ms windows saw no NVML energy change on an H200); jittered, the phases average out.
+        jitter = int(period_ns * TICK_JITTER)
+        grid = now + period_ns
+        next_tick = grid + random.randint(-jitter, jitter)
         next_reap = now + int(cfg.reap_interval_s * 1e9)
         wd_ns = int(notifier.watchdog_s * 1e9 / 2) if notifier.watchdog_s else 0
         next_wd = now
@@ -304,7 +312,8 @@ class Server:
             if now >= next_tick:
                 self._guard("tick", svc.request_tick)  # the worker samples; results come back through wake_fd
                 # Skip missed ticks instead of bursting to catch up.
-                next_tick += period_ns * max(1, (now - next_tick) // period_ns + 1)
+                grid += period_ns * max(1, (now - grid) // period_ns + 1)
+                next_tick = grid + random.randint(-jitter, jitter)
             if now >= next_reap:
                 self._guard("reap", svc.reap)
                 next_reap = now + int(cfg.reap_interval_s * 1e9)

@@ -22,6 +22,8 @@ from . import __version__, procfs
 from .clients import Client, Rejected, TokenBucket, describe_process, is_alive, ns_to_host_tid, verify_peer
 from .config import Config
 from .correlate import Correlator
+from .phase_energy import MARK_NAME as PHASE_ENERGY_MARK
+from .phase_energy import PhaseEnergy, SpanIv
 from .phase_stats import PhaseStats
 from .samplers.base import Metric, NullSampler, ProcKey, Sampler, Target
 from .sampling import SampleResult, SamplerState, SamplingWorker
@@ -39,6 +41,28 @@ REAPED_MEMORY = 4096
 REAP_GRACE_NS = 1_000_000_000
 #: Reply sent to a peer refused at admission, so it can tell why (at most once per reason).
 SpanSink = Callable[[list[SpanRow]], None]
+
+
+def _span_iv(row: SpanRow, ended: bool) -> SpanIv:
+    """A span's interval for the phase-energy fit: device interval if recorded, else host; open: None end."""
+    if row.dev_start_ns is not None and row.dev_end_ns is not None:
+        return SpanIv(row.span_id, row.parent_span_id, row.path, row.dev_start_ns, row.dev_end_ns)
+    return SpanIv(row.span_id, row.parent_span_id, row.path, row.start_ns, row.end_ns if ended else None)
+
+
+def _edge_ru(c: Client, ev: list[Any], index: int, tid: int) -> tuple[int, ...] | None:
+    """The edge reading of a phase event (already checked by protocol.check_ru).
+
+    A nil reading from a thread that sent one before stands for that last reading (the client
+    reads at most once per GPUOS_HINT_RUSAGE_MIN_US per thread); from a thread that never sent
+    one (an old client, or reads off) it means no reading.
+    """
+    if len(ev) > index and ev[index] is not None:
+        ru = tuple(ev[index][:7])
+        if len(c.last_ru) < 4096 or tid in c.last_ru:  # bounded per client
+            c.last_ru[tid] = ru
+        return ru
+    return c.last_ru.get(tid)
 
 
 class HintService:
@@ -70,6 +94,7 @@ class HintService:
         #: Extra blocks of status() by name (e.g. "otlp": the exporter's counters).
         self.status_sections: dict[str, Callable[[], Any]] = {}
         self.phase_stats = PhaseStats()
+        self.phase_energy = PhaseEnergy()
         self.correlator = Correlator({}, self._on_spans)
         for s in samplers:
             self.add_sampler(s)
@@ -307,7 +332,7 @@ class HintService:
         span_id, parent_id, name, cls, attrs = ev[3], ev[4], ev[5], ev[6], ev[7]
         if corr.get(c.key, span_id) is not None:
             return  # already known (recovered from a heartbeat that overtook it)
-        self._open_span(c, span_id, parent_id, tid, t, name, cls, attrs, recovered=False)
+        self._open_span(c, span_id, parent_id, tid, t, name, cls, attrs, recovered=False, ru=_edge_ru(c, ev, 8, tid))
 
     def _open_span(
         self,
@@ -320,6 +345,7 @@ class HintService:
         cls: str | None,
         attrs: dict[str, Any] | None,
         recovered: bool,
+        ru: tuple[int, ...] | None = None,
     ) -> None:
         n_open = self.correlator.n_open.get(c.key, 0)
         if n_open >= self.config.max_open_spans_per_client:
@@ -353,7 +379,7 @@ class HintService:
         )
         if tid not in c.tids:
             c.tids.add(tid)
-        self.correlator.begin(c.key, row)
+        self.correlator.begin(c.key, row, ru)  # type: ignore[arg-type]  # check_ru made it 7 ints
         if c.uid in self._uid_open_now:
             self._uid_open_now[c.uid] += 1
 
@@ -381,7 +407,7 @@ class HintService:
         return host
 
     def _on_end(self, c: Client, ev: list[Any], t: int, tid: int) -> None:
-        row = self.correlator.end(c.key, ev[3], t, ev[4])
+        row = self.correlator.end(c.key, ev[3], t, ev[4], _edge_ru(c, ev, 6, tid))  # type: ignore[arg-type]
         if row is None:
             self.counters["orphan_ends"] += 1
         elif ev[5]:
@@ -403,6 +429,7 @@ class HintService:
             open_span.row.dev_start_ns, open_span.row.dev_end_ns = begin, end
             return
         self.counters["device_intervals_late"] += 1
+        self.phase_energy.device(c.key, span_id, begin, end)
         if self.store is not None:
             sig = self.correlator.device_signals(c.key, begin, end)
             self.store.submit(
@@ -500,6 +527,13 @@ class HintService:
             if key not in self.clients:
                 continue  # reaped while it was being sampled
             self.correlator.on_sample(key, now, ps)
+            series = self.correlator.series.get(key)
+            if series:
+                live = (_span_iv(sp.row, sp.ended) for sp in self.correlator.spans.get(key, {}).values())
+                attrs = self.phase_energy.advance(key, now, series, live)
+                if attrs:
+                    mark = MarkRow(self.boot_id, key.pid, key.start, 0, now, wall, PHASE_ENERGY_MARK, attrs)
+                    self._marks.append(mark)
             if self.config.store_samples and now - self._stored_at.get(key, 0) >= self._store_every_ns:
                 self._stored_at[key] = now
                 rows.append(SampleRow(self.boot_id, key.pid, key.start, 0, now, wall, ps.values))
@@ -558,6 +592,11 @@ class HintService:
         self.counters["spans_closed"] += len(rows)
         for row in rows:
             self.phase_stats.add(row)
+            if row.signals.get("gpu_energy_source") == "power_samples":
+                iv = _span_iv(row, True)
+                self.phase_energy.on_span(
+                    ProcKey(row.pid, row.pid_start), row.span_id, row.parent_span_id, row.path, iv.a, iv.b or iv.a
+                )
         if self.store is not None:
             self.store.submit("spans", rows)
         for sink in self.sinks:
@@ -600,6 +639,12 @@ class HintService:
             last = self.correlator.prev.get(key)
             at = max(c.last_seen_mono_ns, last.t_ns if last else 0)
             closed = self.correlator.close_process(key, "abandoned", at)
+            attrs = self.phase_energy.forget(key)
+            if attrs:
+                mono = time.monotonic_ns()
+                self._marks.append(
+                    MarkRow(self.boot_id, key.pid, key.start, 0, mono, self._wall(c, mono), PHASE_ENERGY_MARK, attrs)
+                )
             abandoned = sum(1 for r in closed if r.status == "abandoned")
             reason = "exited" if c.said_bye else "died"
             self.counters["clients_exited"] += 1

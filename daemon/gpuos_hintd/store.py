@@ -757,6 +757,57 @@ PHASE_SUMMARY_SIGNALS: tuple[tuple[str, str], ...] = (
 )
 
 
+def phase_energy_marks(
+    conn: sqlite3.Connection, since_wall_ns: int | None = None, uid: int | None = None
+) -> dict[tuple[int, int], list[Any]]:
+    """The per-phase energy statistics the daemon wrote (``__phase_energy__`` marks), per process."""
+    where, args = "name='__phase_energy__' AND wall_ns >= ?", [since_wall_ns or 0]
+    if uid is not None:
+        where += """ AND EXISTS (SELECT 1 FROM processes p WHERE p.boot_id=marks.boot_id AND p.pid=marks.pid
+                     AND p.pid_start=marks.pid_start AND p.uid=?)"""
+        args.append(uid)
+    out: dict[tuple[int, int], list[Any]] = {}
+    for pid, pst, attrs in conn.execute(f"SELECT pid, pid_start, attrs FROM marks WHERE {where} ORDER BY id", args):
+        try:
+            out.setdefault((pid, pst), []).append(json.loads(attrs))
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def phase_energy_fits(
+    conn: sqlite3.Connection, since_wall_ns: int | None = None, resamples: int = 200, uid: int | None = None
+) -> dict[tuple[int, int], dict[str, dict[str, Any]]]:
+    """Per process: the per-phase power fit (NNLS + bootstrap CI) over its __phase_energy__ marks."""
+    from .phase_energy import fit_marks  # the offline half of phase_energy: pure arithmetic
+
+    return {key: fit_marks(marks, resamples) for key, marks in phase_energy_marks(conn, since_wall_ns, uid).items()}
+
+
+def best_phase_fits(by_proc: dict[tuple[int, int], dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per phase path: the fit of the process that saw it in the most windows."""
+    best: dict[str, dict[str, Any]] = {}
+    for (pid, _pst), fits in by_proc.items():
+        for path, f in fits.items():
+            if path.startswith("("):
+                continue  # (unhinted), (other phases): shown only in --json through the paths
+            if path not in best or f["windows"] > best[path]["windows"]:
+                best[path] = {**f, "pid": pid}
+    return best
+
+
+def phase_table(
+    conn: sqlite3.Connection, since_wall_ns: int | None = None, uid: int | None = None
+) -> list[dict[str, Any]]:
+    """What `gpuos-hintctl phases` shows: phase_summary plus each phase's energy fit (of one uid, if given)."""
+    rows = phase_summary(conn, since_wall_ns, uid)
+    fits = best_phase_fits(phase_energy_fits(conn, since_wall_ns, uid=uid))
+    for r in rows:
+        if r["name"] in fits:
+            r["energy_fit"] = fits[r["name"]]
+    return rows
+
+
 def phase_summary(
     conn: sqlite3.Connection, since_wall_ns: int | None = None, uid: int | None = None
 ) -> list[dict[str, Any]]:
@@ -771,6 +822,12 @@ def phase_summary(
         f"""SELECT path AS name, workload_class, count(*) AS count,
                    sum(status='abandoned') AS abandoned, avg(duration_ns) AS mean_ns,
                    min(duration_ns) AS min_ns, max(duration_ns) AS max_ns, sum(duration_ns) AS total_ns,
+                   avg(dev_end_ns - dev_start_ns) AS dev_mean_ns, count(dev_start_ns) AS dev_count,
+                   sum(json_extract(signals, '$.thread_cpu_ns')) AS thread_cpu_total_ns,
+                   sum(json_extract(signals, '$.thread_cpu_ns_err')) AS thread_cpu_total_err_ns,
+                   sum(json_extract(signals, '$.cpu_exact') = 1) AS cpu_exact_spans,
+                   sum(json_extract(signals, '$.gpu_energy_err_j')) AS gpu_energy_err_j,
+                   sum(json_extract(signals, '$.gpu_energy_subres') = 1) AS gpu_energy_subres_spans,
                    {sig}
             FROM spans WHERE {where} GROUP BY path, workload_class ORDER BY min(start_ns)""",
         args,

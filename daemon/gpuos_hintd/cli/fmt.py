@@ -52,3 +52,12 @@ def duration(seconds: float) -> str:
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def pm(v: float | int | None, err: float | int | None, digits: int = 1) -> str:
+    """A figure with its uncertainty, ``12.3±0.4`` (just the figure when there is none)."""
+    if v is None:
+        return "-"
+    if err is None:
+        return num(float(v), digits)
+    return f"{float(v):,.{digits}f}±{float(err):,.{digits}f}"

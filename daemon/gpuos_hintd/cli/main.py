@@ -25,8 +25,8 @@ from .. import __version__
 from ..config import ENV_STATE_DIR, default_state_dir
 from ..control import DaemonUnavailable, request
 from ..errors import GpuosError, StoreError
-from ..store import SpanQuery, open_readonly, phase_summary, query_spans
-from .fmt import duration, ms, num, safe, table
+from ..store import SpanQuery, open_readonly, phase_table, query_spans
+from .fmt import duration, ms, num, pm, safe, table
 
 Command = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, tuple[Command, Callable[[argparse.ArgumentParser], None], str]] = {}
@@ -294,10 +294,11 @@ def cmd_spans(ns: argparse.Namespace) -> int:
                 dev,
                 r["status"] + ("*" if r["estimated"] else ""),
                 num(s.get("cpu_pct")),
+                _thread_cpu(s),
                 num(s.get("ctx_vol")),
                 num(s.get("gpu_util_pct_mean")),
                 num(s["gpu_power_mw_mean"] / 1000 if s.get("gpu_power_mw_mean") is not None else None),
-                num(s.get("gpu_energy_j"), 3),
+                pm(s.get("gpu_energy_j"), s.get("gpu_energy_err_j"), 3),
                 thread_state(s),
             ]
         )
@@ -312,6 +313,7 @@ def cmd_spans(ns: argparse.Namespace) -> int:
                 "DEV MS",
                 "STATUS",
                 "CPU %",
+                "THREAD CPU MS",
                 "CTXSW",
                 "GPU %",
                 "POWER W",
@@ -319,12 +321,24 @@ def cmd_spans(ns: argparse.Namespace) -> int:
                 "THREAD STATE",
             ],
             out,
-            "rr  rr rrrrr ",
+            "rr  rr rrrrrr ",
         )
     )
     if any(r["estimated"] for r in rows):
-        print("* estimated: the span was shorter than the sampling period, figures are interpolated")
+        print("* estimated: no sample fell inside the span; its gauges (RSS, GPU %, power) are interpolated")
+    if any(r["signals"].get("cpu_exact") is False and "proc_cpu_ns" not in r["signals"] for r in rows):
+        print("~ thread CPU interpolated from samples (no edge readings): the ± is its bound")
     return 0
+
+
+def _thread_cpu(s: dict[str, Any]) -> str:
+    """Thread CPU in ms with its bound; '~' marks a figure interpolated from samples."""
+    v = s.get("thread_cpu_ns")
+    if v is None:
+        return "-"
+    err = s.get("thread_cpu_ns_err")
+    text = pm(v / 1e6, err / 1e6 if err is not None else None, 3)
+    return text + ("~" if s.get("cpu_exact") is False and "proc_cpu_ns" not in s else "")
 
 
 #: The syscalls sampler's per-thread states, as shown in the THREAD STATE column.
@@ -354,7 +368,7 @@ def _phases_args(p: argparse.ArgumentParser) -> None:
 @args(_phases_args)
 def cmd_phases(ns: argparse.Namespace) -> int:
     since = parse_since(ns.since)
-    rows = history(ns, "phases", lambda conn: phase_summary(conn, since), since_wall_ns=since)
+    rows = history(ns, "phases", lambda conn: phase_table(conn, since), since_wall_ns=since)
     if ns.json:
         _print_json(rows)
         return 0
@@ -371,11 +385,18 @@ def cmd_phases(ns: argparse.Namespace) -> int:
             ms(r["min_ns"]),
             ms(r["max_ns"]),
             ms(r["total_ns"]),
+            ms(r["dev_mean_ns"]) if r.get("dev_count") else "-",
             num(r.get("cpu_pct")),
+            pm(
+                r["thread_cpu_total_ns"] / 1e6 if r.get("thread_cpu_total_ns") is not None else None,
+                r["thread_cpu_total_err_ns"] / 1e6 if r.get("thread_cpu_total_err_ns") is not None else None,
+            ),
             num(r.get("ctx_vol")),
             num(r.get("gpu_util_pct_mean")),
             num(r["gpu_power_mw_mean"] / 1000 if r.get("gpu_power_mw_mean") is not None else None),
-            num(r.get("gpu_energy_j"), 3),
+            pm(r.get("gpu_energy_j"), r.get("gpu_energy_err_j"), 3),
+            _fit_power(r.get("energy_fit")),
+            _fit_energy(r),
         ]
         for r in rows
     ]
@@ -390,17 +411,45 @@ def cmd_phases(ns: argparse.Namespace) -> int:
                 "MIN MS",
                 "MAX MS",
                 "TOTAL MS",
+                "DEV MS",
                 "CPU %",
+                "THREAD CPU MS",
                 "CTXSW",
                 "GPU %",
                 "POWER W",
                 "ENERGY J",
+                "FIT W (95% CI)",
+                "FIT J/SPAN",
             ],
             out,
-            "  rrrrrrrrrrr",
+            "  rrrrrrrrrrrrrrr",
         )
     )
+    if any(r.get("energy_fit") for r in rows):
+        print(
+            "FIT: per-phase power from NNLS of power-sample window energy on each phase's share of the"
+            " window, across repetitions (bootstrap 95% CI); FIT J/SPAN = FIT W x mean device (else host) time"
+        )
     return 0
+
+
+def _fit_power(f: dict[str, Any] | None) -> str:
+    if not f:
+        return "-"
+    lo, hi = f["ci_w"]
+    return f"{f['power_w']:,.0f} ({lo:,.0f}-{hi:,.0f})"
+
+
+def _fit_energy(r: dict[str, Any]) -> str:
+    f = r.get("energy_fit")
+    if not f:
+        return "-"
+    t = r.get("dev_mean_ns") if r.get("dev_count") else r.get("mean_ns")
+    if not t:
+        return "-"
+    lo, hi = f["ci_w"]
+    s = t / 1e9
+    return pm(f["power_w"] * s, max(f["power_w"] - lo, hi - f["power_w"]) * s, 3)
 
 
 # --------------------------------------------------------------------- main

@@ -62,6 +62,10 @@ class ProcSample:
 
     values: dict[str, Value] = dataclasses.field(default_factory=dict)
     threads: dict[int, dict[str, Value]] = dataclasses.field(default_factory=dict)
+    #: Timestamped readings finer than the tick, new since the last tick, per name
+    #: (e.g. ``gpu_power_mw@0``: the driver's power samples, (CLOCK_MONOTONIC ns, mW)).
+    #: The correlator integrates them over each span's own interval.
+    series: dict[str, list[tuple[int, float]]] = dataclasses.field(default_factory=dict)
 
 
 class Sampler(abc.ABC):

@@ -18,6 +18,13 @@ Why it looks the way it does:
   is the device's residual (see _energy.EnergyLedger, which also copes with the
   counter's ~100 ms update cadence).  Without a counter, power x time is
   integrated and ``gpu_energy_estimated`` is 1.
+* Per-span energy: the driver's timestamped power samples
+  (``nvmlDeviceGetSamples(NVML_TOTAL_POWER_SAMPLES)``, ~20 ms apart on an
+  H200) are read every tick, from the last timestamp seen, into a
+  :class:`~._power.PowerSeries` per GPU, calibrated against the energy counter
+  over long windows.  Each process gets them as the series
+  ``gpu_power_mw@<index>`` (device power x its share), which the correlator
+  integrates over each span's device interval (host interval otherwise).
 * PIDs: NVML reports the pids of the pid namespace NVML is called from.  On a
   host, and for a daemon in the host pid namespace, that is the same pid as in
   /proc.  CUDA_VISIBLE_DEVICES does not apply: the daemon watches every GPU
@@ -31,11 +38,13 @@ import dataclasses
 import importlib
 import logging
 import threading
+import time
 from collections.abc import Collection
 from typing import Any, ClassVar
 
 from ..errors import SamplerUnavailable
 from ._energy import EnergyLedger
+from ._power import PowerSeries
 from .base import Metric, ProcKey, ProcSample, Sampler, Target, Value
 
 log = logging.getLogger(__name__)
@@ -67,6 +76,10 @@ class _Dev:
     split_method: str = "none"
     pcie: tuple[int | None, int | None] = (None, None)  # last (tx, rx) KB/s
     pcie_read_ns: int = 0
+    power: PowerSeries = dataclasses.field(default_factory=PowerSeries)
+    power_last_us: int = 0
+    power_new: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    last_counter: float | None = None
 
 
 _DEVICE_FIELDS = (
@@ -81,6 +94,14 @@ _DEVICE_FIELDS = (
     "pcie_tx_bytes_per_s",
     "pcie_rx_bytes_per_s",
 )
+
+
+#: nvmlValueType_t -> the c_nvmlValue_t member holding it.
+_VALUE_FIELDS = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
+
+
+def _wall_minus_mono_ns() -> int:
+    return time.time_ns() - time.monotonic_ns()
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -288,11 +309,40 @@ class NVMLSampler(Sampler):
                 "pcie_tx_bytes_per_s": tx * 1024 if tx is not None else None,  # NVML gives KB/s
                 "pcie_rx_bytes_per_s": rx * 1024 if rx is not None else None,
             }
+            self._read_power_samples(dev)
             plist = q(dev, "nvmlDeviceGetComputeRunningProcesses", h, not_found=[])
             dev.procs = {int(p.pid): p.usedGpuMemory for p in plist} if plist is not None else {}
             self._read_proc_util(dev, now_ns)
         except _GpuLost:
             self._mark_lost(dev)
+
+    def _read_power_samples(self, dev: _Dev) -> None:
+        """New driver power samples since the last one seen, onto the device's series (mono ns, mW)."""
+        nv = self._nv
+        kind = getattr(nv, "NVML_TOTAL_POWER_SAMPLES", None)
+        dev.power_new = []
+        if kind is None:
+            return
+        got = self._query(dev, "nvmlDeviceGetSamples", dev.handle, kind, dev.power_last_us, not_found=None)
+        if not got:
+            return
+        vtype, samples = got
+        field = _VALUE_FIELDS.get(int(vtype), "uiVal")
+        offset = _wall_minus_mono_ns()
+        pts = []
+        for smp in samples:
+            ts = int(smp.timeStamp)
+            if ts <= dev.power_last_us:
+                continue
+            val = smp.sampleValue
+            w = getattr(val, field, None) if not isinstance(val, int | float) else val
+            if w is None:
+                continue
+            # NVML's sample timestamps are CPU wall-clock microseconds; spans are CLOCK_MONOTONIC.
+            t = ts * 1000 - offset if ts * 1000 > offset else ts * 1000
+            pts.append((t, float(w)))
+            dev.power_last_us = max(dev.power_last_us, ts)
+        dev.power_new = dev.power.add(pts)
 
     def _read_proc_util(self, dev: _Dev, now_ns: int) -> None:
         """Per-process SM/memory utilisation since the last seen sample (NVML timestamps, us)."""
@@ -349,18 +399,27 @@ class NVMLSampler(Sampler):
         for dev in self._devs:
             self._read_device(dev, now_ns)
         by_pid = {t.key.pid: t.key for t in targets}
+        series: dict[ProcKey, dict[str, list[tuple[int, float]]]] = {}
         for dev in self._devs:
             if dev.lost:
                 continue
-            got = dev.ledger.update(
-                now_ns, dev.read.get("energy_mj"), dev.read.get("power_mw"), self._shares(dev, by_pid)
-            )
+            shares = self._shares(dev, by_pid)
+            counter = dev.read.get("energy_mj")
+            if counter is not None and dev.last_counter is not None and counter != dev.last_counter:
+                dev.power.note_counter(now_ns, float(counter))
+            dev.last_counter = counter
+            got = dev.ledger.update(now_ns, counter, dev.read.get("power_mw"), shares)
             for key, mj in got.items():
                 self._energy[key] = self._energy.get(key, 0.0) + mj  # type: ignore[index]
+            if dev.power_new:
+                scale = dev.power.scale or 1.0
+                for key, frac in shares.items():
+                    pts = [(t, w * frac * scale) for t, w in dev.power_new]
+                    series.setdefault(key, {})[f"gpu_power_mw@{dev.index}"] = pts  # type: ignore[index]
         wanted = set(by_pid.values())
         for key in [k for k in self._energy if k not in wanted]:
             del self._energy[key]  # bounded state: forget processes no longer watched
-        return {key: ProcSample(values=self._values(key)) for key in wanted}
+        return {key: ProcSample(values=self._values(key), series=series.get(key, {})) for key in wanted}
 
     def _values(self, key: ProcKey) -> dict[str, Value]:
         devs = [d for d in self._devs if self._on(d, key.pid)]
@@ -407,6 +466,9 @@ class NVMLSampler(Sampler):
             row["energy_counter_update_interval_ms"] = d.ledger.update_interval_ms()
             row["energy_split_method"] = d.split_method
             row["energy_residual_mj"] = round(d.ledger.residual_mj, 3)
+            row["power_samples_period_ms"] = d.power.period_ns / 1e6 if d.power.period_ns else None
+            row["power_samples_scale"] = round(d.power.scale, 4) if d.power.scale else None
+            row["power_samples_scale_window_s"] = round(d.power.scale_window_ns / 1e9, 1)
             row["processes"] = [
                 {"pid": pid, "used_bytes": used, "sm_util_pct": (d.proc_sm or {}).get(pid)}
                 for pid, used in sorted(d.procs.items())
@@ -423,6 +485,14 @@ class NVMLSampler(Sampler):
             "unsupported": dict(self._unsupported),
             "errors": dict(self._errors),
             "energy": {
-                d.index: {"split_method": d.split_method, **d.ledger.summary()} for d in self._devs if not d.lost
+                d.index: {
+                    "split_method": d.split_method,
+                    **d.ledger.summary(),
+                    "power_samples_period_ms": d.power.period_ns / 1e6 if d.power.period_ns else None,
+                    "power_samples_scale": round(d.power.scale, 4) if d.power.scale else None,
+                    "power_samples_scale_window_s": round(d.power.scale_window_ns / 1e9, 1),
+                }
+                for d in self._devs
+                if not d.lost
             },
         }

@@ -48,6 +48,14 @@ recorded up to the current frame, filtered by the caller's ``timeStamp``
 ("last seen", in microseconds): the sampler's own cursor works as it would on
 hardware.  An empty answer raises NVMLError_NotFound, as the driver does.
 
+nvmlDeviceGetSamples (power samples, ``NVML_TOTAL_POWER_SAMPLES`` only) is
+recorded per frame as ``{"type": 1, "samples": [[t_ns, value], ...]}`` with the
+samples' times converted to the recording's CLOCK_MONOTONIC, and replayed like
+the process utilisation: the union up to the current frame, newer than the
+caller's cursor.  The replay hands out timestamps in *this* host's wall-clock
+microseconds (as the driver does), so the sampler's conversion back to
+CLOCK_MONOTONIC lands on the recorded times.
+
 Time is advanced by the caller: ``seek(i)`` / ``step()``, and ``t_ns`` is the
 current frame's time, to pass to ``sample(targets, now_ns)``.
 """
@@ -55,6 +63,7 @@ current frame's time, to pass to ``sample(targets, now_ns)``.
 from __future__ import annotations
 
 import json
+import time
 import types
 from pathlib import Path
 from typing import Any, NoReturn
@@ -75,6 +84,7 @@ FRAME_FUNCTIONS: tuple[str, ...] = (
     "nvmlDeviceGetPcieThroughput",
     "nvmlDeviceGetComputeRunningProcesses",
     "nvmlDeviceGetProcessUtilization",
+    "nvmlDeviceGetSamples",
 )
 STATIC_FUNCTIONS: tuple[str, ...] = ("nvmlDeviceGetUUID", "nvmlDeviceGetName")
 
@@ -130,6 +140,7 @@ class ReplayNVML:
     NVML_CLOCK_SM = pynvml.NVML_CLOCK_SM
     NVML_PCIE_UTIL_TX_BYTES = pynvml.NVML_PCIE_UTIL_TX_BYTES
     NVML_PCIE_UTIL_RX_BYTES = pynvml.NVML_PCIE_UTIL_RX_BYTES
+    NVML_TOTAL_POWER_SAMPLES = pynvml.NVML_TOTAL_POWER_SAMPLES
 
     def __init__(self, path: Path | str) -> None:
         data = json.loads(Path(path).read_text())
@@ -143,6 +154,8 @@ class ReplayNVML:
         self.synthetic: bool = bool(data.get("synthetic"))
         self._i = 0
         self._initialised = False
+        #: Fixed once, so a sample keeps one wall-clock stamp across calls (the driver's do).
+        self._wall_offset_us = (time.time_ns() - time.monotonic_ns()) // 1000
 
     # -- replay clock -------------------------------------------------------
     @property
@@ -270,3 +283,35 @@ class ReplayNVML:
         if not out:
             _raise("NotFound")
         return out
+
+    def nvmlDeviceGetSamples(
+        self, device: _Handle, sampling_type: int, timeStamp: int
+    ) -> tuple[int, list[types.SimpleNamespace]]:
+        self._value(device, "nvmlDeviceGetSamples")  # raises the recorded error, if any
+        if sampling_type != pynvml.NVML_TOTAL_POWER_SAMPLES:
+            _raise("NotSupported")
+        offset_us = self._wall_offset_us
+        vtype = 1
+        out: dict[int, types.SimpleNamespace] = {}
+        for frame in self.frames[: self._i + 1]:
+            rec = frame["devices"][handle_index(device)].get("nvmlDeviceGetSamples")
+            if not isinstance(rec, dict) or "samples" not in rec:
+                continue
+            vtype = int(rec.get("type", 1))
+            for t_ns, value in rec["samples"]:
+                ts = int(t_ns) // 1000 + offset_us
+                if ts > timeStamp and ts not in out:
+                    out[ts] = types.SimpleNamespace(timeStamp=ts, sampleValue=_sample_value(vtype, value))
+        if not out:
+            _raise("NotFound")
+        return vtype, [out[k] for k in sorted(out)]
+
+
+def handle_index(handle: _Handle) -> int:
+    return handle.index
+
+
+def _sample_value(vtype: int, value: float) -> types.SimpleNamespace:
+    """A c_nvmlValue_t look-alike: the member named by the value type holds it."""
+    field = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}.get(vtype, "uiVal")
+    return types.SimpleNamespace(**{field: value if vtype == 0 else int(value)})

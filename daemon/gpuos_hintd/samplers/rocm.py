@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 
 from ..procfs import PROCFS
 from ._energy import EnergyLedger
+from ._power import PowerSeries
 from .base import Metric, ProcKey, ProcSample, Sampler, Target, Value
 from .drm import DrmClient, DrmScanner
 
@@ -80,6 +81,10 @@ class _Card:
     read: dict[str, Value] = dataclasses.field(default_factory=dict)
     ledger: EnergyLedger = dataclasses.field(default_factory=EnergyLedger)
     split_method: str = "none"
+    #: hwmon power read at each tick, as a power series (hwmon keeps no timestamped history of
+    #: its own, so the resolution is the tick), calibrated against energy1_input where present.
+    power: PowerSeries = dataclasses.field(default_factory=lambda: PowerSeries(4096))
+    last_energy: float | None = None
 
 
 class ROCmSampler(Sampler):
@@ -218,18 +223,30 @@ class ROCmSampler(Sampler):
                 if client.pdev in by_slot:
                     per.setdefault(client.pdev, []).append(client)
             uses[t.key] = per
+        series: dict[ProcKey, dict[str, list[tuple[int, float]]]] = {}
         for c in cards:
             shares = self._shares(c, uses, dt)
             got = c.ledger.update(now_ns, c.read.get("energy_mj"), c.read.get("power_mw"), shares)
             for key, mj in got.items():
                 self._energy[key] = self._energy.get(key, 0.0) + mj  # type: ignore[index]
+            pw, e = c.read.get("power_mw"), c.read.get("energy_mj")
+            if pw is not None and c.power.add([(now_ns, float(pw))]):
+                if e is not None and c.last_energy is not None and e != c.last_energy:
+                    c.power.note_counter(now_ns, float(e))
+                scale = c.power.scale or 1.0
+                for key, frac in shares.items():
+                    series.setdefault(key, {})[f"gpu_power_mw@amd:{c.name}"] = [(now_ns, float(pw) * frac * scale)]
+            c.last_energy = e
         keys = {t.key for t in targets}
         for k in [k for k in self._energy if k not in keys]:
             del self._energy[k]  # bounded state: forget processes no longer watched
         for kb in [kb for kb in self._last_busy_ns if kb[0] not in keys]:
             del self._last_busy_ns[kb]
         self.scanner.forget_except(keys)
-        return {key: ProcSample(values=self._values(key, uses.get(key, {}), by_slot)) for key in keys}
+        return {
+            key: ProcSample(values=self._values(key, uses.get(key, {}), by_slot), series=series.get(key, {}))
+            for key in keys
+        }
 
     def _shares(self, c: _Card, uses: dict[ProcKey, dict[str, list[DrmClient]]], dt: int) -> dict[ProcKey, float]:
         here = {k: per[c.slot] for k, per in uses.items() if c.slot in per}
@@ -289,6 +306,7 @@ class ROCmSampler(Sampler):
                 "energy_counter_update_interval_ms": c.ledger.update_interval_ms(),
                 "energy_split_method": c.split_method,
                 "energy_residual_mj": round(c.ledger.residual_mj, 3),
+                "power_samples_scale": round(c.power.scale, 4) if c.power.scale else None,
                 "source": "pyamdgpuinfo+sysfs" if c.slot in self._pyamd else "sysfs",
             }
             for c in self._cards or []

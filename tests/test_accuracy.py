@@ -1,0 +1,68 @@
+"""The CPU accuracy harness at small size: per-phase CPU against the program's own clocks.
+
+Runs benchmarks/accuracy_cpu.py --small (a real daemon at default settings, a real hinted
+client; truth read in-process, never from the daemon) and asserts accuracy, not timing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_edge_readings_meet_the_cpu_targets(tmp_path):
+    out = tmp_path / "acc.json"
+    subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "accuracy_cpu.py"), "--small", "--no-plot", "--out", str(out)],
+        check=True,
+        timeout=600,
+    )
+    doc = json.loads(out.read_text())
+    res = {r["config"]: r for r in doc["results"]}
+    edges, interp = res["edges@10Hz"]["phases"], res["interp@10Hz"]["phases"]
+    # A truth row is matched to the span that began within 1 ms before it: on a loaded machine a
+    # preemption between the hint and the program's first reading can break that for a few.
+    r = res["edges@10Hz"]
+    assert r["spans_unmatched"] <= 0.02 * r["spans_matched"], r["spans_unmatched"]
+    # Issue 9's alternation: hot within +-10 %, cold <= 5 % of the CPU (it was -62 % / 61 %).
+    assert abs(edges["hot"]["thread_cpu_err_pct"]) <= 10, edges["hot"]
+    assert edges["cold"]["share_of_case_cpu_pct"] <= 5, edges["cold"]
+    for name, p in edges.items():
+        if p["mix"] != "sleep" and p["length_ms"] >= 1:
+            # Per-phase total CPU of phases >= 1 ms within +-5 % of the thread clock, process CPU too.
+            assert abs(p["thread_cpu_err_pct"]) <= 5, (name, p)
+            assert abs(p["proc_cpu_err_pct"]) <= 5, (name, p)
+        else:
+            assert p["share_of_case_cpu_pct"] <= 5, (name, p)
+        # Voluntary context switches: the sleeps' own (one per sleep), not smeared.  The span also
+        # holds the hint's own code (a GIL hand-off to the sender thread is a voluntary switch).
+        assert abs(p["daemon_ctx_vol"] - p["truth_ctx_vol"]) <= max(5, 0.1 * p["truth_ctx_vol"]), (name, p)
+    # Without the readings (the interpolation) the same run is far off: the harness can tell.
+    assert interp["hot"]["share_of_case_cpu_pct"] < 90 or abs(interp["hot"]["thread_cpu_err_pct"]) > 10
+
+
+def test_gpu_accuracy_script_cpu_smoke(tmp_path):
+    """benchmarks/gpu/accuracy_gpu.py --cpu: the same code path as on the H200, tiny, no NVML."""
+    import pytest
+
+    for mod in ("torch", "transformers"):
+        pytest.importorskip(mod, reason=f"{mod} is not installed (pip install torch==2.13.0 transformers)")
+    subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu" / "accuracy_gpu.py"), "--cpu", "--out", str(tmp_path)],
+        check=True,
+        timeout=600,
+        capture_output=True,
+    )
+    doc = json.loads((tmp_path / "accuracy_gpu.json").read_text())
+    assert doc["mode"] == "cpu-smoke"
+    ph = doc["daemon"]["phases"]
+    # Every hinted phase reached the daemon, each span with its CPU from the edge readings.
+    assert ph["prefill"]["spans"] == 2 and ph["decode"]["spans"] == 8
+    assert ph["stage_a"]["spans"] == 5 and ph["forward"]["spans"] == 3
+    assert all(p["thread_cpu_ms_mean"] is not None for p in ph.values())
+    assert set(doc["isolated"]) >= {"prefill", "decode", "forward", "backward", "optimizer", "stage_a"}
+    assert "FIT W" in doc["daemon"]["phases_table"]
