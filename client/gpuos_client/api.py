@@ -20,24 +20,9 @@ from typing import Any, Final, TypeVar
 from . import _runtime as _rtmod
 from . import protocol as P
 from ._runtime import get_runtime
+from .classes import CLASSES as CLASSES  # re-exported: the vocabulary lives in classes.py
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-#: The documented vocabulary of workload classes; free strings are accepted too.
-CLASSES: Final = frozenset(
-    {
-        "inference.prefill",  # prompt processing: large GEMMs, compute bound
-        "inference.decode",  # token generation: small kernels, launch/memory bound
-        "inference.batch",  # offline batched inference
-        "training.step",  # forward/backward/optimizer
-        "training.data",  # data loading and preprocessing
-        "training.checkpoint",  # saving state: I/O bound
-        "batch.io",  # bulk reads/writes
-        "batch.compute",  # bulk compute without latency needs
-        "interactive",  # latency-sensitive, user-facing
-        "idle",  # holding resources, doing nothing
-    }
-)
 
 # The innermost open phase in this context: (span_id, depth, scoped class,
 # the enclosing state, tid).  A linked stack in a ContextVar: each thread and
