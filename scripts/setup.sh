@@ -69,3 +69,6 @@ if [[ ! -f $stamp ]] || ! grep -q "$sum" "$stamp"; then
   fi
   echo "$sum" >> "$stamp"
 fi
+
+# Real torch/transformers for the integration tests; soft: they skip with the reason when absent.
+if (( want_test )); then scripts/setup-ml-test.sh; fi
