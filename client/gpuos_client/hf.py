@@ -257,7 +257,7 @@ def auto_trainer(trainer_module: Any = None, *, device: bool = False, nvtx: bool
 
     Called once ``transformers.trainer`` is imported (never imported here
     otherwise: it is heavy).  Optimizer steps are left to the torch
-    integration's global optimizer hooks, so they are not counted twice.
+    integration (it instruments every optimizer when built), so they are not counted twice.
     """
     try:
         if trainer_module is None:

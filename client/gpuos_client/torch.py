@@ -332,22 +332,6 @@ def instrument(
 
 
 # --------------------------------------------------------------- optimizer
-def _step_hooks(name: str, cls: str | None, device: bool, nvtx: bool) -> tuple[Any, Any]:
-    def pre(opt: Any, args: Any, kwargs: Any) -> None:
-        try:
-            _stack().append((id(opt), _open(name, cls, None, device, nvtx)))
-        except Exception:
-            _failed()
-
-    def post(opt: Any, args: Any, kwargs: Any) -> None:
-        try:
-            _close(_pop(id(opt)))
-        except Exception:
-            _failed()
-
-    return pre, post
-
-
 def instrument_optimizer(
     opt: Any,
     *,
@@ -358,14 +342,44 @@ def instrument_optimizer(
 ) -> Handle:
     """An ``optimizer.step`` phase (class training.step) around each ``opt.step()``.
 
-    Uses the optimizer's step pre/post hooks.  torch runs no post hook when
-    ``step()`` raises: that one phase then stays open until the process ends
-    (the daemon closes it as recovered); later phases are unaffected.
+    Wraps the instance's ``step`` (as a bound method, so LR schedulers still
+    wrap it) rather than using torch's step pre/post hooks: those fire after
+    torch's own profiler bookkeeping (about 1 ms on the first step), and no
+    post hook runs when ``step()`` raises - a wrapper has the true edges and
+    closes the phase as ``error``.
     """
+    import types
+
     h = Handle()
-    pre, post = _step_hooks(name, workload_class or PHASE_CLASSES["optimizer.step"], device, nvtx)
-    h.add(opt.register_step_pre_hook(pre))
-    h.add(opt.register_step_post_hook(post))
+    d = opt.__dict__
+    if d.get("_gpuos_step"):
+        return h
+    cls = workload_class or PHASE_CLASSES["optimizer.step"]
+    had = "step" in d
+    prev = d.get("step")
+    inner = opt.step
+
+    def step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        tok = _open(name, cls, None, device, nvtx)
+        try:
+            out = inner(*args, **kwargs)
+        except BaseException:
+            _close(tok, sys.exc_info()[0])
+            raise
+        _close(tok)
+        return out
+
+    opt.step = types.MethodType(step, opt)
+    d["_gpuos_step"] = True
+
+    def undo() -> None:
+        d.pop("_gpuos_step", None)
+        if had:
+            opt.step = prev
+        else:
+            d.pop("step", None)
+
+    h.add(undo)
     return h
 
 
@@ -634,7 +648,6 @@ def _auto_forward_hooks(device: bool, nvtx: bool) -> None:
                 d["_gpuos_skip"] = True
                 return
             _tls.top = mod
-            instrument(mod, device=device, nvtx=nvtx)  # its own hooks from the next call on
             kind = generation_kind(args, _caller_kwargs())
             if kind is not None:
                 pname, attrs = kind
@@ -642,6 +655,7 @@ def _auto_forward_hooks(device: bool, nvtx: bool) -> None:
             else:
                 pname, attrs, pcls = "forward", None, _default_class(mod)
             _tls.top_tok = _open(pname, pcls, attrs, device, nvtx)
+            instrument(mod, device=device, nvtx=nvtx)  # its own hooks from the next call on
         except Exception:
             _failed()
 
@@ -661,8 +675,8 @@ def _auto_forward_hooks(device: bool, nvtx: bool) -> None:
 def auto(*, device: bool = False, nvtx: bool = False, forward: bool = True) -> None:
     """Turn on every torch integration process-wide (what ``gpuos-run`` calls once torch is imported).
 
-    Top-level forwards, ``Tensor.backward``, every optimizer's step (global
-    step hooks), every DataLoader's iterator and its workers' fetches.
+    Top-level forwards, ``Tensor.backward``, every optimizer's step (each
+    optimizer is instrumented when built), every DataLoader's iterator and its workers' fetches.
     Idempotent; each part fails open on its own.
     """
     global _auto_done
@@ -676,11 +690,22 @@ def auto(*, device: bool = False, nvtx: bool = False, forward: bool = True) -> N
         parts.append(lambda: _auto_forward_hooks(device, nvtx))
 
     def optim() -> None:
-        from torch.optim import optimizer as O
+        opt_class = torch.optim.Optimizer
+        orig_init = opt_class.__init__
+        if getattr(orig_init, "_gpuos_wrapped", False):
+            return
 
-        pre, post = _step_hooks("optimizer.step", PHASE_CLASSES["optimizer.step"], device, nvtx)
-        O.register_optimizer_step_pre_hook(pre)
-        O.register_optimizer_step_post_hook(post)
+        def __init__(self: Any, *a: Any, **kw: Any) -> None:
+            orig_init(self, *a, **kw)
+            try:
+                instrument_optimizer(self, device=device, nvtx=nvtx)
+            except Exception:
+                _failed()
+
+        __init__._gpuos_wrapped = True  # type: ignore[attr-defined]
+        __init__.__wrapped__ = orig_init  # type: ignore[attr-defined]
+        __init__.__doc__ = orig_init.__doc__
+        opt_class.__init__ = __init__  # type: ignore[method-assign]
 
     def loader() -> None:
         DL = torch.utils.data.DataLoader
@@ -695,7 +720,13 @@ def auto(*, device: bool = False, nvtx: bool = False, forward: bool = True) -> N
         __iter__.__wrapped__ = orig  # type: ignore[attr-defined]
         DL.__iter__ = __iter__  # type: ignore[method-assign]
 
-    parts += [optim, loader]
+    def warm() -> None:
+        # Build the reusable phase and scope objects now, at import time, not inside the first phase.
+        for pname, pcls in PHASE_CLASSES.items():
+            _scope(pcls)
+            _phases.setdefault((pname, device), phase(pname, device=device))
+
+    parts += [optim, loader, warm]
     for part in parts:
         try:
             part()
