@@ -175,3 +175,27 @@ def test_hooks_cost_little_per_forward(tmp_path):
     assert res.returncode == 0, res.stderr
     r = json.loads(res.stdout)
     assert r["hinted_us"] - r["base_us"] < 100, r
+
+
+def test_compiled_model_under_auto_one_phase_per_call_no_graph_break_no_warning(daemon):
+    need("torch")
+    code = """
+        import json, warnings, torch, gpuos_client as h, gpuos_client.torch as gt
+        warnings.simplefilter("error")                 # any warning we cause fails the program
+        gt.auto()
+        m = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 4))
+        import torch._dynamo
+        breaks = torch._dynamo.explain(m)(torch.randn(2, 4)).graph_break_count
+        c = torch.compile(m, backend="eager")
+        with torch.no_grad():
+            for _ in range(3):
+                c(torch.randn(2, 4))
+        h.flush()
+        print(json.dumps({"breaks": breaks, "errors": gt.errors()}))
+    """
+    out = json.loads(daemon.client(code, timeout=120).stdout.decode().strip().splitlines()[-1])
+    assert out == {"breaks": 0, "errors": 0}
+    # explain() runs the module once (one phase), then 3 compiled calls, one phase each: the
+    # OptimizedModule wrapper is the top-level forward, the module inside it is not a second one.
+    daemon.wait_for(lambda: len(rows(daemon)) >= 4, what="spans")
+    assert [r["path"] for r in rows(daemon)] == ["forward"] * 4

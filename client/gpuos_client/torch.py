@@ -161,6 +161,23 @@ def _pop(key: int) -> Any:
     return None
 
 
+def _compiling() -> bool:
+    """True while torch.compile traces; the hooks then do nothing (no graph breaks from them)."""
+    try:
+        return bool(_is_compiling())
+    except Exception:
+        return False
+
+
+def _is_compiling() -> bool:
+    global _is_compiling
+    import torch
+
+    fn = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    _is_compiling = fn if fn is not None else (lambda: False)  # type: ignore[assignment]
+    return bool(_is_compiling())
+
+
 def _stack() -> list[Any]:
     try:
         return _tls.stack  # type: ignore[no-any-return]
@@ -262,6 +279,8 @@ def _module_hooks(
     key = id(module)
 
     def pre(mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if _compiling():  # inside a torch.compile trace: no Python side effects to trace
+            return
         try:
             pname, attrs, pcls = name, None, cls
             if top:
@@ -276,6 +295,8 @@ def _module_hooks(
             _failed()
 
     def post(mod: Any, args: tuple[Any, ...], output: Any) -> None:
+        if _compiling():  # inside a torch.compile trace: no Python side effects to trace
+            return
         try:
             _close(_pop(key), sys.exc_info()[0])
         except Exception:
@@ -635,6 +656,8 @@ def _auto_forward_hooks(device: bool, nvtx: bool) -> None:
     from torch.nn.modules import module as M
 
     def pre(mod: Any, args: tuple[Any, ...]) -> None:
+        if _compiling():  # inside a torch.compile trace: no Python side effects to trace
+            return
         try:
             if getattr(_tls, "top", None) is not None:
                 return
@@ -660,6 +683,8 @@ def _auto_forward_hooks(device: bool, nvtx: bool) -> None:
             _failed()
 
     def post(mod: Any, args: tuple[Any, ...], output: Any) -> None:
+        if _compiling():  # inside a torch.compile trace: no Python side effects to trace
+            return
         try:
             if getattr(_tls, "top", None) is mod:
                 _tls.top = None
@@ -670,6 +695,11 @@ def _auto_forward_hooks(device: bool, nvtx: bool) -> None:
 
     M.register_module_forward_pre_hook(pre)
     M.register_module_forward_hook(post, always_call=True)
+    # torch.compile(module) warns that global hooks exist - ours, which the program did not ask for;
+    # they are harmless there (the OptimizedModule is the top, the module inside it is not).
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"Using `torch.compile\(module\)` when there are global hooks")
 
 
 def auto(*, device: bool = False, nvtx: bool = False, forward: bool = True) -> None:
