@@ -79,7 +79,7 @@ with torch.inference_mode():
         for _ in range(p["blocks"]):
             off.append(block())
             # What instrument_generate(model) does, kept removable: forward hooks + the generate phase.
-            handle = gt.instrument(model)
+            handle = gt.instrument(model, device=p["device_timing"])
             model.generate = _generate_wrapper(type(model).generate).__get__(model)
             on.append(block())
             handle.remove()
@@ -159,7 +159,8 @@ class DS(torch.utils.data.Dataset):
         return {"input_ids": ids, "labels": ids.clone()}
 args = TrainingArguments(output_dir=p["dir"], max_steps=p["steps"], per_device_train_batch_size=4,
                          per_device_eval_batch_size=8, eval_strategy="steps", eval_steps=p["steps"] // 2,
-                         save_strategy="steps", save_steps=p["steps"] // 2, logging_steps=1000, report_to="none",
+                         save_strategy="steps", save_steps=p["steps"] // 2, save_only_model=True, logging_steps=1000,
+                         report_to="none",
                          use_cpu=p["tiny"] or not torch.cuda.is_available(), dataloader_num_workers=2,
                          disable_tqdm=True)
 Trainer(model=model, args=args, train_dataset=DS(), eval_dataset=DS()).train()
@@ -205,7 +206,9 @@ class Daemon:
                 time.sleep(0.1)
 
     def request(self, op: str, timeout: float = 10.0) -> Any:
-        sys.path[:0] = [str(REPO / "client"), str(REPO / "daemon")]
+        for p in (str(REPO / "daemon"), str(REPO / "client")):
+            if p not in sys.path:
+                sys.path.insert(0, p)
         from gpuos_hintd.control import request
 
         return request(self.env["GPUOS_HINT_CONTROL"], op, timeout_s=timeout)
@@ -276,7 +279,7 @@ def part_generate(d: Daemon, a: argparse.Namespace, deadline: float) -> dict[str
         if a.tiny
         else dict(vocab=32000, hidden=2048, layers=16, heads=16, batch=4, prompt=512, new=64, per_block=3)
     )
-    p = {**sizes, "tiny": a.tiny, "blocks": a.blocks, "mode": "ab"}
+    p = {**sizes, "tiny": a.tiny, "blocks": a.blocks, "mode": "ab", "device_timing": a.device_timing}
     first = d.max_id()
     ab = run_py(d, textwrap.dedent(GEN), p, False, timeout=max(60.0, deadline - time.monotonic()))
     rows = d.spans({ab["pid"]}, first)
@@ -291,6 +294,7 @@ def part_generate(d: Daemon, a: argparse.Namespace, deadline: float) -> dict[str
             "blocks_each": len(ab["on"]),
             "requests_per_block": sizes["per_block"],
             "order": "unhinted, hinted, unhinted, ... (interleaved blocks)",
+            "device_timing": a.device_timing,
             "client": ab["client"],
             "spans": per_phase(rows),
         },
@@ -377,6 +381,7 @@ def main() -> int:
     ap.add_argument("--proc-runs", type=int, default=3, help="plain/gpuos-run process pairs for generate")
     ap.add_argument("--train-runs", type=int, default=2, help="plain/gpuos-run process pairs for training")
     ap.add_argument("--budget-s", type=float, default=300.0)
+    ap.add_argument("--device-timing", action="store_true", help="hinted A/B blocks also record CUDA events")
     ap.add_argument("--out", help="JSON path (default: $OUT/integrations.json)")
     ap.add_argument("--parts", default="generate,train,trainer")
     a = ap.parse_args()
