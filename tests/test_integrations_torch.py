@@ -199,3 +199,27 @@ def test_compiled_model_under_auto_one_phase_per_call_no_graph_break_no_warning(
     # OptimizedModule wrapper is the top-level forward, the module inside it is not a second one.
     daemon.wait_for(lambda: len(rows(daemon)) >= 4, what="spans")
     assert [r["path"] for r in rows(daemon)] == ["forward"] * 4
+
+
+def test_auto_discovery_ends_and_leaves_only_the_models_own_hooks(daemon):
+    need("torch")
+    code = """
+        import json, torch, gpuos_client as h, gpuos_client.torch as gt
+        from torch.nn.modules import module as M
+        gt.auto()
+        m = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+        loss = torch.nn.MSELoss()                      # parameterless: no phase of its own
+        with torch.no_grad():
+            for _ in range(gt.DISCOVERY_QUIET + 10):
+                loss(m(torch.randn(1, 4)), torch.zeros(1, 4))
+        late = torch.nn.Linear(4, 4)                   # first called after discovery ended
+        late(torch.randn(1, 4))
+        h.flush()
+        print(json.dumps({"ended": gt._discovery["ended"], "global_hooks": len(M._global_forward_pre_hooks)
+                          + len(M._global_forward_hooks), "errors": gt.errors()}))
+    """
+    out = json.loads(daemon.client(code, timeout=60).stdout.decode().strip().splitlines()[-1])
+    assert out == {"ended": True, "global_hooks": 0, "errors": 0}
+    n = 50 + 10
+    daemon.wait_for(lambda: len(rows(daemon)) >= n, what=f"{n} spans")
+    assert [r["path"] for r in rows(daemon)] == ["forward"] * n  # the model's, every call; none for late

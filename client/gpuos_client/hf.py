@@ -190,6 +190,11 @@ def _generate_wrapper(orig: Any) -> Any:
 
     @functools.wraps(orig)
     def generate(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if _gt._auto_done and not self.__dict__.get("_gpuos_instrumented"):
+            try:  # under gpuos-run: make the model known now, so its first forward has its own hooks
+                _gt.instrument(self)
+            except Exception:
+                _gt._failed()
         x = _prompt(args, kwargs)
         shape = getattr(x, "shape", None)
         attrs: dict[str, Any] = {}

@@ -25,6 +25,7 @@ import argparse
 import os
 import shutil
 import sys
+import time
 from collections.abc import Sequence
 
 BOOT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_boot")
@@ -104,7 +105,11 @@ def _declare_class(env: dict[str, str]) -> None:
     import gpuos_client
 
     gpuos_client.workload_class(env["GPUOS_HINT_CLASS"])
-    gpuos_client.flush(0.5)
+    # Bounded: the sender thread still has to start, import zmq and connect (slow on a loaded box).
+    # Once handed to ZeroMQ, its I/O thread writes within microseconds; a short pause lets it before
+    # the exec replaces this process image.
+    if gpuos_client.flush(3.0):
+        time.sleep(0.02)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,6 +31,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from . import _runtime  # already imported by .api; read-only use: the process-wide class
 from .api import phase, workload_class
 from .classes import PHASE_CLASSES
 
@@ -63,8 +64,6 @@ def _failed() -> None:
 # --------------------------------------------------------------------- edges
 def _process_class() -> str | None:
     try:
-        from . import _runtime
-
         rt = _runtime._runtime
         return None if rt is None else rt.process_class
     except Exception:
@@ -644,14 +643,36 @@ def _caller_kwargs() -> dict[str, Any]:
     return {}
 
 
-def _auto_forward_hooks(device: bool, nvtx: bool) -> None:
-    """Global module hooks: a phase per *top-level* forward of any model.
+#: Top-level forwards in a row that found only models already instrumented, after which the
+#: global hooks are removed (see _auto_forward_hooks).
+DISCOVERY_QUIET = 50
+_discovery: dict[str, Any] = {"quiet": 0, "handles": None, "ended": False}
 
-    The first top-level call of a module with parameters instruments it
-    (instance hooks, as :func:`instrument` does) and is itself a phase;
-    later calls go through those instance hooks.  Parameterless top-level
-    modules (a loss module) are left out.  Each other module call costs one
-    cheap check: is a top-level forward already running on this thread?
+
+def _end_discovery() -> None:
+    hs = _discovery["handles"]
+    _discovery["handles"] = None
+    _discovery["ended"] = True
+    for h in hs or ():
+        try:
+            h.remove()
+        except Exception:
+            _failed()
+
+
+def _auto_forward_hooks(device: bool, nvtx: bool) -> None:
+    """Discover the program's models: a phase per *top-level* forward of any of them.
+
+    Global module hooks see every module call; the first top-level call of a
+    module with parameters instruments it (instance hooks, as
+    :func:`instrument` does) and is itself a phase; later calls go through
+    those instance hooks.  Parameterless top-level modules (a loss module)
+    are left out.  Global hooks cost every module call about 1.5 us (torch's
+    slow call path; measured in benchmarks/results/integrations_cpu.json), so
+    they are removed once DISCOVERY_QUIET top-level forwards in a row found
+    only known models: from then on only the models' own hooks cost anything.
+    A model first called after that gets no phases from gpuos-run (instrument
+    it by hand).
     """
     from torch.nn.modules import module as M
 
@@ -663,6 +684,10 @@ def _auto_forward_hooks(device: bool, nvtx: bool) -> None:
                 return
             d = mod.__dict__
             if d.get("_gpuos_instrumented"):
+                _discovery["quiet"] += 1
+                if _discovery["quiet"] >= DISCOVERY_QUIET:
+                    _end_discovery()  # this call's post hook is gone too: leave _tls.top unset
+                    return
                 _tls.top, _tls.top_tok = mod, None
                 return
             if d.get("_gpuos_skip"):
@@ -670,6 +695,7 @@ def _auto_forward_hooks(device: bool, nvtx: bool) -> None:
             if next(mod.parameters(), None) is None:
                 d["_gpuos_skip"] = True
                 return
+            _discovery["quiet"] = 0
             _tls.top = mod
             kind = generation_kind(args, _caller_kwargs())
             if kind is not None:
@@ -693,8 +719,10 @@ def _auto_forward_hooks(device: bool, nvtx: bool) -> None:
         except Exception:
             _failed()
 
-    M.register_module_forward_pre_hook(pre)
-    M.register_module_forward_hook(post, always_call=True)
+    _discovery["handles"] = (
+        M.register_module_forward_pre_hook(pre),
+        M.register_module_forward_hook(post, always_call=True),
+    )
     # torch.compile(module) warns that global hooks exist - ours, which the program did not ask for;
     # they are harmless there (the OptimizedModule is the top, the module inside it is not).
     import warnings
