@@ -77,15 +77,28 @@ with torch.no_grad():
     for _ in range(p["blocks"]):
         res["submodule_ns"]["none"].append(block(lambda: outer(x), p["calls"] // 10) / 51)
 
-# the process-wide hooks (cannot be undone): every module call pays the top-level check
+# the process-wide hooks (cannot be undone).  While gpuos-run is still discovering models, every
+# module call goes through torch's slow path; once discovery ends only the models' own hooks remain.
 gt.auto()
+gt.DISCOVERY_QUIET = 10**9
+res["forward_ns"]["auto_discovering"] = []
+res["submodule_ns"]["auto_discovering"] = []
 res["forward_ns"]["auto"] = []
+res["submodule_ns"]["auto"] = []
 with torch.no_grad():
+    outer(x); m(x)  # both discovered (instrumented) now
+    for _ in range(p["blocks"]):
+        res["forward_ns"]["auto_discovering"].append(block(fwd, p["calls"]))
+        res["submodule_ns"]["auto_discovering"].append(block(lambda: outer(x), p["calls"] // 10) / 51)
+        h.flush(5.0)
+    gt.DISCOVERY_QUIET = 50
+    for _ in range(60):
+        m(x)
+    assert gt._discovery["ended"]
     for _ in range(p["blocks"]):
         res["forward_ns"]["auto"].append(block(fwd, p["calls"]))
-        h.flush(5.0)
-    for _ in range(p["blocks"]):
         res["submodule_ns"]["auto"].append(block(lambda: outer(x), p["calls"] // 10) / 51)
+        h.flush(5.0)
 h.flush(5.0)
 res["client"] = h.stats()
 res["errors"] = gt.errors()
@@ -122,6 +135,8 @@ def main() -> int:
     sub = raw["submodule_ns"]
     pairs = {
         "forward_instrument": (fw["none"], fw["instrument"]),
+        "forward_auto_discovering": (fw["none"], fw["auto_discovering"]),
+        "submodule_call_auto_discovering": (sub["none"], sub["auto_discovering"]),
         "forward_auto": (fw["none"], fw["auto"]),
         "submodule_call_auto": (sub["none"], sub["auto"]),
         "backward_phase": (raw["backward_ns"]["none"], raw["backward_ns"]["phase"]),
@@ -143,7 +158,11 @@ def main() -> int:
     doc = {
         "benchmark": "integrations_cpu",
         "host": {"cpus": os.cpu_count(), "loadavg": os.getloadavg()},
-        "parameters": {"blocks": a.blocks, "calls": a.calls, "order": "none/instrument interleaved, auto last"},
+        "parameters": {
+            "blocks": a.blocks,
+            "calls": a.calls,
+            "order": "none/instrument interleaved, then auto while discovering, then auto after discovery",
+        },
         "summary": summary,
         "results": raw,
         "daemon_rejected": status.get("counters", {}).get("rejected_total"),

@@ -667,7 +667,7 @@ def _auto_forward_hooks(device: bool, nvtx: bool) -> None:
     module with parameters instruments it (instance hooks, as
     :func:`instrument` does) and is itself a phase; later calls go through
     those instance hooks.  Parameterless top-level modules (a loss module)
-    are left out.  Global hooks cost every module call about 1.5 us (torch's
+    are left out.  Global hooks cost every module call about 1.7 us (torch's
     slow call path; measured in benchmarks/results/integrations_cpu.json), so
     they are removed once DISCOVERY_QUIET top-level forwards in a row found
     only known models: from then on only the models' own hooks cost anything.
