@@ -70,3 +70,5 @@ if [[ ! -f $stamp ]] || ! grep -q "$sum" "$stamp"; then
   echo "$sum" >> "$stamp"
 fi
 if (( want_test )); then scripts/setup-otlp-test.sh; fi  # a real OTLP backend (phoenix) for the export tests; fails soft
+# Real torch/transformers for the integration tests; soft: they skip with the reason when absent.
+if (( want_test )); then scripts/setup-ml-test.sh; fi

@@ -13,28 +13,13 @@ import functools
 import inspect
 import time
 from collections.abc import Callable
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 from . import protocol as P
 from ._runtime import get_runtime, impl
+from .classes import CLASSES as CLASSES  # re-exported: the vocabulary lives in classes.py
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-#: The documented vocabulary of workload classes; free strings are accepted too.
-CLASSES: Final = frozenset(
-    {
-        "inference.prefill",  # prompt processing: large GEMMs, compute bound
-        "inference.decode",  # token generation: small kernels, launch/memory bound
-        "inference.batch",  # offline batched inference
-        "training.step",  # forward/backward/optimizer
-        "training.data",  # data loading and preprocessing
-        "training.checkpoint",  # saving state: I/O bound
-        "batch.io",  # bulk reads/writes
-        "batch.compute",  # bulk compute without latency needs
-        "interactive",  # latency-sensitive, user-facing
-        "idle",  # holding resources, doing nothing
-    }
-)
 
 _monotonic_ns = time.monotonic_ns
 
