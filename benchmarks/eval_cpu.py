@@ -351,6 +351,7 @@ def main() -> int:
         "elapsed_s": round(time.monotonic() - t_start, 1),
         "cpu": by_rate,
         "h100_headline": headline(h100),
+        "h100_host_vs_device": h100["breakdown"]["host_vs_device"],
     }
     for hz, r in by_rate.items():
         print(f"--- {hz} Hz, {r['seeds']} seeds")

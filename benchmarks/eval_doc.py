@@ -159,7 +159,12 @@ def phase2_block(path: Path, label: str) -> str:
 
     rel = path.relative_to(ROOT)
     chk = "; ".join(
-        f"{c}: {v['levels']} levels, daemon spans {v['daemon_spans_phase2']}, client dropped {v['client_dropped']}"
+        f"{c}: {v['levels']} levels held"
+        + (
+            f", {v['daemon_spans_phase2']} spans stored by the daemon, {v['client_dropped']} hint events dropped"
+            if v.get("daemon_spans_phase2") is not None
+            else " (no daemon, no client)"
+        )
         for c, v in doc["checks"].items()
     )
     counts: dict[str, dict[str, int]] = {}
@@ -184,6 +189,41 @@ def phase2_block(path: Path, label: str) -> str:
     )
 
 
+def host_device(res: dict[str, Any]) -> str:
+    rows = res.get("h100_host_vs_device")
+    if rows is None:  # straight from the recorded store's spans (no evaluation needed)
+        import sqlite3
+
+        from gpuos_hintd.evaluate import breakdown
+        from gpuos_hintd.evaluate.dataset import load_runs
+
+        conn = sqlite3.connect(f"file:{ROOT / 'tests/data/eval/h100_run.db'}?mode=ro", uri=True)
+        rows = breakdown.host_vs_device([s for r in load_runs(conn) for s in r.spans])
+        conn.close()
+    lines = [
+        "| phase | spans | host ms (median) | device ms (median) | device end lag ms (median / max) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['phase']} | {r['spans']} | {r['host_ms_median']} | {r['device_ms_median']} | "
+            f"{r['device_end_lag_ms_median']} / {r['device_end_lag_ms_max']} |"
+        )
+    return "\n".join([*lines, "", "From `tests/data/eval/h100_run.db` (spans recorded with `--device-timing`)."])
+
+
+def async_block(path: Path) -> str:
+    if not path.exists():
+        return f"Not run yet: no `{path.relative_to(ROOT)}` (made by `benchmarks/gpu/run_phase2.sh`)."
+    d = json.loads(path.read_text())
+    s = d["summary_mean_ci95"]
+    lines = ["| quantity | mean [95 % CI] over trials |", "|---|---|"]
+    lines += [f"| {k} | {v['mean']:.4g} [{v['lo']:.4g}, {v['hi']:.4g}] |" for k, v in s.items()]
+    lines += ["", f"{d['gpu']}: {len(d['trials'])} trials of {d['kernels']} matmuls {d['n']}^2 enqueued without a sync, "
+              f"then {d['host_work_s']} s of host work (`{path.relative_to(ROOT)}`)."]  # fmt: skip
+    return "\n".join(lines)
+
+
 def blocks(res: dict[str, Any] | None = None) -> dict[str, str]:
     res = res or json.loads((RESULTS / "eval_cpu.json").read_text())
     periods_file = RESULTS / "counter_periods_cpu.json"
@@ -194,6 +234,8 @@ def blocks(res: dict[str, Any] | None = None) -> dict[str, str]:
         "detectable": detectable(res, periods),
         "phase2-cpu": phase2_block(RESULTS / "phase2_cpu" / "phase2.json", "CPU (QueueDevice analogue)"),
         "phase2-gpu": phase2_block(RESULTS / "phase2_h200" / "phase2.json", "H200 (CuPy)"),
+        "h100-host-device": host_device(res),
+        "async-gpu": async_block(RESULTS / "phase2_h200" / "async_pipeline.json"),
     }
 
 

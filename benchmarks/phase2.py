@@ -42,7 +42,6 @@ sys.path.insert(0, str(HERE))
 from _harness import REPO, daemon_env, host_info, start_daemon  # noqa: E402
 from gpuos_hintd import procfs  # noqa: E402
 from gpuos_hintd.evaluate import phase2  # noqa: E402
-from gpuos_hintd.evaluate.dataset import metric_kinds  # noqa: E402
 from gpuos_hintd.samplers import registry  # noqa: E402
 from gpuos_hintd.samplers.base import NullSampler, ProcKey, Target  # noqa: E402
 from gpuos_workloads.sweeps import PHASE2_BASE, PHASE2_KNOBS  # noqa: E402
@@ -152,16 +151,6 @@ def run_condition(
     return cond
 
 
-def analyse(raw: dict[str, Any], n_perm: int) -> dict[str, Any]:
-    """Units and statistics per condition (also what `gpuos-hintctl evaluate --phase2` runs)."""
-    kinds = metric_kinds()
-    out = {}
-    for name, cond in raw["conditions"].items():
-        units = phase2.units_of(cond, kinds)
-        out[name] = phase2.analyse(units, cond["knobs"], n_perm=n_perm)
-    return out
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
@@ -212,7 +201,7 @@ def main() -> int:
     raw["elapsed_s"] = round(time.monotonic() - t_start, 1)
     with gzip.open(out / "phase2_raw.json.gz", "wt") as f:
         json.dump(raw, f)
-    results = analyse(raw, ns.n_perm)
+    results = phase2.analyse_raw(raw, ns.n_perm)
     checks = {
         c: {
             "levels": len(v["levels"]),

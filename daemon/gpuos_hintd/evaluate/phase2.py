@@ -110,6 +110,26 @@ def _per_level(vals: Sequence[float], idx: Sequence[int], levels: Sequence[Any])
     return rows
 
 
+def analyse_raw(raw: Mapping[str, Any], n_perm: int = 2000) -> dict[str, Any]:
+    """{condition: analyse(...)} for a whole recording (``benchmarks/phase2.py``'s phase2_raw.json.gz)."""
+    from .dataset import metric_kinds
+
+    kinds = metric_kinds()
+    return {
+        name: analyse(units_of(cond, kinds), cond["knobs"], n_perm=n_perm) for name, cond in raw["conditions"].items()
+    }
+
+
+def load_raw(path: str) -> dict[str, Any]:
+    """A phase2 recording, gzip'd or plain JSON."""
+    import gzip
+    import json
+
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt") as f:
+        return json.load(f)
+
+
 # ------------------------------------------------------------------------ reporting
 def _g(x: float | None) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}"
@@ -120,6 +140,8 @@ def class_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     conds = list(results)
     knobs = sorted({k for r in results.values() for k in r}, key=lambda k: (k == CONTROL_KNOB, k))
     signals = sorted({s for r in results.values() for k in r.values() for s in k["signals"]})
+    constant = [s for s in signals if all(_constant(r, s) for r in results.values())]
+    signals = [s for s in signals if s not in constant]
     head = ["signal", *[f"{k}{' (control)' if k == CONTROL_KNOB else ''}" for k in knobs]]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for s in signals:
@@ -132,7 +154,20 @@ def class_table(results: Mapping[str, Mapping[str, Any]]) -> str:
             cells.append(" / ".join(parts))
         lines.append("| " + " | ".join(cells) + " |")
     note = f"Cells: class (eta2 of level, Spearman rho) for {' / '.join(conds)}.  Rule: {stats.CLASS_RULE}"
+    if constant:
+        note += "  Constant in every unit of every knob and condition (invariant, and blind here): " + ", ".join(
+            f"`{s}`" for s in constant
+        )
     return "\n".join([*lines, "", note])
+
+
+def _constant(result: Mapping[str, Any], signal: str) -> bool:
+    """True when the signal took one value in every unit of every knob (eta^2 0, rho undefined)."""
+    for k in result.values():
+        e = k["signals"].get(signal)
+        if e is not None and not (e["eta2_level"] == 0 and math.isnan(e["spearman_rho"])):
+            return False
+    return True
 
 
 def level_table(result: Mapping[str, Any], signals: Iterable[str] | None = None) -> str:
