@@ -140,3 +140,36 @@ def test_phase2_end_to_end_tiny(tmp_path):
         raw = json.load(f)
     assert len(raw["conditions"]["no hints"]["samples"]) > 100
     assert (tmp_path / "phase2.md").read_text().startswith("# Phase 2")
+
+
+def _synthetic_raw() -> dict:
+    """One condition, knob 'sync' with 2 levels x 3 repeats; threads_running follows the level exactly."""
+    samples, levels, t = [], [], 0
+    for rep in range(3):
+        for lv, running in (("1", 1), ("0", 3)):
+            t0 = t
+            for _ in range(12):
+                samples.append([t, {"threads_running": running, "cpu_user_ns": t // 2}])
+                t += 100_000_000
+            levels.append(
+                {"knob": "sync", "level": lv, "repeat": rep, "t0_ns": t0, "t1_ns": t - 1, "work_flop_per_s": 1e9}
+            )
+    return {"conditions": {"no hints": {"samples": samples, "levels": levels, "knobs": {"sync": ["1", "0"]}}}}
+
+
+def test_hintctl_evaluate_phase2_reanalyses_a_recording(tmp_path):
+    raw = tmp_path / "raw.json.gz"
+    with gzip.open(raw, "wt") as f:
+        json.dump(_synthetic_raw(), f)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(REPO / d) for d in ("client", "daemon")))
+    cmd = [sys.executable, "-m", "gpuos_hintd.cli.main", "evaluate", "--phase2", str(raw), "--json", "-"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)["no hints"]["sync"]["signals"]
+    assert res["threads_running"]["eta2_level"] == pytest.approx(1.0)
+    assert res["threads_running"]["per_level"][0]["mean"] == 1 and res["threads_running"]["per_level"][1]["mean"] == 3
+    assert res["cpu_user_ns"]["eta2_level"] < 0.14  # a steady 0.5 CPU whatever the level
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    out = subprocess.run([*cmd[:4], "--phase2", str(bad)], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode != 0 and "not a phase2 recording" in out.stderr

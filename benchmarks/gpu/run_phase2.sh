@@ -19,7 +19,7 @@ EBPF=""
 if command -v bpftrace >/dev/null && [ "$(id -u)" = 0 ]; then EBPF=--ebpf; echo "eBPF: bpftrace $(bpftrace --version)";
 else echo "eBPF: not run (bpftrace: $(command -v bpftrace || echo absent); uid $(id -u))"; fi
 date -u +%T
-timeout 240 python3 benchmarks/phase2.py --device gpu --hz 20 --repeats 5 --hold-s 1.2 --base-n 1024 \
+timeout 260 python3 benchmarks/phase2.py --device gpu --hz 20 --repeats 5 --hold-s 1.2 --base-n 1024 \
   --sizes 512,1024,2048 $EBPF --out "$OUT"
 echo "phase2 exit $?"; date -u +%T
 timeout 60 python3 benchmarks/gpu/async_pipeline.py --out "$OUT" --trials 10

@@ -11,6 +11,7 @@ leaves the rows out, with the reason in the result.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -52,7 +53,9 @@ class _Sk:
     def fit(self, x: np.ndarray, y: np.ndarray) -> _Sk:
         self.mu, sd = x.mean(axis=0), x.std(axis=0)
         self.sd = np.where(sd > 0, sd, 1.0)
-        self.est = self.make().fit((x - self.mu) / self.sd, y.astype(str))
+        with warnings.catch_warnings():  # NearestCentroid warns on a feature constant within a class
+            warnings.simplefilter("ignore", UserWarning)
+            self.est = self.make().fit((x - self.mu) / self.sd, y.astype(str))
         return self
 
     def predict(self, x: np.ndarray) -> np.ndarray:
