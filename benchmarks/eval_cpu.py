@@ -190,15 +190,22 @@ def nohints_comparison(store: Path, unhinted: list[Run]) -> list[dict[str, Any]]
     return out
 
 
-def per_signal_recall(result_runs: list[Run], level: str = "top") -> dict[str, list[tuple[float, int]]]:
-    """Per feature: (boundary length ms, matched 0/1) of one-channel PELT (beta 1) on every run."""
+def per_signal_recall(
+    result_runs: list[Run], level: str = "top", seed: int = 0
+) -> dict[str, list[tuple[float, int, int]]]:
+    """Per feature: (boundary length ms, matched by one-channel PELT (beta 1), matched by chance) per boundary.
+
+    Chance = the same number of boundaries drawn uniformly from the run's sample times: with a
+    +-2-period tolerance, short phases sit close to other boundaries and get "found" by luck.
+    """
     from gpuos_hintd.evaluate.pipeline import build_windows
 
     wins = build_windows(result_runs)
     if not wins:
         return {}
+    rng = np.random.default_rng(seed)
     period = float(np.median(np.concatenate([w.t1 - w.t0 for w in wins])))
-    out: dict[str, list[tuple[float, int]]] = {}
+    out: dict[str, list[tuple[float, int, int]]] = {}
     for j, name in enumerate(wins[0].feature_names):
         rows = out.setdefault(name, [])
         for w in wins:
@@ -206,7 +213,13 @@ def per_signal_recall(result_runs: list[Run], level: str = "top") -> dict[str, l
             cps = segment(transform(w.features[:, [j]]), 1.0)
             pred = w.t0[np.asarray(cps, dtype=int)] if cps else np.zeros(0)
             m = match(pred, true, 2 * period)
-            rows += [(float(sc) / 1e6, int(hit)) for sc, hit in zip(scale, m.matched_true, strict=True)]
+            grid = w.t0[1:]
+            rand = rng.choice(grid, size=min(len(cps), len(grid)), replace=False) if len(grid) else np.zeros(0)
+            mr = match(rand, true, 2 * period)
+            rows += [
+                (float(sc) / 1e6, int(hit), int(hr))
+                for sc, hit, hr in zip(scale, m.matched_true, mr.matched_true, strict=True)
+            ]
     return out
 
 
@@ -249,7 +262,7 @@ def aggregate(per_seed: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def recall_curves(pairs: dict[str, list[tuple[float, int]]]) -> dict[str, list[dict[str, Any]]]:
+def recall_curves(pairs: dict[str, list[tuple[float, int, int]]]) -> dict[str, list[dict[str, Any]]]:
     """Per signal: recall per phase-length bucket (ms) with a bootstrap CI over boundaries."""
     out = {}
     for name, rows in pairs.items():
@@ -257,13 +270,15 @@ def recall_curves(pairs: dict[str, list[tuple[float, int]]]) -> dict[str, list[d
             continue
         ls = np.array([r[0] for r in rows])
         hit = np.array([r[1] for r in rows], dtype=float)
+        chance = np.array([r[2] for r in rows], dtype=float)
         curve = []
         for lo, hi in itertools.pairwise(LENGTH_EDGES_MS):
             sel = (ls >= lo) & (ls < hi)
             if sel.sum() >= 5:
                 m, a, b = stats.bootstrap_ci(hit[sel], n_boot=500)
                 curve.append({"lo_ms": lo, "hi_ms": hi, "boundaries": int(sel.sum()), "recall": round(m, 3),
-                              "ci": [round(a, 3), round(b, 3)]})  # fmt: skip
+                              "ci": [round(a, 3), round(b, 3)],
+                              "chance_recall": round(float(chance[sel].mean()), 3)})  # fmt: skip
         out[name] = curve
     return out
 
@@ -326,7 +341,7 @@ def main() -> int:
                 print(f"{hz:g} Hz seed {seed}: {res['error']}", flush=True)
                 continue
             per_seed.append({"seed": seed, **headline(res)})
-            for name, rows in per_signal_recall(mine).items():
+            for name, rows in per_signal_recall(mine, seed=seed).items():
                 pairs_all.setdefault(name, []).extend(rows)
             if seed == 0:
                 report_md = report.markdown(res, f"CPU runs, seed 0 at {hz:g} Hz")

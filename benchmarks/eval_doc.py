@@ -44,8 +44,24 @@ def headline(res: dict[str, Any]) -> str:
     def row(label: str, key: str, pct: bool = False) -> None:
         rows.append([label, *[ci(res["cpu"][r]["aggregate"].get(key), pct) for r in rates], _h(g.get(key), pct)])
 
+    def diff_row(label: str, a: str, b: str) -> None:
+        from gpuos_hintd.evaluate.stats import bootstrap_ci
+
+        cells = [label]
+        for r in rates:
+            d = [h[a] - h[b] for h in res["cpu"][r]["per_seed"] if h.get(a) is not None and h.get(b) is not None]
+            m, lo, hi = bootstrap_ci(d)
+            cells.append(f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]" if d else "-")
+        cells.append(f"{g[a] - g[b]:+.3f}" if g.get(a) is not None and g.get(b) is not None else "-")
+        rows.append(cells)
+
     for lv in ("top", "leaf", "class"):
         row(f"boundary F1, {LV[lv]}: OS-only PELT", f"boundary_f1.{lv}.os_only")
+        diff_row(
+            f"... OS-only minus random (paired by seed), {LV[lv]}",
+            f"boundary_f1.{lv}.os_only",
+            f"boundary_f1.{lv}.random",
+        )
         row(f"boundary F1, {LV[lv]}: ruptures PELT (same cost, penalty)", f"boundary_f1.{lv}.ruptures_pelt")
         row(f"boundary F1, {LV[lv]}: random, same count", f"boundary_f1.{lv}.random")
     for lv in ("top", "leaf", "class"):
@@ -136,14 +152,19 @@ def detectable(res: dict[str, Any], periods: dict[str, Any] | None) -> str:
                 if not pts:
                     return "-"
                 n = sum(p["boundaries"] for p in pts)
-                return f"{sum(p['recall'] * p['boundaries'] for p in pts) / n:.2f} (n={n})"
+                r = sum(p["recall"] * p["boundaries"] for p in pts) / n
+                if all("chance_recall" in p for p in pts):
+                    ch = sum(p["chance_recall"] * p["boundaries"] for p in pts) / n
+                    return f"{r:.2f} ({ch:.2f}) n={n}"
+                return f"{r:.2f} n={n}"
 
             cells += [f"{pred:.0f} ms", f"{rec(0, 25)} / {rec(100)} / {rec(400)}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
         "Recall of top-level boundaries found by one-channel PELT (beta 1, +-2 periods) on that signal alone, "
-        "by the length of the shorter adjacent phase, pooled over all seeds of a rate; update period C = median "
+        "by the length of the shorter adjacent phase, pooled over all seeds of a rate (in brackets: recall of the "
+        "same number of boundaries placed at random sample times - chance); update period C = median "
         "interval between changes under load (`benchmarks/results/counter_periods_cpu.json`, "
         "`benchmarks/counter_periods.py`).  Signals shown: those reaching recall >= 0.5 on phases >= 400 ms.",
     ]

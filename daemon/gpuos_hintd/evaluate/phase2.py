@@ -206,6 +206,7 @@ def plot(results: Mapping[str, Mapping[str, Any]], path: str) -> bool:
     conds = list(results)
     knobs = sorted({k for r in results.values() for k in r}, key=lambda k: (k == CONTROL_KNOB, k))
     signals = sorted({s for r in results.values() for k in r.values() for s in k["signals"]})
+    signals = [s for s in signals if not all(_constant(r, s) for r in results.values())] or signals
     fig, axes = plt.subplots(1, len(conds), figsize=(3 + 1.6 * len(knobs) * len(conds), 0.32 * len(signals) + 1.5))
     axes = np.atleast_1d(axes)
     for ax, c in zip(axes, conds, strict=True):
@@ -215,11 +216,13 @@ def plot(results: Mapping[str, Mapping[str, Any]], path: str) -> bool:
                 e = results[c].get(k, {}).get("signals", {}).get(s)
                 if e is not None:
                     m[i, j] = e["eta2_level"]
-                    ax.text(j, i, e["class"][0].upper(), ha="center", va="center", fontsize=7)
+                    colour = "black" if e["eta2_level"] > 0.6 else "white"
+                    ax.text(j, i, e["class"][0].upper(), ha="center", va="center", fontsize=8, color=colour)
         ax.imshow(m, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(knobs)), knobs, rotation=30)
         ax.set_yticks(range(len(signals)), signals, fontsize=7)
-        ax.set_title(f"eta2 of level - {c}\nS sensitive, I invariant, C confounded", fontsize=8)
+        title = f"eta2 of level - {c}\nS sensitive, I invariant, C confounded (constant signals left out)"
+        ax.set_title(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
