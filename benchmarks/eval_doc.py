@@ -194,6 +194,18 @@ def phase2_block(path: Path, label: str) -> str:
             for e in k["signals"].values():
                 counts.setdefault(c, {}).setdefault(e["class"], 0)
                 counts[c][e["class"]] += 1
+    detail = []
+    for c, r in res.items():
+        for knob, k in r.items():
+            for sig, e in k["signals"].items():
+                if e["class"] == "sensitive":
+                    lv = ", ".join(
+                        f"{x['level']}: {x['mean']:.3g} [{x['lo']:.3g}, {x['hi']:.3g}]" for x in e["per_level"]
+                    )
+                    detail.append(f"| {c} | {knob} | `{sig}` | {lv} |")
+    if detail:
+        detail = ["| condition | knob | signal | mean per level [95 % CI] (rates per second, gauges as counts) |",
+                  "|---|---|---|---|", *detail]  # fmt: skip
     tally = "; ".join(f"{c}: " + ", ".join(f"{n} {k}" for k, n in sorted(v.items())) for c, v in counts.items())
     return "\n".join(
         [
@@ -203,6 +215,10 @@ def phase2_block(path: Path, label: str) -> str:
             + f".  Delivery: {chk}.  Signal x knob cells: {tally}.",
             "",
             phase2.class_table(res),
+            "",
+            "The sensitive cells, level by level:",
+            "",
+            *detail,
             "",
             f"Per-level means with 95 % CIs: `{rel.with_suffix('.md')}`; plot `{rel.with_suffix('.png')}`; "
             f"raw samples `{rel.parent / 'phase2_raw.json.gz'}`.",
