@@ -270,6 +270,9 @@ def blocks(res: dict[str, Any] | None = None) -> dict[str, str]:
         "no-hints": no_hints(res),
         "detectable": detectable(res, periods),
         "phase2-cpu": phase2_block(RESULTS / "phase2_cpu" / "phase2.json", "CPU (QueueDevice analogue)"),
+        "phase2-cpu-ebpf": phase2_block(
+            RESULTS / "phase2_cpu_ebpf" / "phase2.json", "CPU, no hints, with the eBPF syscall counts"
+        ),
         "phase2-gpu": phase2_block(RESULTS / "phase2_h200" / "phase2.json", "H200 (CuPy)"),
         "h100-host-device": host_device(res),
         "async-gpu": async_block(RESULTS / "phase2_h200" / "async_pipeline.json"),
