@@ -296,6 +296,7 @@ def main() -> int:
     ap.add_argument("--base-hz", type=float, default=20.0, help="the daemon's real sampling rate (default 20)")
     ap.add_argument("--rates", default="10,5,20,2.5", help="rates evaluated: base-hz divided by whole numbers")
     ap.add_argument("--no-write", action="store_true", help="print only; write neither results nor docs")
+    ap.add_argument("--out", help="write only this JSON file (no reports, no doc): a side experiment")
     ns = ap.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)  # sklearn: a constant feature within a class
     rates = [float(r) for r in ns.rates.split(",") if r]
@@ -372,7 +373,12 @@ def main() -> int:
         print(f"--- {hz} Hz, {r['seeds']} seeds")
         for k, v in r["aggregate"].items():
             print(f"{k:70s} {v['mean']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}]")
-    if not ns.no_write:
+    if ns.out and not ns.no_write:
+        for r in by_rate.values():
+            r.pop("_report_md", None)
+        Path(ns.out).write_text(report.to_json(result))
+        print(f"wrote {ns.out}")
+    elif not ns.no_write:
         for hz, r in by_rate.items():
             (RESULTS / f"eval_cpu_report_{hz}hz.md").write_text(r.pop("_report_md"))
         (RESULTS / "eval_h100_report.md").write_text(report.markdown(h100, "Recorded H100 run (CuPy, NVML)"))

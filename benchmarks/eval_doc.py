@@ -261,6 +261,34 @@ def async_block(path: Path) -> str:
     return "\n".join(lines)
 
 
+def real_vs_decimated(res: dict[str, Any], path: Path) -> str:
+    """The 10 Hz column from 20 Hz samples decimated by 2, beside a daemon really sampling at 10 Hz."""
+    if not path.exists():
+        return f"Not run yet: no `{path.relative_to(ROOT)}`."
+    real = json.loads(path.read_text())
+    dec, got = res["cpu"].get("10"), real["cpu"].get("10")
+    if not dec or not got:
+        return "No 10 Hz column in one of the results."
+    keys = [
+        ("boundary F1, top-level: OS-only", "boundary_f1.top.os_only", False),
+        ("boundary F1, top-level: random", "boundary_f1.top.random", False),
+        ("boundary F1, innermost: OS-only", "boundary_f1.leaf.os_only", False),
+        ("window accuracy, top-level: tree + segments", "accuracy.top.decision_tree+segments", False),
+        ("window accuracy, top-level: nearest centroid", "accuracy.top.nearest_centroid", False),
+        ("window accuracy, top-level: majority of the same program", "accuracy.top.majority_per_workload", False),
+        ("CPU time misattributed, top level: OS-only", "misattributed.top.cpu.os_only", True),
+        ("spans shorter than half a period", "spans_shorter_than_half_a_period.share_of_spans", True),
+    ]
+    lines = [
+        f"| | 10 Hz from 20 Hz, decimated (n = {dec['seeds']}) | daemon at 10 Hz (n = {got['seeds']}) |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {lab} | {ci(dec['aggregate'].get(k), p)} | {ci(got['aggregate'].get(k), p)} |" for lab, k, p in keys]
+    lines += ["", f"Separate runs of the same seeded configurations (`{path.relative_to(ROOT)}`, made by "
+              f"`nice -n 19 .venv/bin/python benchmarks/eval_cpu.py --seeds 10 --base-hz 10 --rates 10 --out {path.relative_to(ROOT)}`)."]  # fmt: skip
+    return "\n".join(lines)
+
+
 def blocks(res: dict[str, Any] | None = None) -> dict[str, str]:
     res = res or json.loads((RESULTS / "eval_cpu.json").read_text())
     periods_file = RESULTS / "counter_periods_cpu.json"
@@ -275,6 +303,7 @@ def blocks(res: dict[str, Any] | None = None) -> dict[str, str]:
         ),
         "phase2-gpu": phase2_block(RESULTS / "phase2_h200" / "phase2.json", "H200 (CuPy)"),
         "h100-host-device": host_device(res),
+        "real-10hz": real_vs_decimated(res, RESULTS / "eval_cpu_real10hz.json"),
         "async-gpu": async_block(RESULTS / "phase2_h200" / "async_pipeline.json"),
     }
 
