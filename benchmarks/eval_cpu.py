@@ -1,21 +1,27 @@
-"""The evaluation experiment on this machine's CPU, end to end and reproducible.
+"""The evaluation on this machine's CPU, repeated: --seeds experiments at each of --rates.
 
-1. Start a real gpuos-hintd (temporary socket and state dir, sampling at --sample-hz).
-2. Run the llm and train workloads on NumPy, several runs each with different seeds and sizes
-   (so leave-one-run-out has runs to leave out), one at a time.
-3. Run one llm and one train with --no-hints.  A process that sends no hints never connects,
-   so the daemon does not sample it; the harness samples it itself with the daemon's own
-   sampler classes (proc + syscalls) at the same rate, to show that the OS sees the same
-   signals whether or not the program hints.
-4. Stop the daemon, evaluate its store (and the recorded H100 store in tests/data/eval),
-   print the report, write benchmarks/results/eval_cpu.json and docs/evaluation.md.
+One *seed* = one experiment: a real gpuos-hintd sampling at the rate, two llm and two train runs
+on NumPy with sizes drawn from the seed (so leave-one-run-out has runs to leave out), evaluated
+on its own (``gpuos_hintd.evaluate``, with the ruptures / scikit-learn baselines when the ``eval``
+extra is installed).  Every headline number is then a mean over seeds with a percentile
+bootstrap 95 % CI over seeds (``stats.bootstrap_ci``).  Per signal, one-channel PELT gives
+boundary recall by phase length (ms), the measured side of "minimum detectable phase length".
+For seed 0 at the first rate, an llm and a train twin also run with --no-hints, sampled by this
+harness with the daemon's proc + syscalls samplers (a process that sends no hints is not sampled
+by the daemon).  The recorded H100 store (tests/data/eval) is evaluated once.
 
-    .venv/bin/python benchmarks/eval_cpu.py [--quick] [--sample-hz 20] [--no-write]
+Writes benchmarks/results/eval_cpu.json, the full per-seed report of seed 0 at each rate
+(benchmarks/results/eval_cpu_report_<rate>hz.md), the H100 report (eval_h100_report.md), and
+replaces the ``<!-- BEGIN GENERATED: name -->`` blocks of docs/evaluation.md in place - the prose
+around them is never touched.
+
+    nice -n 19 .venv/bin/python benchmarks/eval_cpu.py [--seeds 10] [--rates 10,5,20] [--no-write]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import signal
 import subprocess
@@ -23,34 +29,50 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from _harness import daemon_env, start_daemon
 from gpuos_hintd import procfs
-from gpuos_hintd.evaluate import evaluate_store, report
-from gpuos_hintd.evaluate.dataset import Run, align_features, metric_kinds, series_from_rows, transform, windows_of
-from gpuos_hintd.evaluate.segment import segment
+from gpuos_hintd.evaluate import evaluate, evaluate_store, report, stats
+from gpuos_hintd.evaluate.dataset import (
+    Run,
+    align_features,
+    load_runs,
+    metric_kinds,
+    series_from_rows,
+    transform,
+    windows_of,
+)
+from gpuos_hintd.evaluate.segment import match, segment
 from gpuos_hintd.samplers.base import ProcKey, Target
 from gpuos_hintd.samplers.proc import ProcSampler
 from gpuos_hintd.samplers.syscalls import SyscallSampler
 
 ROOT = Path(__file__).resolve().parent.parent
 H100_DB = ROOT / "tests" / "data" / "eval" / "h100_run.db"
-OUT_JSON = ROOT / "benchmarks" / "results" / "eval_cpu.json"
+RESULTS = ROOT / "benchmarks" / "results"
+OUT_JSON = RESULTS / "eval_cpu.json"
 OUT_MD = ROOT / "docs" / "evaluation.md"
+#: Phase-length buckets (ms) of the recall-by-length curves.
+LENGTH_EDGES_MS = (0, 25, 50, 100, 200, 400, 800, 1600, 1e9)
 
-LLM = [  # seed, hidden, prompt tokens, decode steps, requests
-    (0, 512, 1024, 128, 6),
-    (1, 640, 768, 96, 4),
-    (2, 768, 1024, 64, 3),
-]
-TRAIN = [  # seed, steps, batch, hidden
-    (0, 80, 2048, 1024),
-    (1, 48, 3072, 1024),
-    (2, 64, 1536, 1536),
-]
+
+def configs(seed: int) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
+    """Two llm and two train configurations drawn from the seed (different sizes, so runs differ)."""
+    rng = np.random.default_rng(seed)
+    llm = [
+        (seed * 10 + i, int(rng.choice([512, 640, 768])), int(rng.choice([768, 1024])), int(rng.choice([48, 64, 96])),
+         int(rng.choice([2, 3])))
+        for i in range(2)
+    ]  # fmt: skip
+    train = [
+        (seed * 10 + i, int(rng.choice([32, 40, 48])), int(rng.choice([1536, 2048])), int(rng.choice([768, 1024])))
+        for i in range(2)
+    ]
+    return llm, train
 
 
 def llm_args(seed: int, hidden: int, prompt: int, steps: int, requests: int) -> list[str]:
@@ -86,8 +108,12 @@ def start_eval_daemon(tmp: Path, hz: float) -> tuple[subprocess.Popen[bytes], di
     return start_daemon(env, ("--sample-hz", str(hz), "--store-samples-hz", "0"), log=tmp / "daemon.log"), env
 
 
-def run_workload(argv: list[str], env: dict[str, str]) -> None:
-    subprocess.run([sys.executable, "-m", *argv], env=env, check=True, stdout=subprocess.DEVNULL)
+def run_workload(argv: list[str], env: dict[str, str]) -> int:
+    """Run one hinted workload to the end; its pid (the run's key in the store)."""
+    proc = subprocess.Popen([sys.executable, "-m", *argv], env=env, stdout=subprocess.DEVNULL)
+    if proc.wait() != 0:
+        raise SystemExit(f"{argv[0]} failed: rc {proc.returncode}")
+    return proc.pid
 
 
 def run_sampled(argv: list[str], env: dict[str, str], hz: float) -> Run:
@@ -131,8 +157,6 @@ def nohints_comparison(store: Path, unhinted: list[Run]) -> list[dict[str, Any]]
     """Per workload: the seed-0 hinted run vs its unhinted twin - signal medians and change-point rates."""
     import sqlite3
 
-    from gpuos_hintd.evaluate.dataset import load_runs
-
     conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
     hinted = load_runs(conn)
     conn.close()
@@ -166,224 +190,205 @@ def nohints_comparison(store: Path, unhinted: list[Run]) -> list[dict[str, Any]]
     return out
 
 
+def per_signal_recall(
+    result_runs: list[Run], level: str = "top", seed: int = 0
+) -> dict[str, list[tuple[float, int, int]]]:
+    """Per feature: (boundary length ms, matched by one-channel PELT (beta 1), matched by chance) per boundary.
+
+    Chance = the same number of boundaries drawn uniformly from the run's sample times: with a
+    +-2-period tolerance, short phases sit close to other boundaries and get "found" by luck.
+    """
+    from gpuos_hintd.evaluate.pipeline import build_windows
+
+    wins = build_windows(result_runs)
+    if not wins:
+        return {}
+    rng = np.random.default_rng(seed)
+    period = float(np.median(np.concatenate([w.t1 - w.t0 for w in wins])))
+    out: dict[str, list[tuple[float, int, int]]] = {}
+    for j, name in enumerate(wins[0].feature_names):
+        rows = out.setdefault(name, [])
+        for w in wins:
+            true, scale = w.timelines[level].boundaries()
+            cps = segment(transform(w.features[:, [j]]), 1.0)
+            pred = w.t0[np.asarray(cps, dtype=int)] if cps else np.zeros(0)
+            m = match(pred, true, 2 * period)
+            grid = w.t0[1:]
+            rand = rng.choice(grid, size=min(len(cps), len(grid)), replace=False) if len(grid) else np.zeros(0)
+            mr = match(rand, true, 2 * period)
+            rows += [
+                (float(sc) / 1e6, int(hit), int(hr))
+                for sc, hit, hr in zip(scale, m.matched_true, mr.matched_true, strict=True)
+            ]
+    return out
+
+
+def headline(r: dict[str, Any]) -> dict[str, float]:
+    """The numbers of one evaluation that the doc reports, flat."""
+    out: dict[str, float] = {}
+    for lv, b in r["boundaries"].items():
+        out[f"boundary_f1.{lv}.os_only"] = b["os_only"]["f1"]
+        out[f"boundary_f1.{lv}.random"] = b["random_same_count_f1_mean"]
+        if "f1" in b.get("ruptures_pelt", {}):
+            out[f"boundary_f1.{lv}.ruptures_pelt"] = b["ruptures_pelt"]["f1"]
+    for lv, lab in r["labelling"].items():
+        for model, v in lab.items():
+            if isinstance(v, dict) and "accuracy" in v and "n" in v:
+                out[f"accuracy.{lv}.{model}"] = v["accuracy"]
+                out[f"macro_f1.{lv}.{model}"] = v["macro_f1"]
+        best = max(lab[m]["accuracy"] for m in ("decision_tree+segments", "nearest_centroid", "decision_tree"))
+        out[f"accuracy.{lv}.best_os_only_minus_same_program_majority"] = round(
+            best - lab["majority_per_workload"]["accuracy"], 4
+        )
+    for lv, a in r["attribution"].items():
+        for what, v in a["summary_mean_over_runs"].items():
+            out[f"misattributed.{lv}.{what}.true_labels_per_window"] = v["misattributed_share_window_oracle"]
+            out[f"misattributed.{lv}.{what}.os_only"] = v["misattributed_share_os_only"]
+    short = next((x for x in r["breakdown"]["span_durations"] if x["bucket"] == "< 0.5 period"), None)
+    if short:
+        out["spans_shorter_than_half_a_period.share_of_spans"] = short["span_share"]
+        out["spans_shorter_than_half_a_period.share_of_time"] = short["time_share"]
+    return out
+
+
+def aggregate(per_seed: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Mean and bootstrap 95 % CI over seeds of every headline number."""
+    keys = sorted({k for h in per_seed for k in h})
+    out = {}
+    for k in keys:
+        vals = [h[k] for h in per_seed if h.get(k) is not None]
+        m, lo, hi = stats.bootstrap_ci(vals)
+        out[k] = {"mean": round(m, 4), "lo": round(lo, 4), "hi": round(hi, 4), "n": len(vals)}
+    return out
+
+
+def recall_curves(pairs: dict[str, list[tuple[float, int, int]]]) -> dict[str, list[dict[str, Any]]]:
+    """Per signal: recall per phase-length bucket (ms) with a bootstrap CI over boundaries."""
+    out = {}
+    for name, rows in pairs.items():
+        if not rows:
+            continue
+        ls = np.array([r[0] for r in rows])
+        hit = np.array([r[1] for r in rows], dtype=float)
+        chance = np.array([r[2] for r in rows], dtype=float)
+        curve = []
+        for lo, hi in itertools.pairwise(LENGTH_EDGES_MS):
+            sel = (ls >= lo) & (ls < hi)
+            if sel.sum() >= 5:
+                m, a, b = stats.bootstrap_ci(hit[sel], n_boot=500)
+                curve.append({"lo_ms": lo, "hi_ms": hi, "boundaries": int(sel.sum()), "recall": round(m, 3),
+                              "ci": [round(a, 3), round(b, 3)],
+                              "chance_recall": round(float(chance[sel].mean()), 3)})  # fmt: skip
+        out[name] = curve
+    return out
+
+
+def decimate(run: Run, k: int) -> Run:
+    """The run as a k-times slower sampler would have read it: every k-th sample (counters are cumulative)."""
+    if k <= 1:
+        return run
+    return Run(run.key, run.workload, run.t_ns[::k], {n: v[::k] for n, v in run.raw.items()}, run.spans, run.hinted)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sample-hz", type=float, default=20.0, help="daemon sampling rate (default 20, as on the H100)")
-    ap.add_argument("--quick", action="store_true", help="two runs per workload, fewer steps (for a smoke test)")
-    ap.add_argument("--no-write", action="store_true", help="print only; write neither JSON nor docs")
+    ap.add_argument("--seeds", type=int, default=10, help="experiments (default 10)")
+    ap.add_argument("--base-hz", type=float, default=20.0, help="the daemon's real sampling rate (default 20)")
+    ap.add_argument("--rates", default="10,5,20,2.5", help="rates evaluated: base-hz divided by whole numbers")
+    ap.add_argument("--no-write", action="store_true", help="print only; write neither results nor docs")
+    ap.add_argument("--out", help="write only this JSON file (no reports, no doc): a side experiment")
     ns = ap.parse_args()
-    llm, train = (LLM[:2], TRAIN[:2]) if ns.quick else (LLM, TRAIN)
+    warnings.filterwarnings("ignore", category=UserWarning)  # sklearn: a constant feature within a class
+    rates = [float(r) for r in ns.rates.split(",") if r]
+    factors = {hz: round(ns.base_hz / hz) for hz in rates}
+    bad = [hz for hz, k in factors.items() if k < 1 or abs(ns.base_hz / k - hz) > 1e-9]
+    if bad:
+        raise SystemExit(f"rates {bad} are not base-hz {ns.base_hz:g} divided by a whole number")
     t_start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="gpuos-eval-") as tmpdir:
         tmp = Path(tmpdir)
-        daemon, env = start_eval_daemon(tmp, ns.sample_hz)
+        daemon, env = start_eval_daemon(tmp, ns.base_hz)
+        seeds_pids: dict[int, list[int]] = {}
+        unhinted: list[Run] = []
         try:
-            for cfg in llm:
-                print(f"llm   seed={cfg[0]} hidden={cfg[1]} prompt={cfg[2]} steps={cfg[3]}", flush=True)
-                run_workload(llm_args(*cfg), env)
-            for cfg in train:
-                print(f"train seed={cfg[0]} steps={cfg[1]} batch={cfg[2]} hidden={cfg[3]}", flush=True)
-                run_workload(train_args(*cfg), env)
-            print("llm and train with --no-hints, sampled by the harness", flush=True)
-            unhinted = [
-                run_sampled([*llm_args(*llm[0]), "--no-hints"], env, ns.sample_hz),
-                run_sampled([*train_args(*train[0]), "--no-hints"], env, ns.sample_hz),
-            ]
+            for seed in range(ns.seeds):
+                llm, train = configs(seed)
+                pids = [run_workload(llm_args(*c), env) for c in llm]
+                pids += [run_workload(train_args(*c), env) for c in train]
+                seeds_pids[seed] = pids
+                print(f"seed {seed}: runs {pids} ({time.monotonic() - t_start:.0f} s)", flush=True)
+                if seed == 0:
+                    unhinted = [
+                        run_sampled([*llm_args(*llm[0]), "--no-hints"], env, ns.base_hz),
+                        run_sampled([*train_args(*train[0]), "--no-hints"], env, ns.base_hz),
+                    ]
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(15)
         store = tmp / "state" / "gpuos-hint.db"
-        cpu = evaluate_store(store)
-        cpu["store"] = "CPU runs of benchmarks/eval_cpu.py (temporary store)"
-        cpu["no_hints"] = nohints_comparison(store, unhinted)
+        import sqlite3
+
+        conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+        runs = load_runs(conn)
+        conn.close()
+        no_hints = nohints_comparison(store, unhinted)
+    by_rate: dict[str, Any] = {}
+    for hz in rates:
+        per_seed, pairs_all, report_md = [], {}, ""
+        for seed, pids in seeds_pids.items():
+            mine = [decimate(r, factors[hz]) for r in runs if int(r.key.rsplit(":", 1)[1]) in pids]
+            res = evaluate(mine)
+            if "error" in res:
+                print(f"{hz:g} Hz seed {seed}: {res['error']}", flush=True)
+                continue
+            per_seed.append({"seed": seed, **headline(res)})
+            for name, rows in per_signal_recall(mine, seed=seed).items():
+                pairs_all.setdefault(name, []).extend(rows)
+            if seed == 0:
+                report_md = report.markdown(res, f"CPU runs, seed 0 at {hz:g} Hz")
+        print(f"{hz:g} Hz evaluated ({time.monotonic() - t_start:.0f} s)", flush=True)
+        by_rate[f"{hz:g}"] = {
+            "sample_hz": hz,
+            "decimation": factors[hz],
+            "seeds": len(per_seed),
+            "per_seed": per_seed,
+            "aggregate": aggregate([{k: v for k, v in h.items() if k != "seed"} for h in per_seed]),
+            "per_signal_recall_by_length_ms": recall_curves(pairs_all),
+            "no_hints": no_hints if hz == ns.base_hz else [],
+            "_report_md": report_md,
+        }
     h100 = evaluate_store(H100_DB)
     h100["store"] = str(H100_DB.relative_to(ROOT))
     result = {
         "experiment": "benchmarks/eval_cpu.py",
-        "sample_hz": ns.sample_hz,
-        "quick": ns.quick,
+        "argv": sys.argv[1:],
+        "base_hz": ns.base_hz,
         "host": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "numpy": np.__version__},
         "elapsed_s": round(time.monotonic() - t_start, 1),
-        "cpu": cpu,
-        "h100": h100,
+        "cpu": by_rate,
+        "h100_headline": headline(h100),
+        "h100_host_vs_device": h100["breakdown"]["host_vs_device"],
     }
-    md_cpu = report.markdown(cpu, "CPU runs (NumPy, this machine)")
-    md_h100 = report.markdown(h100, "Recorded H100 run (CuPy, NVML)")
-    print(md_cpu)
-    print(md_h100)
-    if not ns.no_write:
+    for hz, r in by_rate.items():
+        print(f"--- {hz} Hz, {r['seeds']} seeds")
+        for k, v in r["aggregate"].items():
+            print(f"{k:70s} {v['mean']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}]")
+    if ns.out and not ns.no_write:
+        for r in by_rate.values():
+            r.pop("_report_md", None)
+        Path(ns.out).write_text(report.to_json(result))
+        print(f"wrote {ns.out}")
+    elif not ns.no_write:
+        for hz, r in by_rate.items():
+            (RESULTS / f"eval_cpu_report_{hz}hz.md").write_text(r.pop("_report_md"))
+        (RESULTS / "eval_h100_report.md").write_text(report.markdown(h100, "Recorded H100 run (CuPy, NVML)"))
         OUT_JSON.write_text(report.to_json(result))
-        OUT_MD.write_text(render_doc(result, md_cpu, md_h100))
-        print(f"wrote {OUT_JSON.relative_to(ROOT)} and {OUT_MD.relative_to(ROOT)}")
+        from eval_doc import blocks
+
+        OUT_MD.write_text(report.replace_generated(OUT_MD.read_text(), blocks(result)))
+        print(f"wrote {OUT_JSON.relative_to(ROOT)}, the reports and the generated blocks of {OUT_MD.relative_to(ROOT)}")
     print(f"elapsed {result['elapsed_s']} s")
     return 0
-
-
-def _headline(r: dict[str, Any]) -> dict[str, Any]:
-    b, lab, att = r["boundaries"], r["labelling"], r["attribution"]
-    return {
-        "bf1": {lv: b[lv]["os_only"]["f1"] for lv in b},
-        "brand": {lv: b[lv]["random_same_count_f1_mean"] for lv in b},
-        "acc": {lv: lab[lv]["decision_tree+segments"]["accuracy"] for lv in lab},
-        "acc_nc": {lv: lab[lv]["nearest_centroid"]["accuracy"] for lv in lab},
-        "maj": {lv: lab[lv]["majority_per_workload"]["accuracy"] for lv in lab},
-        "mis": {
-            (lv, what): att[lv]["summary_mean_over_runs"].get(what)
-            for lv in att
-            for what in ("cpu", "energy")
-            if what in att[lv]["summary_mean_over_runs"]
-        },
-        "short": next((x for x in r["breakdown"]["span_durations"] if x["bucket"] == "< 0.5 period"), None),
-    }
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.0f}%"
-
-
-def _baseline_sentence(c: dict[str, Any], g: dict[str, Any]) -> str:
-    beats = [
-        f"{name} {lv}"
-        for name, h in (("CPU", c), ("H100", g))
-        for lv in ("top", "leaf", "class")
-        if max(h["acc"][lv], h["acc_nc"][lv]) > h["maj"][lv]
-    ]
-    return (
-        "Against the strongest baseline - always the most frequent label of the *same program*, which the OS "
-        "knows from the command line - the OS-only classifiers win only for: "
-        + (", ".join(beats) if beats else "none of the cases")
-        + ".  Where they lose, knowing which program runs is worth more than the window signals."
-    )
-
-
-def render_doc(result: dict[str, Any], md_cpu: str, md_h100: str) -> str:
-    c, g = _headline(result["cpu"]), _headline(result["h100"])
-    nh = result["cpu"].get("no_hints", [])
-    nh_lines = []
-    for w in nh:
-        keep = [m for m in w["metrics"] if m["metric"] in ("cpu_user_ns", "ctx_vol", "threads_running", "io_syscr")]
-        keep += [m for m in w["metrics"] if m["metric"] in ("minflt", "io_rchar_bytes", "threads_sync_wait")]
-        nh_lines.append(
-            f"| {w['workload']} | {w['hinted_seconds']} / {w['unhinted_seconds']} | "
-            f"{w['hinted_change_points_per_s']} / {w['unhinted_change_points_per_s']} | "
-            + "; ".join(f"{m['metric']} {m['hinted_p50']:.3g} / {m['unhinted_p50']:.3g}" for m in keep)
-            + " |"
-        )
-    cshort, gshort = c["short"] or {}, g["short"] or {}
-    return f"""# Evaluation: what the OS infers from its own signals, and what hints add
-
-Generated by `benchmarks/eval_cpu.py` ({result["elapsed_s"]} s on {result["host"]["cpus"]} CPUs, sampling at
-{result["sample_hz"]:g} Hz); the numbers below are the ones in `benchmarks/results/eval_cpu.json`.
-Re-run: `.venv/bin/python benchmarks/eval_cpu.py`.  Any store can be evaluated with
-`gpuos-hintctl evaluate [--store PATH | --state-dir DIR] [--json FILE] [--md FILE]`.
-
-## Question and method (DESIGN section 8)
-
-The hints are held out as ground truth.  From the OS signals alone - the process-scope rows of the
-`samples` table: CPU, faults, I/O syscalls and bytes, RSS, thread states from /proc/PID/task/*/syscall,
-GPU device mappings, and NVML utilisation, power and energy where there is a GPU - we ask:
-
-1. **Boundaries.**  Each consecutive pair of samples is a window; counters become rates, gauges stay
-   values (the kinds the samplers declare).  OS-only change points come from PELT with an L2 cost on
-   signed-log, median-centred, noise-scaled channels, penalty `beta * channels * ln(n)`; `beta` is chosen
-   on the *other* runs from 0.125..8.  A found boundary matches at most one hinted boundary within
-   +-2 sample periods.  Truth = the changes of the label timeline at three levels: top-level phase,
-   innermost phase, workload class (gaps < 1 ms between spans are not phases).  Baseline: the same number
-   of boundaries at random sample times.
-2. **Labels.**  Each window's truth is the label covering most of it.  Nearest centroid and a depth-4
-   CART tree (numpy, `gpuos_hintd/evaluate/classify.py`) are scored out of sample: leave-one-run-out on
-   the CPU runs (3 runs of each workload, different seeds and sizes); on the H100 recording (one run per
-   workload) blocked 3-fold over contiguous time blocks.  `+segments` = each OS-only segment takes the
-   majority of its windows' predictions.  Baseline: the majority class of the training folds.
-3. **Attribution.**  Per-phase CPU time and GPU energy three ways: *hinted* (the daemon's span sums, the
-   product), *true labels per window* (counter deltas of each window given to its true majority label:
-   the best a sampling-resolution method can do) and *OS-only* (deltas given to the inferred labels).
-   Error = misattributed share, half the L1 distance between the share vectors.
-Thread-scope rows are **not** used: the daemon samples a thread because it has a phase open, so those
-rows leak the truth.  `(none)` (no phase open) is a class like any other.
-
-## Headline
-
-| | CPU runs (NumPy) | H100 recording (CuPy) |
-|---|---|---|
-| boundary F1, top-level phases (random) | {c["bf1"]["top"]} ({c["brand"]["top"]}) | {g["bf1"]["top"]} ({g["brand"]["top"]}) |
-| boundary F1, innermost phases (random) | {c["bf1"]["leaf"]} ({c["brand"]["leaf"]}) | {g["bf1"]["leaf"]} ({g["brand"]["leaf"]}) |
-| boundary F1, workload class (random) | {c["bf1"]["class"]} ({c["brand"]["class"]}) | {g["bf1"]["class"]} ({g["brand"]["class"]}) |
-| window accuracy, top-level phase: tree+segments / centroid / majority of the same program | {c["acc"]["top"]} / {c["acc_nc"]["top"]} / {c["maj"]["top"]} | {g["acc"]["top"]} / {g["acc_nc"]["top"]} / {g["maj"]["top"]} |
-| window accuracy, innermost phase | {c["acc"]["leaf"]} / {c["acc_nc"]["leaf"]} / {c["maj"]["leaf"]} | {g["acc"]["leaf"]} / {g["acc_nc"]["leaf"]} / {g["maj"]["leaf"]} |
-| window accuracy, workload class | {c["acc"]["class"]} / {c["acc_nc"]["class"]} / {c["maj"]["class"]} | {g["acc"]["class"]} / {g["acc_nc"]["class"]} / {g["maj"]["class"]} |
-| CPU time misattributed, top level: true labels per window / OS-only | {_pct(c["mis"].get(("top", "cpu"), {}).get("misattributed_share_window_oracle"))} / {_pct(c["mis"].get(("top", "cpu"), {}).get("misattributed_share_os_only"))} | {_pct(g["mis"].get(("top", "cpu"), {}).get("misattributed_share_window_oracle"))} / {_pct(g["mis"].get(("top", "cpu"), {}).get("misattributed_share_os_only"))} |
-| GPU energy misattributed, top level | - (no GPU) | {_pct(g["mis"].get(("top", "energy"), {}).get("misattributed_share_window_oracle"))} / {_pct(g["mis"].get(("top", "energy"), {}).get("misattributed_share_os_only"))} |
-| spans shorter than half a sample period: share of spans / of span time | {_pct(cshort.get("span_share"))} / {_pct(cshort.get("time_share"))} | {_pct(gshort.get("span_share"))} / {_pct(gshort.get("time_share"))} |
-
-{_baseline_sentence(c, g)}
-
-Reading it: long phases (prefill vs decode, data loading vs checkpoint, the top level) are partly visible
-to the OS; the innermost phases are mostly not, because most of them are shorter than one sample period -
-their boundaries sit inside a window and no method working on windows can place them (boundary recall by
-phase length in the tables below: near 0 under half a period, high from 2 periods up).  With hints the
-attribution error is 0 by construction (the spans *are* the phases); the gap between the "true labels per
-window" column and 0 is what the sampling period alone costs, the rest of the OS-only error is inference.
-
-## The OS sees the same signals with and without hints
-
-A process that sends no hints never connects, so the daemon does not sample it; the harness sampled the
-`--no-hints` twin of the first llm and train run itself with the daemon's proc and syscalls samplers at the
-same rate.  Medians per window (hinted / unhinted) and OS-only change points per second:
-
-| workload | seconds | change points/s | medians per window (hinted / unhinted) |
-|---|---|---|---|
-{chr(10).join(nh_lines)}
-
-The work itself looks alike (CPU rate, threads running, bytes read by train), but not every signal is
-the same: a hinting process carries the client's sender thread and libzmq's I/O threads, which show up as
-extra threads waiting in futex/poll (`threads_sync_wait`) and a few socket reads per window (`io_syscr`).
-So the OS can tell *that* a process hints, not *what* its phases are.  Run durations differ between twins
-here mostly through contention: this 2-core machine was shared with other jobs during the run, which
-is also why the CPU runs differ in length from one execution of this script to the next.
-
-## Where inference breaks down
-
-* **Phases shorter than the sample period.**  Decode steps (~1.7 ms on the H100) and forward/backward/
-  optimizer (1-6 ms) against 50 ms samples: {_pct(gshort.get("span_share"))} of the H100 spans are shorter than half a
-  period.  Their boundaries are unrecoverable from windows; only their aggregate (a run of decode steps)
-  is.  Sampling faster costs the daemon CPU (and NVML calls take ms, `nvml_call_cost.json`); a hint costs
-  under a microsecond.
-* **Unhinted work that looks like hinted work.**  The llm's warm-up request is deliberately unhinted, so it
-  is `(none)` in the truth while the OS sees prefill/decode-like activity; most `(none)` errors in the
-  confusion matrices are that.  No OS-only method can know the program's intent.
-* **Sync-free pipelines.**  Where a phase enqueues GPU work without waiting, the host-side boundary and the
-  device-side one differ (DESIGN section 10: 3 s of host enqueue kept an H100 busy 24.8 s).  In this
-  recording every phase ends with a host sync, and the device intervals recorded with `--device-timing`
-  end within 0.35 ms of the host spans (table "Host vs device" below) - so this data does **not** exercise
-  the failure; it would shift every GPU signal attributed by host time, with hints or without, unless
-  device-side intervals are used.
-* **Several processes on one GPU.**  The recorded llm and train runs used the GPU one after the other, so
-  the per-process energy split (NVML per-process utilisation) is not measured here; it is an estimate by
-  construction and is listed as not evaluated.
-
-## Threats to validity
-
-* Small data: {len(result["cpu"]["dataset"]["runs"])} CPU runs and 2 H100 runs, a few hundred windows each; per-class
-  figures for rare phases (checkpoint, prepare) rest on a handful of windows.
-* Two synthetic workloads whose phases were designed to differ; real programs with similar phases would be
-  harder.  Sizes differ between CPU runs, but the programs are the same, so leave-one-run-out is
-  optimistic for unseen programs.  On the H100 the blocked split trains on other parts of the same run.
-* Features include per-process constants (RSS, thread count, mapped GPU memory), which help tell workloads
-  apart across runs of these two programs and would not generalise.
-* CPU times come from /proc tick counters (10 ms resolution), coarse against 50 ms windows.
-* The `beta` sweep ("best F1, in-sample beta") is an upper bound, not a result; the reported F1 uses a
-  `beta` chosen on other runs.
-* The H100 fixture is real recorded data, trimmed (see `tests/data/eval/README.md`).
-
-## Results: CPU runs
-
-{md_cpu}
-
-## Results: recorded H100 run
-
-{md_h100}
-"""
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from . import attribution, breakdown, classify, segment
+from . import attribution, baselines, breakdown, classify, segment
 from .dataset import LEVELS, Run, Windows, align_features, metric_kinds, transform, windows_of
 
 #: Windows per run in the blocked K-fold used when a workload has a single run.
@@ -53,23 +53,35 @@ def _micro(scores: Sequence[segment.BoundaryScore]) -> dict[str, Any]:
     return segment.BoundaryScore(tp, np_, nt, np.zeros(0, dtype=bool)).as_dict()
 
 
+def _choose(
+    wins: Sequence[Windows], by_beta: dict[float, list[list[int]]], level: str, tol: float
+) -> tuple[list[list[int]], list[float], dict[float, list[segment.BoundaryScore]]]:
+    """Per run, the change points at the beta that scored best on the *other* runs."""
+    sweep = {b: _score_runs(wins, by_beta[b], level, tol) for b in segment.BETAS}
+    chosen, betas = [], []
+    for i in range(len(wins)):
+        others = [j for j in range(len(wins)) if j != i]
+        if others:  # beta tuned on the other runs only
+            f1 = {b: _micro([sweep[b][j] for j in others])["f1"] for b in segment.BETAS}
+            beta = max(segment.BETAS, key=lambda b: (f1[b], -abs(np.log(b))))
+        else:
+            beta = 1.0
+        betas.append(beta)
+        chosen.append(by_beta[beta][i])
+    return chosen, betas, sweep
+
+
 def boundaries(wins: Sequence[Windows], tol: float, period: float) -> dict[str, Any]:
     feats = [transform(w.features) for w in wins]
     by_beta = {b: [segment.segment(f, b) for f in feats] for b in segment.BETAS}
+    libs = baselines.available()
+    by_beta_rpt = None
+    if libs["ruptures"] is None:
+        by_beta_rpt = {b: [baselines.ruptures_segment(f, b) for f in feats] for b in segment.BETAS}
     out: dict[str, Any] = {}
     chosen_cps: dict[str, list[list[int]]] = {}
     for level in LEVELS:
-        sweep = {b: _score_runs(wins, by_beta[b], level, tol) for b in segment.BETAS}
-        chosen, betas = [], []
-        for i in range(len(wins)):
-            others = [j for j in range(len(wins)) if j != i]
-            if others:  # beta tuned on the other runs only
-                f1 = {b: _micro([sweep[b][j] for j in others])["f1"] for b in segment.BETAS}
-                beta = max(segment.BETAS, key=lambda b: (f1[b], -abs(np.log(b))))
-            else:
-                beta = 1.0
-            betas.append(beta)
-            chosen.append(by_beta[beta][i])
+        chosen, betas, sweep = _choose(wins, by_beta, level, tol)
         chosen_cps[level] = chosen
         scores = _score_runs(wins, chosen, level, tol)
         rand = []
@@ -87,7 +99,14 @@ def boundaries(wins: Sequence[Windows], tol: float, period: float) -> dict[str, 
             ],
             "sweep_in_sample": {str(b): _micro(sweep[b]) for b in segment.BETAS},
             "recall_by_scale": breakdown.recall_by_scale(scales, matched, period),
+            "boundary_scales_ns": scales.tolist(),
+            "boundary_matched": matched.astype(int).tolist(),
         }
+        if by_beta_rpt is not None:
+            rchosen, _, _ = _choose(wins, by_beta_rpt, level, tol)
+            out[level]["ruptures_pelt"] = _micro(_score_runs(wins, rchosen, level, tol))
+        else:
+            out[level]["ruptures_pelt"] = {"skipped": libs["ruptures"]}
     return {"levels": out, "_cps": chosen_cps}
 
 
@@ -109,6 +128,9 @@ def labelling(wins: Sequence[Windows], groups: Sequence[np.ndarray], cps: dict[s
                 res[f"{name}+segments"] = classify.scores(y, smoothed)
                 preds[level] = smoothed
         res["majority_per_workload"] = classify.scores(y, _majority_per_workload(y, g, wl))
+        if baselines.available()["sklearn"] is None:
+            for name, make in baselines.sklearn_models().items():
+                res[name] = classify.scores(y, classify.cross_predict(x, y, g, make))
         purity = np.concatenate([w.purity[level] for w in wins])
         pure = purity >= 0.9
         if pure.any():

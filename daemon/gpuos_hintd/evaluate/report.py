@@ -152,3 +152,29 @@ def markdown(result: dict[str, Any], title: str = "OS-only phase inference vs hi
         "",
     ]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ generated blocks in prose
+BEGIN = "<!-- BEGIN GENERATED: {name} -->"
+END = "<!-- END GENERATED -->"
+
+
+def replace_generated(text: str, blocks: dict[str, str]) -> str:
+    """Replace the body of each ``<!-- BEGIN GENERATED: name -->`` .. ``<!-- END GENERATED -->`` block.
+
+    Everything outside the markers - the hand-written prose - is kept byte for byte.  A block
+    named in ``blocks`` but absent from the text is an error (ValueError), never appended
+    somewhere arbitrary: the author decides where generated tables go.  Blocks in the text that
+    ``blocks`` does not name are left as they are.
+    """
+    out = text
+    for name, body in blocks.items():
+        begin = BEGIN.format(name=name)
+        i = out.find(begin)
+        if i < 0:
+            raise ValueError(f"no generated block {name!r} in the document")
+        j = out.find(END, i + len(begin))
+        if j < 0:
+            raise ValueError(f"generated block {name!r} has no end marker")
+        out = out[: i + len(begin)] + "\n" + body.strip("\n") + "\n" + out[j:]
+    return out
