@@ -14,8 +14,9 @@ want_test=0
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-# Debian packages.  Core: venv + headers + libsystemd for systemd-python.
-apt_pkgs=(python3 python3-venv python3-dev gcc pkg-config libsystemd-dev)
+# Debian packages.  Core: venv + headers + libsystemd for systemd-python; procps for
+# /bin/kill, which the unit's ExecReload= runs (minbase Debian has no kill binary).
+apt_pkgs=(python3 python3-venv python3-dev gcc pkg-config libsystemd-dev procps)
 # Tests: a real systemd to boot (nspawn), a real Prometheus to scrape us, bpftrace for the eBPF sampler.
 test_pkgs=(systemd systemd-container prometheus bpftrace sqlite3 util-linux iproute2)
 (( want_test )) && apt_pkgs+=("${test_pkgs[@]}")

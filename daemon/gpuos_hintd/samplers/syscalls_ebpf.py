@@ -31,6 +31,7 @@ import contextlib
 import ctypes
 import json
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -103,6 +104,44 @@ def _cap_eff() -> int:
     except (OSError, ValueError):
         pass
     return 0
+
+
+# bpf(2) by architecture: the probe below calls it directly, so that it needs no bpftool.
+_BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}
+_BPF_MAP_CREATE, _BPF_MAP_TYPE_ARRAY = 0, 2
+
+
+class _MapCreateAttr(ctypes.Structure):
+    """The head of union bpf_attr for BPF_MAP_CREATE; the kernel zero-extends the rest."""
+
+    _fields_ = (
+        ("map_type", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+    )
+
+
+def try_create_map(machine: str | None = None) -> str:
+    """Create (and close) a one-entry BPF array map; "" on success, else why not.
+
+    Being root with bpftrace on PATH is not enough: a container's seccomp filter
+    (systemd-nspawn, docker) or kernel.unprivileged_bpf_disabled and a missing
+    CAP_BPF make bpf(2) fail with EPERM, and bpftrace then cannot create its maps.
+    Asking the kernel is the only reliable test.
+    """
+    nr = _BPF_SYSCALL.get(machine or platform.machine())
+    if nr is None:
+        return f"no bpf(2) syscall number known for {machine or platform.machine()}"
+    attr = _MapCreateAttr(_BPF_MAP_TYPE_ARRAY, 4, 8, 1, 0)
+    libc = _libc()
+    libc.syscall.restype = ctypes.c_long
+    fd = libc.syscall(ctypes.c_long(nr), ctypes.c_int(_BPF_MAP_CREATE), ctypes.byref(attr), ctypes.sizeof(attr))
+    if fd < 0:
+        return os.strerror(ctypes.get_errno())
+    os.close(fd)
+    return ""
 
 
 def find_tracepoint(dirs: Iterable[Path] = TRACEFS_DIRS) -> Path | None:
@@ -222,6 +261,9 @@ class SyscallEbpfSampler(Sampler):
             self._mounted = True
             if find_tracepoint(self._tracefs_dirs) is None:
                 return False, "tracepoint raw_syscalls:sys_enter missing (CONFIG_FTRACE_SYSCALLS?)"
+        why = try_create_map()
+        if why:
+            return False, f"the kernel refuses to create a BPF map here (bpf(2): {why}; a container's seccomp filter?)"
         return True, ""
 
     # -- sampling -----------------------------------------------------------------
