@@ -99,6 +99,13 @@ git clone -q --no-hardlinks "$repo" "$root/src"
 git -C "$root/src" checkout -q "$commit"
 dirty=$(git -C "$repo" status --porcelain --untracked-files=no | wc -l)
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# A host behind a TLS-intercepting proxy trusts the proxy's CA; the fresh root does not.  Hand pip
+# (only pip) the host's bundle: FRESH_PIP_CERT, else $PIP_CERT, else none.
+host_cert=${FRESH_PIP_CERT:-${PIP_CERT:-}}
+if [[ -n $host_cert && -f $host_cert ]]; then
+  cp "$host_cert" "$root/etc/pip-host-ca.crt"
+  printf '[global]\ncert = /etc/pip-host-ca.crt\n' >"$root/etc/pip.conf"
+fi
 if [[ ${FRESH_NO_CACHE:-0} != 1 ]]; then
   mkdir -p "$root/root/.cache/pip"
   binds=("$cache/apt-archives:/var/cache/apt/archives" "$cache/pip-cache:/root/.cache/pip")
