@@ -124,6 +124,10 @@ chroot_mounts='
   for b in "$@"; do mkdir -p "$r/${b#*:}"; mount --bind "${b%%:*}" "$r/${b#*:}"; done
 '
 
+# The chroot modes inherit nothing of this shell's environment (a fresh machine has none of it;
+# nspawn does the same by itself).
+clean_env=(env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 TERM=dumb)
+
 say "running ./test.sh in a fresh $suite minbase root ($mode; log: $log)"
 start=$(date +%s)
 set +e
@@ -166,13 +170,13 @@ EOF
     fi
     ;;
   chroot)
-    timeout "$timeout_s" unshare -m --propagation private sh -c "$chroot_mounts"'
+    timeout "$timeout_s" "${clean_env[@]}" unshare -m --propagation private sh -c "$chroot_mounts"'
       exec chroot "$r" /bin/sh -c "cd /src && exec '"$entry"'"' sh "$root" "${binds[@]}" >"$log" 2>&1
     rc=$?
     ;;
   pid1)
     # Only the entry point differs from chroot: test.sh (then pytest) is PID 1 of a new PID namespace.
-    timeout "$timeout_s" unshare -m --propagation private sh -c "$chroot_mounts"'
+    timeout "$timeout_s" "${clean_env[@]}" unshare -m --propagation private sh -c "$chroot_mounts"'
       umount -l "$r/proc"
       exec unshare --pid --fork --mount-proc="$r/proc" chroot "$r" '"$entry" sh "$root" "${binds[@]}" >"$log" 2>&1
     rc=$?

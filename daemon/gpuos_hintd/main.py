@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gpuos-hintd",
         description="Receive phase/workload-class hints from GPU programs and correlate them with "
         "what the OS sees. Runs in the foreground; stop with SIGTERM or Ctrl-C.",
+        epilog="As a systemd service: gpuos-hintd install-unit [--venv /opt/gpuos-hint] [--enable] "
+        "(see gpuos-hintd install-unit --help).",
     )
     p.add_argument("--version", action="version", version=f"gpuos-hintd {__version__}")
     p.add_argument(

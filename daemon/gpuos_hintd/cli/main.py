@@ -351,8 +351,26 @@ def _load_plugins() -> None:
     for mod in ("export", "top", "evaluate"):
         try:
             importlib.import_module(f"{__package__}.{mod}")
-        except ImportError:
-            pass
+        except ImportError as exc:
+            if mod == "evaluate" and "evaluate" not in COMMANDS:
+                _evaluate_missing(exc.name or str(exc))
+
+
+def _evaluate_missing(module: str) -> None:
+    """`evaluate` without its dependencies: still listed, and it says what to install."""
+
+    def missing(ns: argparse.Namespace) -> int:
+        print(
+            f"gpuos-hintctl evaluate needs {module}: install the eval extra "
+            "(from a checkout: pip install -e '.[eval]'; from a wheel: pip install 'gpuos_hint-VERSION.whl[eval]')",
+            file=sys.stderr,
+        )
+        return 1
+
+    def swallow(p: argparse.ArgumentParser) -> None:
+        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    COMMANDS["evaluate"] = (missing, swallow, f"how well OS signals alone find phases (needs {module}: the eval extra)")
 
 
 if __name__ == "__main__":
