@@ -108,19 +108,31 @@ def unusable_reason(exec_path: Path) -> str | None:
     return None
 
 
+_NOT_COPIED = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "*.db*", "out")
+
+
 def make_venv(venv: Path, source: Path, dry_run: bool) -> int:
-    """python -m venv VENV, then install the client and the daemon from the checkout into it."""
+    """python -m venv VENV, then install the client and the daemon from the checkout into it.
+
+    pip builds from a copy of the checkout: the build writes into its source tree (build/,
+    *.egg-info), which may be read-only or belong to another user.
+    """
     # The distribution's Python where there is one: every user can run it (a pyenv under /root cannot be).
     base = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys._base_executable
     steps = []
     if not (venv / "bin" / "python").exists():
         steps.append([base, "-m", "venv", str(venv)])
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    # Both from the checkout in one pip call: the client is not on an index, so pip must be handed it.
-    steps.append([*pip, "--upgrade", str(source / "client"), f"{source}[{VENV_EXTRAS}]"])
-    for cmd in steps:
-        if run(cmd, dry_run) != 0:
-            return 1
+    with tempfile.TemporaryDirectory(prefix="gpuos-hint-src.") as tmp:
+        copy = Path(tmp) / "src"
+        if not dry_run:
+            shutil.copytree(source, copy, ignore=_NOT_COPIED, symlinks=True)
+        print(f"{'would copy' if dry_run else 'copied'}: {source} -> {copy} (without .git, .venv, build outputs)")
+        # Both in one pip call: the client is not on an index, so pip must be handed it.
+        steps.append([*pip, "--upgrade", str(copy / "client"), f"{copy}[{VENV_EXTRAS}]"])
+        for cmd in steps:
+            if run(cmd, dry_run) != 0:
+                return 1
     if not dry_run:
         os.chmod(venv, 0o755)
     return 0
