@@ -89,6 +89,9 @@ def render_status(st: dict[str, Any]) -> str:
         f"rejected {c.get('rejected_total', 0):,}  dropped by clients {c.get('client_dropped_total', 0):,}  "
         f"abandoned {c.get('spans_abandoned', 0):,}",
     ]
+    reload = st.get("reload") or {}
+    if reload.get("last_error"):
+        lines.append(f"  reload FAILED (previous configuration in force): {reload['last_error']}")
     if st.get("rejected"):
         lines.append("  rejected by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(st["rejected"].items())))
     store = st.get("store") or {}
@@ -228,7 +231,10 @@ def cmd_spans(ns: argparse.Namespace) -> int:
         )
     )
     if any(r["estimated"] for r in rows):
-        print("* estimated: the span was shorter than the sampling period, figures are interpolated")
+        print(
+            "* estimated: some figures are interpolated, not measured - the span was shorter than the "
+            "sampling period, or began before the daemon sampled its process (e.g. across a daemon restart)"
+        )
     return 0
 
 
@@ -331,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return COMMANDS[ns.cmd][0](ns)
+        rc = COMMANDS[ns.cmd][0](ns)
+        sys.stdout.flush()  # here, so that a closed pipe is caught below and not at exit
+        return rc
     except DaemonUnavailable as exc:
         print(f"gpuos-hintctl: {exc}", file=sys.stderr)
         return 1
@@ -339,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpuos-hintctl: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:
+        # `gpuos-hintctl spans | head`: the reader has gone, which is not an error.  Point stdout
+        # at /dev/null so that the interpreter's last flush does not raise (and print) again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 
 
