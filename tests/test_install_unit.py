@@ -158,3 +158,28 @@ def test_install_unit_makes_a_venv_from_the_checkout(tmp_path: Path) -> None:
         "evaluate"
         in subprocess.run([str(target / "bin/gpuos-hintctl"), "--help"], capture_output=True, text=True).stdout
     )
+
+
+@pytest.mark.slow
+def test_wheels_split_client_and_daemon(tmp_path: Path) -> None:
+    """`pip wheel ./client .` (as the README says): two wheels, the client's holding only gpuos_client."""
+    import zipfile
+
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__"))
+    cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"), "./client", "."]
+    subprocess.run(cmd, cwd=src, check=True, timeout=300, capture_output=True)
+    client, daemon = (
+        zipfile.ZipFile(tmp_path / "dist" / f"{n}-0.1.0-py3-none-any.whl") for n in ("gpuos_hint_client", "gpuos_hint")
+    )
+    tops = {n.split("/")[0] for n in client.namelist() if not n.startswith("gpuos_hint_client-")}
+    assert tops == {"gpuos_client"}
+    assert not any(n.startswith("gpuos_client/") for n in daemon.namelist())
+    assert "gpuos_hintd/data/gpuos-hintd.service" in daemon.namelist()
+    meta = daemon.read("gpuos_hint-0.1.0.dist-info/METADATA").decode()
+    assert "Requires-Dist: gpuos-hint-client==0.1.0" in meta and "Provides-Extra: eval" in meta
+    cmeta = client.read("gpuos_hint_client-0.1.0.dist-info/METADATA").decode()
+    assert sorted(ln for ln in cmeta.splitlines() if ln.startswith("Requires-Dist") and "extra" not in ln) == [
+        "Requires-Dist: msgpack>=1.0",
+        "Requires-Dist: pyzmq>=25",
+    ]

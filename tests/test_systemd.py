@@ -395,6 +395,21 @@ def test_service_lifecycle(container: Container) -> None:
     msgs = [str(m["MESSAGE"]) for m in c.journal(UNIT, "_PID=1", since_us=since)]
     assert any(m.startswith("Reloading ") for m in msgs) and any(m.startswith("Reloaded ") for m in msgs), msgs
 
+    # ---- a failed reload: the old config stays, and systemctl status says so ----------
+    c.sh(
+        "echo 'sample_hz = 30' > /etc/gpuos-hintd/config.toml && echo 'enable_samplers = [\"bogus\"]' >> /etc/gpuos-hintd/config.toml"
+    )
+    c.sh("systemctl reload gpuos-hintd")
+    failed = c.wait_for(
+        "STATUS= of the failed reload",
+        lambda: (t := c.show(UNIT, "StatusText")["StatusText"]).startswith("reload failed") and t,
+    )
+    assert "/etc/gpuos-hintd/config.toml: enable_samplers=['bogus']: no such sampler" in failed, failed
+    assert json.loads(c.sh(f"{HINTCTL} status --json").stdout)["daemon"]["sample_hz"] == 20.0
+    print(c.sh("systemctl status gpuos-hintd --no-pager -n 0", check=False).stdout)
+    c.sh("echo 'sample_hz = 20' > /etc/gpuos-hintd/config.toml && systemctl reload gpuos-hintd")
+    c.wait_for("STATUS= after a good reload", lambda: not c.show(UNIT, "StatusText")["StatusText"].startswith("reload"))
+
     # ---- watchdog: a stalled main loop is killed and restarted ------------------------
     c.sh(f"kill -STOP {main_pid}")
     t_stop = time.monotonic()

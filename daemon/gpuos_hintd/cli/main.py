@@ -373,7 +373,8 @@ def _evaluate_missing(module: str) -> None:
     def missing(ns: argparse.Namespace) -> int:
         print(
             f"gpuos-hintctl evaluate needs {module}: install the eval extra "
-            "(from a checkout: pip install -e '.[eval]'; from a wheel: pip install 'gpuos_hint-VERSION.whl[eval]')",
+            f"(in the checkout: pip install -e '.[eval]'; from a wheel: "
+            f"pip install 'gpuos_hint-{__version__}-py3-none-any.whl[eval]')",
             file=sys.stderr,
         )
         return 1
