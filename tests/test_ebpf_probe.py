@@ -43,3 +43,17 @@ def test_probe_agrees_with_the_kernel() -> None:
     else:
         print(f"eBPF sampler unavailable here: {why}")
         assert why
+
+
+def test_a_separate_pid_namespace_is_unavailable() -> None:
+    """BPF reports host pids: a daemon in its own PID namespace (docker, unshare -p) would misattribute."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("bpftrace") is None:
+        pytest.skip("needs root, unshare and bpftrace")
+    if try_create_map():
+        pytest.skip(f"no BPF maps here at all ({try_create_map()}): the namespace check is never reached")
+    probe = "from gpuos_hintd.samplers.syscalls_ebpf import SyscallEbpfSampler as S; print(S().available())"
+    cmd = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", probe]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60)
+    if "unshare:" in out.stderr:
+        pytest.skip(f"cannot make a PID namespace here: {out.stderr.strip()}")
+    assert out.stdout.startswith("(False, \"not in the host's PID namespace"), out.stdout + out.stderr

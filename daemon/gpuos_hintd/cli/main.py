@@ -330,9 +330,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # `gpuos-hintctl spans | head`: the reader has gone, which is not an error.  Point stdout
+        # at /dev/null so that the interpreter's last flush does not raise (and print) again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str] | None) -> int:
     _load_plugins()
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    try:
+        ns = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors: flush here, inside main's guard
+        sys.stdout.flush()
+        raise exc
     if not ns.cmd:
         parser.print_help()
         return 2
@@ -346,11 +360,6 @@ def main(argv: list[str] | None = None) -> int:
     except GpuosError as exc:
         print(f"gpuos-hintctl: {exc}", file=sys.stderr)
         return 1
-    except BrokenPipeError:
-        # `gpuos-hintctl spans | head`: the reader has gone, which is not an error.  Point stdout
-        # at /dev/null so that the interpreter's last flush does not raise (and print) again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
 
 
 def _load_plugins() -> None:

@@ -264,6 +264,45 @@ class SyscallEbpfSampler(Sampler):
         why = try_create_map()
         if why:
             return False, f"the kernel refuses to create a BPF map here (bpf(2): {why}; a container's seccomp filter?)"
+        return self._probe_bpftrace()
+
+    def _probe_bpftrace(self, timeout_s: float = 20.0) -> tuple[bool, str]:
+        """Run bpftrace once: it must start, and see its own pid as we see it.
+
+        BPF's pid is the host's (root PID namespace) pid; in a container with its own PID
+        namespace it differs from what this daemon knows, and every count would be
+        attributed to the wrong process (or none).
+        """
+        prog = 'BEGIN { printf("pid=%d\\n", pid); exit(); }'
+        try:
+            child = subprocess.Popen(
+                [self._bpftrace, "-f", "json", "-e", prog],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            out, _ = child.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+            return False, f"{self._bpftrace} did not run a one-probe program within {timeout_s:g} s"
+        except OSError as exc:
+            return False, f"cannot run {self._bpftrace}: {exc}"
+        seen = None
+        for line in out.splitlines():
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                msg = json.loads(line)
+                if msg.get("type") == "printf" and str(msg["data"]).startswith("pid="):
+                    seen = int(str(msg["data"])[4:])
+        if seen is None:
+            errors = [ln for ln in out.splitlines() if "ERROR" in ln and "RLIMIT_MEMLOCK" not in ln]
+            return False, f"{self._bpftrace} failed: {(errors or out.splitlines() or ['no output'])[-1][:200]}"
+        if seen != child.pid:
+            return False, (
+                f"not in the host's PID namespace (BPF sees bpftrace as pid {seen}, this daemon as {child.pid}): "
+                "counts would go to the wrong processes"
+            )
         return True, ""
 
     # -- sampling -----------------------------------------------------------------
