@@ -153,6 +153,8 @@ Environment=HOME=/root
 ExecStart=/bin/sh -c '$entry >/var/log/fresh-test.log 2>&1; echo \$? >/var/log/fresh-test.rc'
 ExecStartPost=/bin/systemctl --no-block poweroff
 TimeoutStartSec=infinity
+# test_systemd boots a container from here: like systemd-nspawn@.service, hand it a cgroup subtree.
+Delegate=yes
 [Install]
 WantedBy=multi-user.target
 EOF

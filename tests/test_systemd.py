@@ -155,7 +155,14 @@ class Container:
             time.sleep(0.05)
         # Right after the fork, PID 1 may not have its bus socket yet: retry until it answers.
         while True:
-            r = self.sh("systemctl is-system-running --wait", check=False, timeout=timeout)
+            try:
+                r = self.sh("systemctl is-system-running --wait", check=False, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                # Seen inside a booted container started from a unit without Delegate=: the nested
+                # systemd gets no cgroup subtree of its own and never finishes booting.
+                raise BootImpossible(
+                    f"the container's systemd did not finish booting: {self.console_reason()}"
+                ) from None
             state = r.stdout.strip()
             if state in ("running", "degraded"):
                 break

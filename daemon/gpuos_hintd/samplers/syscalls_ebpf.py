@@ -300,7 +300,7 @@ class SyscallEbpfSampler(Sampler):
             return False, f"{self._bpftrace} failed: {(errors or out.splitlines() or ['no output'])[-1][:200]}"
         if seen != child.pid:
             return False, (
-                f"not in the host's PID namespace (BPF sees bpftrace as pid {seen}, this daemon as {child.pid}): "
+                f"not in the host's PID namespace (BPF sees bpftrace as pid {seen}, this daemon sees {child.pid}): "
                 "counts would go to the wrong processes"
             )
         return True, ""
