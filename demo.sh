@@ -33,7 +33,13 @@ bold "Running the instrumented workload: python -m gpuos_workloads.llm ${*:---re
 args=("$@"); (( $# )) || args=(--requests 3 --prompt-tokens 2048 --steps 48)
 python -m gpuos_workloads.llm --quiet "${args[@]}" &
 wl=$!
-sleep 1.0  # past model set-up, into the first prefill
+# Wait until the daemon sees the workload inside a phase (not a fixed sleep: set-up time varies).
+sees_phase='import json,sys; st=json.load(sys.stdin); sys.exit(not any(c["pid"]==int(sys.argv[1]) and c["open_phases"] for c in st["clients"]))'
+for _ in $(seq 100); do
+  gpuos-hintctl --timeout 0.5 status --json 2>/dev/null | python -c "$sees_phase" "$wl" && break
+  kill -0 $wl 2>/dev/null || break
+  sleep 0.05
+done
 bold "gpuos-hintctl status   (while the workload runs)"
 gpuos-hintctl status || true
 wait $wl

@@ -14,8 +14,9 @@ want_test=0
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-# Debian packages.  Core: venv + headers + libsystemd for systemd-python.
-apt_pkgs=(python3 python3-venv python3-dev gcc pkg-config libsystemd-dev)
+# Debian packages.  Core: venv + headers + libsystemd for systemd-python; procps for
+# /bin/kill, which the unit's ExecReload= runs (minbase Debian has no kill binary).
+apt_pkgs=(python3 python3-venv python3-dev gcc pkg-config libsystemd-dev procps)
 # Tests: a real systemd to boot (nspawn), a real Prometheus to scrape us, bpftrace for the eBPF sampler.
 test_pkgs=(systemd systemd-container prometheus bpftrace sqlite3 util-linux iproute2)
 (( want_test )) && apt_pkgs+=("${test_pkgs[@]}")
@@ -50,14 +51,16 @@ fi
 # Reinstall only when the project metadata changed.
 stamp=.venv/.gpuos-setup-stamp
 extras="dev"
-(( want_test )) || extras="workloads,metrics,nvidia"
-sum=$( (cat pyproject.toml; echo "$extras") | sha256sum | cut -d' ' -f1)
+(( want_test )) || extras="workloads,metrics,nvidia,eval"
+sum=$( (cat pyproject.toml client/pyproject.toml; echo "$extras") | sha256sum | cut -d' ' -f1)
 if [[ ! -f $stamp ]] || ! grep -q "$sum" "$stamp"; then
   say "installing gpuos-hint into .venv (extras: $extras; log: .venv/setup.log)"
   log=.venv/setup.log
   : > "$log"
   .venv/bin/python -m pip install -q --upgrade pip >>"$log" 2>&1 || true
-  if ! .venv/bin/python -m pip install -q -e ".[$extras]" >>"$log" 2>&1; then
+  # Two distributions, both editable, in one pip call: the client (client/, what a program's
+  # environment gets) and the daemon with its extras (which depends on the client).
+  if ! .venv/bin/python -m pip install -q -e ./client -e ".[$extras]" >>"$log" 2>&1; then
     cat "$log" >&2
     say "pip install failed (full log above)"
     exit 1

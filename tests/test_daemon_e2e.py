@@ -119,7 +119,9 @@ def test_spans_carry_proc_signals(daemon):
     daemon.client(code)
     rows = daemon.wait_for(lambda: spans(daemon) if len(spans(daemon)) == 2 else None, what="2 spans")
     sig = {r["name"]: json.loads(r["signals"]) for r in rows}
-    assert sig["busy"]["thread_cpu_pct"] > 60, sig["busy"]
+    # Relative, not absolute: on a loaded 2-core box (a nice'd fresh-root run next to other work)
+    # the spinning thread got only 29-33 % of a core; sleeping still costs next to nothing.
+    assert sig["busy"]["thread_cpu_pct"] > max(10.0, 3 * sig["idle"]["thread_cpu_pct"]), (sig["busy"], sig["idle"])
     assert sig["idle"]["thread_cpu_pct"] < 20, sig["idle"]
     assert sig["busy"]["cpu_pct"] > sig["idle"]["cpu_pct"]
     assert sig["idle"]["ctx_vol"] >= 1  # sleeping blocks voluntarily

@@ -88,7 +88,7 @@ def test_clear_error_and_exit_1_without_daemon(tmp_path):
     env["GPUOS_HINT_STATE_DIR"] = str(tmp_path / "nostate")
     out = run_module("gpuos_hintd.cli.main", "--timeout", "0.3", "status", env=env)
     assert out.returncode == 1
-    assert "no gpuos-hintd answered" in out.stderr and "is it running" in out.stderr
+    assert "no gpuos-hintd is listening" in out.stderr and "control.sock does not exist" in out.stderr
     out = run_module("gpuos_hintd.cli.main", "spans", env=env)
     assert out.returncode == 1 and "no store at" in out.stderr
     out = run_module("gpuos_hintd.cli.main", "spans", "--since", "yesterday", env=env)
@@ -96,7 +96,10 @@ def test_clear_error_and_exit_1_without_daemon(tmp_path):
 
 
 def test_daemon_refuses_a_second_instance_and_bad_config(daemon, tmp_path):
-    out = run_module("gpuos_hintd.main", env=daemon.env)
+    out = run_module("gpuos_hintd.main", env=daemon.env)  # same store: the state dir's lock says no
+    assert out.returncode == 1 and "is in use by another gpuos-hintd" in out.stderr
+    other_state = {**daemon.env, "GPUOS_HINT_STATE_DIR": str(tmp_path / "other")}  # same sockets
+    out = run_module("gpuos_hintd.main", env=other_state)
     assert out.returncode == 1 and "already answers" in out.stderr
     bad = tmp_path / "bad.toml"
     bad.write_text("sample_hz = 'fast'\n")

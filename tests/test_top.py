@@ -174,7 +174,7 @@ def test_top_once_plain_snapshot(daemon_factory: Any, tmp_path: Path) -> None:
     assert line.split()[1] == "batch.io" and line.split()[3] == "3"
     d.stop()
     res = subprocess.run([HINTCTL, "top", "--once"], env=env, capture_output=True, text=True, timeout=20)
-    assert res.returncode == 1 and "no gpuos-hintd answered" in res.stderr
+    assert res.returncode == 1 and "no gpuos-hintd is listening" in res.stderr
     res = subprocess.run(
         [HINTCTL, "top"], env=env, capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL
     )

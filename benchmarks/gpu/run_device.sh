@@ -6,7 +6,7 @@
 #   4. GPU slowdown from hints at ~1 kHz phase rate (benchmarks/gpu/bench_overhead.py)
 #   5. the GPU part of the test suite (tests/test_gpu.py) and the NVML replay tests
 # Results land in $OUT (the device tool brings them back).  Usage on the GPU machine:
-#   benchmarks/gpu/run_device.sh            (needs .whl/ from shared/tools/device-wheels.sh)
+#   benchmarks/gpu/run_device.sh            (needs pyzmq + structlog wheels in .whl/: docs/gpu-results.md)
 set -uo pipefail
 OUT=${OUT:-$PWD/out/device}
 R=$OUT/run

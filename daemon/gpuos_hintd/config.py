@@ -7,6 +7,7 @@ An invalid file or value raises ConfigError naming the key and the problem.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
@@ -125,8 +126,43 @@ class Config:
             "store_queue_rows",
         ):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1")
+                raise ConfigError(f"{name}={getattr(self, name)}: must be >= 1")
+        from .samplers.registry import KNOWN
+
+        for name in ("enable_samplers", "disable_samplers"):
+            unknown = [n for n in getattr(self, name) if n not in KNOWN]
+            if unknown:
+                raise ConfigError(f"{name}={unknown!r}: no such sampler (known: {', '.join(KNOWN)})")
         return self
+
+    def to_toml(self) -> str:
+        """The configuration as a TOML file that --config reads back to the same Config."""
+        lines = []
+        if self.config_file is not None:
+            lines.append(f"# read from {self.config_file}, then the environment and the command line")
+        for f in dataclasses.fields(self):
+            if f.name == "config_file":
+                continue
+            value = getattr(self, f.name)
+            if value is None:  # TOML has no null: an unset option is a comment
+                lines.append(f"# {f.name} = (unset)")
+                continue
+            lines.append(f"{f.name} = {_toml_value(f.name, value)}")
+        return "\n".join(lines) + "\n"
+
+
+def _toml_value(key: str, value: Any) -> str:
+    if key == "socket_mode":
+        return f'"{value:04o}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (str, Path)):
+        return json.dumps(str(value))  # a JSON string is a TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(json.dumps(str(v)) for v in value) + "]"
+    raise TypeError(f"{key}: cannot write {type(value).__name__} as TOML")
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -142,9 +178,18 @@ def _coerce(key: str, value: Any) -> Any:
         if key == "metrics_port":
             return None if value in (None, "", "off") else int(value)
         if key in ("disable_samplers", "enable_samplers"):
-            return [str(v) for v in (value.split(",") if isinstance(value, str) else value)]
+            if isinstance(value, str):
+                return [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise TypeError("must be a list of sampler names")
+            return list(value)
         if "bool" in str(current):
-            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+            if isinstance(value, bool):
+                return value
+            text = str(value).lower()
+            if text not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError("not a boolean (true/false)")
+            return text in ("1", "true", "yes")
         if "float" in str(current):
             return float(value)
         if "int" in str(current):
@@ -157,6 +202,7 @@ def _coerce(key: str, value: Any) -> Any:
 def load(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Build the configuration.  ``overrides`` come from the command line (None = unset)."""
     values: dict[str, Any] = {}
+    source: dict[str, str] = {}  # key -> where its value came from, for error messages
     path = path or (Path(os.environ[ENV_CONFIG]) if os.environ.get(ENV_CONFIG) else None)
     if path is None and SYSTEM_CONFIG.exists() and os.geteuid() == 0:
         path = SYSTEM_CONFIG
@@ -176,7 +222,11 @@ def load(path: Path | None = None, overrides: dict[str, Any] | None = None) -> C
                 raise ConfigError(f"{path}: unknown section [{key}]")
             if key not in _FIELDS or key == "config_file":
                 raise ConfigError(f"{path}: unknown option {key!r}")
-            values[key] = _coerce(key, value)
+            try:
+                values[key] = _coerce(key, value)
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: {exc}") from None
+            source[key] = str(path)
         values["config_file"] = Path(path)
     env = {
         "endpoint": os.environ.get(ENV_ENDPOINT),
@@ -186,8 +236,17 @@ def load(path: Path | None = None, overrides: dict[str, Any] | None = None) -> C
         "otlp_endpoint": os.environ.get(ENV_OTLP_ENDPOINT),
         "metrics_addr": os.environ.get(ENV_METRICS_ADDR),
     }
+    env_names = {"endpoint": ENV_ENDPOINT, "control": ENV_CONTROL, "state_dir": ENV_STATE_DIR}
+    env_names["metrics_port"] = ENV_METRICS_PORT
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    for key, value in {**env, **given}.items():
-        if value is not None:
+    for key, value in [*((k, v) for k, v in env.items() if v is not None), *given.items()]:
+        source[key] = f"--{key.replace('_', '-')}" if key in given else f"${env_names[key]}"
+        try:
             values[key] = _coerce(key, value)
-    return Config(**values).validate()
+        except ConfigError as exc:
+            raise ConfigError(f"{source[key]}: {exc}") from None
+    try:
+        return Config(**values).validate()
+    except ConfigError as exc:
+        key = str(exc).split("=", 1)[0]
+        raise ConfigError(f"{source[key]}: {exc}" if key in source else str(exc)) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import msgpack
@@ -15,7 +16,18 @@ class DaemonUnavailable(GpuosError):
 
 
 def request(endpoint: str, op: str, timeout_s: float = 2.0, **args: Any) -> Any:
-    """Send one request, wait (bounded) for its reply; return its result."""
+    """Send one request, wait (bounded) for its reply; return its result.
+
+    An ipc:// endpoint whose socket file does not exist fails at once: zmq would
+    connect lazily and wait out the whole timeout for a daemon that is not there.
+    """
+    if endpoint.startswith("ipc://") and not endpoint.startswith("ipc://@"):
+        path = endpoint[len("ipc://") :]
+        if not os.path.exists(path):
+            raise DaemonUnavailable(
+                f"no gpuos-hintd is listening: {path} does not exist "
+                "(start it with `gpuos-hintd` or `systemctl start gpuos-hintd`)"
+            )
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import os
 import sys
+import time
 from pathlib import Path
+from typing import Any, TextIO
 
 import structlog
 
@@ -22,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gpuos-hintd",
         description="Receive phase/workload-class hints from GPU programs and correlate them with "
         "what the OS sees. Runs in the foreground; stop with SIGTERM or Ctrl-C.",
+        epilog="As a systemd service: gpuos-hintd install-unit [--venv /opt/gpuos-hint] [--enable] "
+        "(see gpuos-hintd install-unit --help).",
     )
     p.add_argument("--version", action="version", version=f"gpuos-hintd {__version__}")
     p.add_argument(
@@ -41,6 +48,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=["auto", "json", "console", "journald"])
     p.add_argument("--print-config", action="store_true", help="print the effective configuration and exit")
     return p
+
+
+LOCK_NAME = "gpuos-hintd.lock"
+
+
+def lock_state_dir(state_dir: Path) -> TextIO:
+    """An exclusive flock on STATE_DIR/gpuos-hintd.lock for the daemon's lifetime.
+
+    Two daemons on one store would interleave spans, prune each other's rows and
+    fight over the WAL; the second one stops here instead.  The lock goes with the
+    process (no stale lock after a crash); the file holds the owner's pid for the message.
+    """
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        f = open(state_dir / LOCK_NAME, "a+", encoding="ascii")  # noqa: SIM115 - held until exit
+    except OSError as exc:
+        raise GpuosError(f"state dir {state_dir}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        owner = f.read().strip() or "?"
+        f.close()
+        raise GpuosError(f"state dir {state_dir} is in use by another gpuos-hintd (pid {owner})") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+class ReloadState:
+    """What the last SIGHUP reload did, for STATUS= and `gpuos-hintctl status`."""
+
+    def __init__(self) -> None:
+        self.ok = 0
+        self.failed = 0
+        self.last_error: str | None = None
+        self.last_at: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "failed": self.failed, "last_error": self.last_error, "last_at": self.last_at}
 
 
 def make_service(cfg: Config) -> HintService:
@@ -71,27 +120,55 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpuos-hintd: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.print_config:
-        for f in cfg.__dataclass_fields__:
-            print(f"{f} = {getattr(cfg, f)!r}")
+        sys.stdout.write(cfg.to_toml())
         return 0
     logs.setup(cfg.log_level, cfg.log_format)
     log = structlog.get_logger("gpuos_hintd")
+    # One line for whatever fails at start-up: an unwritable state or socket dir, a second
+    # daemon, a store that cannot be opened.  The step names the part; the error says why.
+    step = f"state dir {cfg.state_dir}"
     try:
+        lock = lock_state_dir(cfg.state_dir)
+        step = f"store in {cfg.state_dir}"
         service = make_service(cfg)
+        step = f"sockets {cfg.endpoint}, {cfg.control}"
         server = Server(cfg, service)
-    except GpuosError as exc:
-        log.error("startup_failed", error=str(exc))
-        print(f"gpuos-hintd: {exc}", file=sys.stderr)
+    except (GpuosError, OSError) as exc:
+        why = str(exc) if isinstance(exc, GpuosError) else f"{step}: {exc.strerror or exc} ({exc.filename or '-'})"
+        log.error("startup_failed", error=why)
+        print(f"gpuos-hintd: cannot start: {why}", file=sys.stderr)
         return 1
+    reloads = ReloadState()
 
     def reload() -> None:
-        new = load(cfg.config_file, overrides)
+        reloads.last_at = time.time()
+        try:
+            new = load(cfg.config_file, overrides)
+        except GpuosError as exc:
+            reloads.failed += 1
+            reloads.last_error = str(exc)
+            raise  # the server logs reload_failed; the old configuration stays in force
         logs.setup(new.log_level, new.log_format)
         cfg.sample_hz, cfg.log_level = new.sample_hz, new.log_level
         cfg.rate_events_per_s, cfg.rate_burst_events = new.rate_events_per_s, new.rate_burst_events
         if (new.endpoint, new.control, new.state_dir) != (cfg.endpoint, cfg.control, cfg.state_dir):
             log.warning("reload_ignored", what="endpoint/control/state_dir change needs a restart")
+        if (new.enable_samplers, new.disable_samplers) != (cfg.enable_samplers, cfg.disable_samplers):
+            log.warning("reload_ignored", what="enable_samplers/disable_samplers change needs a restart")
+        reloads.ok += 1
+        reloads.last_error = None
 
+    # A failed reload shows in systemd's STATUS= (`systemctl status`) and in `gpuos-hintctl status`
+    # until a reload succeeds.  (systemd 252 has no reload result for Type=notify; see docs/systemd.md.)
+    status_line = server._status_line
+    server._status_line = lambda: (
+        (  # type: ignore[method-assign]
+            f"reload failed, previous config in force: {reloads.last_error}; " if reloads.last_error else ""
+        )
+        + status_line()
+    )
+    status_op = server.control_ops["status"]
+    server.control_ops["status"] = lambda req: {**status_op(req), "reload": reloads.as_dict()}
     server.reload_hook = reload
     server.install_signal_handlers()
     if cfg.metrics_port is not None:
@@ -109,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             otlp = start_otlp(service, cfg)
         except Exception as exc:  # export is optional; the daemon runs without it
             log.error("otlp_unavailable", error=f"{type(exc).__name__}: {exc}")
-    server.run()
+    with contextlib.closing(lock):
+        server.run()
     if otlp is not None:
         otlp.close()
     return 0

@@ -63,7 +63,8 @@ MAX_TRACKED = 4096
 
 INSTALL_HINT = (
     "Prometheus metrics need the prometheus-client package: "
-    "pip install 'gpuos-hint[metrics]' (or apt install python3-prometheus-client)"
+    "install gpuos-hint's metrics extra (in the checkout: pip install -e '.[metrics]'; "
+    "or apt install python3-prometheus-client)"
 )
 
 

@@ -160,6 +160,9 @@ def render_status(st: dict[str, Any]) -> str:
         f"rejected {c.get('rejected_total', 0):,}  dropped by clients {c.get('client_dropped_total', 0):,}  "
         f"abandoned {c.get('spans_abandoned', 0):,}",
     ]
+    reload = st.get("reload") or {}
+    if reload.get("last_error"):
+        lines.append(f"  reload FAILED (previous configuration in force): {reload['last_error']}")
     if st.get("rejected"):
         lines.append("  rejected by reason: " + ", ".join(f"{safe(k)}={v}" for k, v in sorted(st["rejected"].items())))
     store = st.get("store") or {}
@@ -325,7 +328,10 @@ def cmd_spans(ns: argparse.Namespace) -> int:
         )
     )
     if any(r["estimated"] for r in rows):
-        print("* estimated: no sample fell inside the span; its gauges (RSS, GPU %, power) are interpolated")
+        print(
+            "* estimated: some figures are interpolated, not measured - the span was shorter than the "
+            "sampling period, or began before the daemon sampled its process (e.g. across a daemon restart)"
+        )
     if any(r["signals"].get("cpu_exact") is False and "proc_cpu_ns" not in r["signals"] for r in rows):
         print("~ thread CPU interpolated from samples (no edge readings): the ± is its bound")
     return 0
@@ -467,14 +473,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # `gpuos-hintctl spans | head`: the reader has gone, which is not an error.  Point stdout
+        # at /dev/null so that the interpreter's last flush does not raise (and print) again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str] | None) -> int:
     _load_plugins()
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    try:
+        ns = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors: flush here, inside main's guard
+        sys.stdout.flush()
+        raise exc
     if not ns.cmd:
         parser.print_help()
         return 2
     try:
-        return COMMANDS[ns.cmd][0](ns)
+        rc = COMMANDS[ns.cmd][0](ns)
+        sys.stdout.flush()  # here, so that a closed pipe is caught below and not at exit
+        return rc
     except DaemonUnavailable as exc:
         print(f"gpuos-hintctl: {safe(exc)}", file=sys.stderr)
         return 1
@@ -484,8 +506,6 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, OverflowError) as exc:  # e.g. an unwritable -o, a bad endpoint
         print(f"gpuos-hintctl: {safe(type(exc).__name__)}: {safe(exc)}", file=sys.stderr)
         return 1
-    except BrokenPipeError:
-        return 0
 
 
 def _load_plugins() -> None:
@@ -497,8 +517,27 @@ def _load_plugins() -> None:
     for mod in ("export", "top", "evaluate"):
         try:
             importlib.import_module(f"{__package__}.{mod}")
-        except ImportError:
-            pass
+        except ImportError as exc:
+            if mod == "evaluate" and "evaluate" not in COMMANDS:
+                _evaluate_missing(exc.name or str(exc))
+
+
+def _evaluate_missing(module: str) -> None:
+    """`evaluate` without its dependencies: still listed, and it says what to install."""
+
+    def missing(ns: argparse.Namespace) -> int:
+        print(
+            f"gpuos-hintctl evaluate needs {module}: install the eval extra "
+            f"(in the checkout: pip install -e '.[eval]'; from a wheel: "
+            f"pip install 'gpuos_hint-{__version__}-py3-none-any.whl[eval]')",
+            file=sys.stderr,
+        )
+        return 1
+
+    def swallow(p: argparse.ArgumentParser) -> None:
+        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    COMMANDS["evaluate"] = (missing, swallow, f"how well OS signals alone find phases (needs {module}: the eval extra)")
 
 
 if __name__ == "__main__":

@@ -173,7 +173,10 @@ class NVMLSampler(Sampler):
             try:
                 nv = self._backend()
             except ImportError:
-                return False, "nvidia-ml-py (pynvml) is not installed: pip install 'gpuos-hint[nvidia]'"
+                return False, (
+                    "nvidia-ml-py (pynvml) is not installed: install gpuos-hint's nvidia extra "
+                    "(in the checkout: pip install -e '.[nvidia]')"
+                )
             try:
                 nv.nvmlInit()
             except nv.NVMLError_LibraryNotFound:

@@ -31,6 +31,7 @@ import contextlib
 import ctypes
 import json
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -103,6 +104,44 @@ def _cap_eff() -> int:
     except (OSError, ValueError):
         pass
     return 0
+
+
+# bpf(2) by architecture: the probe below calls it directly, so that it needs no bpftool.
+_BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}
+_BPF_MAP_CREATE, _BPF_MAP_TYPE_ARRAY = 0, 2
+
+
+class _MapCreateAttr(ctypes.Structure):
+    """The head of union bpf_attr for BPF_MAP_CREATE; the kernel zero-extends the rest."""
+
+    _fields_ = (
+        ("map_type", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+    )
+
+
+def try_create_map(machine: str | None = None) -> str:
+    """Create (and close) a one-entry BPF array map; "" on success, else why not.
+
+    Being root with bpftrace on PATH is not enough: a container's seccomp filter
+    (systemd-nspawn, docker) or kernel.unprivileged_bpf_disabled and a missing
+    CAP_BPF make bpf(2) fail with EPERM, and bpftrace then cannot create its maps.
+    Asking the kernel is the only reliable test.
+    """
+    nr = _BPF_SYSCALL.get(machine or platform.machine())
+    if nr is None:
+        return f"no bpf(2) syscall number known for {machine or platform.machine()}"
+    attr = _MapCreateAttr(_BPF_MAP_TYPE_ARRAY, 4, 8, 1, 0)
+    libc = _libc()
+    libc.syscall.restype = ctypes.c_long
+    fd = libc.syscall(ctypes.c_long(nr), ctypes.c_int(_BPF_MAP_CREATE), ctypes.byref(attr), ctypes.sizeof(attr))
+    if fd < 0:
+        return os.strerror(ctypes.get_errno())
+    os.close(fd)
+    return ""
 
 
 def find_tracepoint(dirs: Iterable[Path] = TRACEFS_DIRS) -> Path | None:
@@ -222,6 +261,48 @@ class SyscallEbpfSampler(Sampler):
             self._mounted = True
             if find_tracepoint(self._tracefs_dirs) is None:
                 return False, "tracepoint raw_syscalls:sys_enter missing (CONFIG_FTRACE_SYSCALLS?)"
+        why = try_create_map()
+        if why:
+            return False, f"the kernel refuses to create a BPF map here (bpf(2): {why}; a container's seccomp filter?)"
+        return self._probe_bpftrace()
+
+    def _probe_bpftrace(self, timeout_s: float = 20.0) -> tuple[bool, str]:
+        """Run bpftrace once: it must start, and see its own pid as we see it.
+
+        BPF's pid is the host's (root PID namespace) pid; in a container with its own PID
+        namespace it differs from what this daemon knows, and every count would be
+        attributed to the wrong process (or none).
+        """
+        prog = 'BEGIN { printf("pid=%d\\n", pid); exit(); }'
+        try:
+            child = subprocess.Popen(
+                [self._bpftrace, "-f", "json", "-e", prog],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            out, _ = child.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+            return False, f"{self._bpftrace} did not run a one-probe program within {timeout_s:g} s"
+        except OSError as exc:
+            return False, f"cannot run {self._bpftrace}: {exc}"
+        seen = None
+        for line in out.splitlines():
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                msg = json.loads(line)
+                if msg.get("type") == "printf" and str(msg["data"]).startswith("pid="):
+                    seen = int(str(msg["data"])[4:])
+        if seen is None:
+            errors = [ln for ln in out.splitlines() if "ERROR" in ln and "RLIMIT_MEMLOCK" not in ln]
+            return False, f"{self._bpftrace} failed: {(errors or out.splitlines() or ['no output'])[-1][:200]}"
+        if seen != child.pid:
+            return False, (
+                f"not in the host's PID namespace (BPF sees bpftrace as pid {seen}, this daemon sees {child.pid}): "
+                "counts would go to the wrong processes"
+            )
         return True, ""
 
     # -- sampling -----------------------------------------------------------------

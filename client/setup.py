@@ -11,7 +11,7 @@ setup(
     ext_modules=[
         Extension(
             "gpuos_client._cphase",
-            ["client/gpuos_client/_cphase.c"],
+            ["gpuos_client/_cphase.c"],
             optional=True,
             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-missing-field-initializers"],
         )
