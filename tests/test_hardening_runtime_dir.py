@@ -45,7 +45,10 @@ def test_client_refuses_missing_symlink_file_and_writable(tmp_path):
 
 @needs_root
 def test_client_refuses_a_dir_squatted_by_another_user(tmp_path):
-    d = tmp_path / "gpuos-hintd-1000"
+    shared = tmp_path / "tmp"  # like /tmp: root's, sticky, writable by everyone (where squatting works)
+    shared.mkdir()
+    shared.chmod(0o1777)
+    d = shared / "gpuos-hintd-1000"
     d.mkdir(mode=0o755)
     os.chown(d, 65534, 65534)
     assert "owned by uid 65534" in socket_dir_problem(d, 1000)

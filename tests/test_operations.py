@@ -102,7 +102,7 @@ def test_startup_errors_are_one_line(tmp_path: Path) -> None:
     r = hintd("--endpoint", f"ipc://{blocker}/hint.sock", env=env)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     last = r.stderr.splitlines()[-1]
-    assert last.startswith(f"gpuos-hintd: cannot start: sockets ipc://{blocker}/hint.sock"), last
+    assert last.startswith("gpuos-hintd: cannot start:") and str(blocker) in last, last
     if os.geteuid() != 0:  # root may write anywhere; a non-root run also checks the permission case
         r = hintd("--state-dir", "/proc/gpuos-no-such-dir", env=env)
         assert r.returncode == 1 and "cannot start: state dir /proc/gpuos-no-such-dir" in r.stderr

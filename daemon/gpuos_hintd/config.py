@@ -237,7 +237,7 @@ def load(path: Path | None = None, overrides: dict[str, Any] | None = None) -> C
         "metrics_addr": os.environ.get(ENV_METRICS_ADDR),
     }
     env_names = {"endpoint": ENV_ENDPOINT, "control": ENV_CONTROL, "state_dir": ENV_STATE_DIR}
-    env_names["metrics_port"] = ENV_METRICS_PORT
+    env_names.update(metrics_port=ENV_METRICS_PORT, otlp_endpoint=ENV_OTLP_ENDPOINT, metrics_addr=ENV_METRICS_ADDR)
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     for key, value in [*((k, v) for k, v in env.items() if v is not None), *given.items()]:
         source[key] = f"--{key.replace('_', '-')}" if key in given else f"${env_names[key]}"

@@ -62,7 +62,8 @@ def lock_state_dir(state_dir: Path) -> TextIO:
     """
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
-        f = open(state_dir / LOCK_NAME, "a+", encoding="ascii")  # noqa: SIM115 - held until exit
+        fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)  # private
+        f = open(fd, "a+", encoding="ascii")  # noqa: SIM115 - held until exit
     except OSError as exc:
         raise GpuosError(f"state dir {state_dir}: {exc.strerror or exc}") from None
     try:

@@ -503,6 +503,8 @@ def _main(argv: list[str] | None) -> int:
     except GpuosError as exc:
         print(f"gpuos-hintctl: {safe(exc)}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        raise  # a closed pipe is not an error: main() handles it
     except (OSError, ValueError, OverflowError) as exc:  # e.g. an unwritable -o, a bad endpoint
         print(f"gpuos-hintctl: {safe(type(exc).__name__)}: {safe(exc)}", file=sys.stderr)
         return 1

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("gpuos_hintd.otlp")
 
-INSTALL_HINT = "OTLP export needs the opentelemetry-proto package: pip install 'gpuos-hint[otlp]'"
+INSTALL_HINT = "OTLP export needs opentelemetry-proto: the otlp extra, from the checkout (pip install 'CHECKOUT[otlp]')"
 SCOPE_NAME = "gpuos-hintd"
 #: Trace ids of recent spans, so a child finalised after its top-level phase still finds its trace.
 TRACE_CACHE = 65_536

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Every GPU measurement of this round, in two bounded calls of the device tool (device time is scarce).
+#   benchmarks/gpu/run_batch.sh client     (~8 min) issue 7: HF generate + launch-bound + GPU-bound
+#                                          overhead, first-slice vs this client; issue 11: integrations
+#   benchmarks/gpu/run_batch.sh attribution (~9 min) issue 9: accuracy_gpu + NVML power-sample
+#                                          recording; issue 13: Phase 2 + async pipeline
+# Results: each part writes into a work dir; the work dir is packed into $OUT/<batch>.tgz (the tool
+# brings back at most 8 files) and the logs are copied beside it.  Unpack into benchmarks/results/.
+# Needs .whl/ (shared/tools/device-wheels.sh) for pyzmq and structlog; builds the client's C hot
+# path with the host compiler (the pure-Python twin is used if that fails, and the log says so).
+set -uo pipefail
+batch=${1:?client|attribution}
+OUT=${OUT:-$PWD/out/$batch}
+W=$(mktemp -d)/$batch
+mkdir -p "$OUT" "$W"
+exec > >(tee "$OUT/$batch.log") 2>&1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD/client:$PWD/daemon:$PWD/workloads PYTHONUNBUFFERED=1
+inc=$(python3 -c "import sysconfig; print(sysconfig.get_paths()['include'])")
+suf=$(python3 -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
+gcc -O2 -std=gnu11 -shared -fPIC -I"$inc" client/gpuos_client/_cphase.c -o "client/gpuos_client/_cphase$suf" \
+  || echo "C hot path not built: the pure-Python client is measured"
+python3 -c "import gpuos_client as h; print('client fast path:', h.stats()['fast_path'])"
+nvidia-smi --query-gpu=name,driver_version,power.limit --format=csv,noheader; nproc; uptime
+t0=$SECONDS
+part() { echo; echo "== $1 (t=$((SECONDS - t0)) s)"; }
+case $batch in
+client)
+  part "client overhead: generate (none/empty hooks/hinted) + launch-bound loop"
+  timeout 180 python3 benchmarks/gpu/bench_generate_overhead.py --budget-s 120 --out "$W/generate_overhead.json" | tail -8
+  part "GPU-bound loop (bench_overhead.py)"
+  D=$(mktemp -d)
+  GPUOS_HINT_ENDPOINT=ipc://$D/hint.sock GPUOS_HINT_CONTROL=ipc://$D/control.sock GPUOS_HINT_STATE_DIR=$D/state \
+    python3 -m gpuos_hintd.main --log-level warning >"$D/hintd.log" 2>&1 &
+  DPID=$!
+  sleep 2
+  GPUOS_HINT_ENDPOINT=ipc://$D/hint.sock timeout 60 python3 benchmarks/gpu/bench_overhead.py --out "$W/gpu_overhead.json" | tail -4
+  kill -TERM $DPID; wait $DPID
+  part "first-slice client vs this client, HF generate, ABBA in-process"
+  timeout 130 python3 benchmarks/gpu/bench_generate_ab.py --old-client .gpu-old/client --procs 1 --pairs 6 \
+    --out "$W/generate_ab.json" | tail -4
+  part "integrations: HF generate A/B, plain vs gpuos-run, DataLoader training, Trainer"
+  timeout 170 python3 benchmarks/gpu/bench_integrations.py --budget-s 130 --blocks 8 --proc-runs 2 --train-runs 1 \
+    --out "$W/integrations.json" 2>&1 | tail -25
+  ;;
+attribution)
+  part "accuracy: energy per phase vs isolated truth, device time vs torch.profiler, async pipeline"
+  timeout 240 python3 benchmarks/gpu/accuracy_gpu.py --budget-s 190 --out "$W/accuracy" 2>&1 | tail -40
+  timeout 40 python3 benchmarks/gpu/record_nvml.py --seconds 8 --out "$W/accuracy/h200_power_samples_recording.json" | tail -2
+  part "phase 2 + async pipeline + counter periods"
+  OUT=$W/phase2 timeout 300 benchmarks/gpu/run_phase2.sh >/dev/null 2>&1; tail -30 "$W/phase2/run.log"
+  ;;
+esac
+part "done"
+tar czf "$OUT/$batch.tgz" -C "$(dirname "$W")" "$batch"
+ls -la "$OUT"
