@@ -9,7 +9,8 @@ The hot path (``_cphase`` or its twin ``_phase_py``) appends event tuples to
 * **batching window** (events flowing): ``wake_at = batch_wake``; the sender
   sleeps ``flush_interval_s`` (50 ms) and then sends everything that came in,
   or is woken early when the list reaches ``batch_wake`` events;
-* after a window in which nothing came, it goes back to deep sleep.
+* after a window in which nothing came, it goes back to deep sleep; a hint that
+  came alone (the last send was more than a window ago) needs no window at all.
 
 So a program that hints continuously is interrupted about 20 times a second
 whatever its phase rate, instead of every 2 ms: the sender thread takes the
@@ -310,6 +311,7 @@ class Runtime:
         cfg = self.config
         core = self.core
         backoff = 0.0
+        last_send = 0.0
         wake = self._wake
         while not self._stop:
             try:
@@ -326,9 +328,20 @@ class Runtime:
                 wake.wait(backoff)
                 continue
             backoff = 0.0
-            if moved or self._device_pending:
-                core.wake_at = cfg.batch_wake  # a batching window: woken early only by a full batch
-                wake.wait(cfg.flush_interval_s)
+            now = time.monotonic()
+            if moved:
+                # Sparse hints (the last send was more than a window ago) go straight back to deep
+                # sleep: one wake-up per hint, no empty window after it.  A stream (sends closer
+                # than a window) gets batching windows: at most ~1/flush_interval_s wake-ups.
+                sparse = now - last_send > cfg.flush_interval_s and not core.buf
+                last_send = now
+                if not sparse:
+                    core.wake_at = cfg.batch_wake  # a batching window: woken early only by a full batch
+                    wake.wait(cfg.flush_interval_s)
+                    continue
+            elif self._device_pending:
+                core.wake_at = cfg.batch_wake
+                wake.wait(cfg.flush_interval_s)  # device events to poll: short naps, not a deep sleep
                 continue
             # Deep sleep: the next event wakes us at once (wake_at = 0).
             core.wake_at = 0
@@ -417,6 +430,8 @@ class Runtime:
 
         sock = self._sock
         for _ in range(256):
+            if not sock.get(zmq.EVENTS) & zmq.POLLIN:  # cheaper than a recv that raises Again
+                return
             try:
                 raw = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
