@@ -6,6 +6,9 @@ sampled every 20 ms the way the driver does; the truth is the square wave's exac
 
 from __future__ import annotations
 
+import itertools
+from pathlib import Path
+
 import pytest
 from gpuos_hintd.correlate import Correlator
 from gpuos_hintd.samplers._power import PowerSeries
@@ -193,3 +196,102 @@ def test_nvml_sampler_reads_power_samples_and_calibrates(tmp_path):
     dev = sampler.devices()[0]
     assert dev["power_samples_period_ms"] == pytest.approx(20, abs=0.01)
     assert dev["power_samples_scale"] == pytest.approx(1.02, abs=0.02)
+
+
+# -- a real H200 recording (benchmarks/gpu/record_nvml.py, 2026-12-01: two matmul children) ---------
+H200 = Path(__file__).resolve().parent / "data" / "nvml" / "h200_power_samples_recording.json"
+
+
+def _h200_replay():
+    pytest.importorskip("pynvml")
+    import pynvml
+    from gpuos_hintd.samplers.nvml_replay import ReplayNVML
+
+    nv = ReplayNVML(H200)
+    assert not nv.synthetic
+    nv.nvmlInit()
+    h = nv.nvmlDeviceGetHandleByIndex(0)
+    assert nv.nvmlDeviceGetName(h) == "NVIDIA H200"
+    pts: list[tuple[int, float]] = []
+    counters: list[tuple[int, int]] = []
+    cursor = 0
+    while True:  # what the sampler is handed each tick: samples newer than its cursor, and the counter
+        _, got = nv.nvmlDeviceGetSamples(h, pynvml.NVML_TOTAL_POWER_SAMPLES, cursor)
+        for s in got:
+            pts.append((s.timeStamp * 1000 - nv._wall_offset_us * 1000, float(s.sampleValue.uiVal)))
+            cursor = max(cursor, s.timeStamp)
+        counters.append((nv.t_ns, nv.nvmlDeviceGetTotalEnergyConsumption(h)))
+        if not nv.step():
+            return pts, counters
+
+
+def test_real_h200_power_samples_are_sane_and_integrate_to_the_counter():
+    """The driver's power samples as recorded on an H200, through the replay and PowerSeries.
+
+    Measured on this recording (900 samples over 18 s, 158 counter changes): spacing median
+    19.997 ms, 85 % within 15-25 ms, none over 45 ms; 80-698 W (limit 700 W); the integral between
+    the first and last counter change equals the counter's delta to 0.0003 %; every >= 2 s window
+    between counter changes brackets the counter's delta once the ~50 ms frame spacing (when in
+    the frame gap the counter moved) is allowed for.
+    """
+    pts, counters = _h200_replay()
+    ts = [t for t, _ in pts]
+    assert len(pts) >= 800 and ts == sorted(ts) and len(set(ts)) == len(ts)
+    gaps = sorted((b - a) / MS for a, b in itertools.pairwise(ts))
+    assert gaps[len(gaps) // 2] == pytest.approx(20.0, abs=0.1)
+    assert sum(15 <= g <= 25 for g in gaps) >= 0.8 * len(gaps) and gaps[-1] <= 50
+    watts = [w / 1000 for _, w in pts]
+    assert min(watts) > 50 and max(watts) <= 700.0  # the board's limit, nvidia-smi: 700.00 W
+    assert max(watts) > 600 and min(watts) < 150  # the bursts and the idle gaps are both in it
+
+    series = PowerSeries(maxlen=len(pts) + 1)
+    assert len(series.add(pts)) == len(pts)
+    # (previous frame, frame) around each change: the counter moved somewhere in between.
+    ch = [(counters[i - 1][0], counters[i][0], counters[i][1]) for i in range(1, len(counters))
+          if counters[i][1] != counters[i - 1][1]]  # fmt: skip
+    assert len(ch) >= 100
+    (_, a, ca), (_, b, cb) = ch[0], ch[-1]
+    assert b - a >= 15_000 * MS
+    whole = series.integrate(a, b, scale=1.0)
+    assert whole.extrapolated_ns == 0
+    assert whole.mj == pytest.approx(cb - ca, rel=0.001)
+    windows = 0
+    for i, (p0, c0, e0) in enumerate(ch):
+        later = [x for x in ch[i + 1 :] if x[1] - c0 >= 2_000 * MS]
+        if not later:
+            break
+        p1, c1, e1 = later[0]
+        lo, hi = series.integrate(c0, p1, scale=1.0).mj, series.integrate(p0, c1, scale=1.0).mj
+        assert lo * 0.995 <= e1 - e0 <= hi * 1.005, (c0, c1, lo, e1 - e0, hi)
+        windows += 1
+    assert windows >= 100
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="NVMLSampler._read_power_samples keeps a sample whose wall-clock stamp is older than this "
+    "host's boot as a raw wall-clock time (ts * 1000); on replay that is every sample from before the "
+    "recording's first frame (116 here: the driver's ~2.3 s of history), so the series jumps to ~1.8e18 ns, "
+    "every later sample is dropped as non-increasing, no process gets a series and the calibration "
+    "reads 1.9452. Without those 116 samples the same replay gives scale 1.0 over 15.6 s.",
+)
+def test_real_h200_recording_through_the_nvml_sampler():
+    pytest.importorskip("pynvml")
+    from gpuos_hintd.samplers.base import Target
+    from gpuos_hintd.samplers.nvml import NVMLSampler
+    from gpuos_hintd.samplers.nvml_replay import ReplayNVML
+
+    nv = ReplayNVML(H200)
+    sampler = NVMLSampler(backend=nv)
+    assert sampler.available() == (True, "")
+    keys = [ProcKey(pid, 1) for pid in nv.data["workload"]["pids"]]
+    got: dict[ProcKey, list[tuple[int, float]]] = {k: [] for k in keys}
+    while True:
+        for k, ps in sampler.sample([Target(k) for k in keys], nv.t_ns).items():
+            got[k].extend(ps.series.get("gpu_power_mw@0", []))
+        if not nv.step():
+            break
+    dev = sampler.devices()[0]
+    assert dev["power_samples_period_ms"] == pytest.approx(20.0, abs=0.1)
+    assert dev["power_samples_scale"] == pytest.approx(1.0, abs=0.02)
+    assert all(len(v) > 100 for v in got.values()), {k.pid: len(v) for k, v in got.items()}
