@@ -267,14 +267,6 @@ def test_real_h200_power_samples_are_sane_and_integrate_to_the_counter():
     assert windows >= 100
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NVMLSampler._read_power_samples keeps a sample whose wall-clock stamp is older than this "
-    "host's boot as a raw wall-clock time (ts * 1000); on replay that is every sample from before the "
-    "recording's first frame (116 here: the driver's ~2.3 s of history), so the series jumps to ~1.8e18 ns, "
-    "every later sample is dropped as non-increasing, no process gets a series and the calibration "
-    "reads 1.9452. Without those 116 samples the same replay gives scale 1.0 over 15.6 s.",
-)
 def test_real_h200_recording_through_the_nvml_sampler():
     pytest.importorskip("pynvml")
     from gpuos_hintd.samplers.base import Target

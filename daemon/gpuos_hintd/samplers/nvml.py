@@ -342,8 +342,12 @@ class NVMLSampler(Sampler):
             if w is None:
                 continue
             # NVML's sample timestamps are CPU wall-clock microseconds; spans are CLOCK_MONOTONIC.
-            t = ts * 1000 - offset if ts * 1000 > offset else ts * 1000
-            pts.append((t, float(w)))
+            # A sample stamped before this host booted (a replayed recording's history, or a
+            # clock step) has no monotonic time: skip it rather than keep a wall-clock value,
+            # which would put every later sample out of order.
+            if ts * 1000 <= offset:
+                continue
+            pts.append((ts * 1000 - offset, float(w)))
             dev.power_last_us = max(dev.power_last_us, ts)
         dev.power_new = dev.power.add(pts)
 
