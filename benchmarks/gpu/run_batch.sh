@@ -4,6 +4,8 @@
 #                                          overhead, first-slice vs this client; issue 11: integrations
 #   benchmarks/gpu/run_batch.sh attribution (~9 min) issue 9: accuracy_gpu + NVML power-sample
 #                                          recording; issue 13: Phase 2 + async pipeline
+#   benchmarks/gpu/run_batch.sh cpu-and-training (~7 min) issue 7: the GIL loop on the host's quiet
+#                                          16 cores; issue 11: DataLoader training and Trainer parts
 # Results: each part writes into a work dir; the work dir is packed into $OUT/<batch>.tgz (the tool
 # brings back at most 8 files) and the logs are copied beside it.  Unpack into benchmarks/results/.
 # Needs .whl/ (shared/tools/device-wheels.sh) for pyzmq and structlog; builds the client's C hot
@@ -49,6 +51,13 @@ attribution)
   timeout 40 python3 benchmarks/gpu/record_nvml.py --seconds 8 --out "$W/accuracy/h200_power_samples_recording.json" | tail -2
   part "phase 2 + async pipeline + counter periods"
   OUT=$W/phase2 timeout 300 benchmarks/gpu/run_phase2.sh >/dev/null 2>&1; tail -30 "$W/phase2/run.log"
+  ;;
+cpu-and-training)
+  part "GIL loop on this host's CPU (16 cores: the daemon has cores of its own)"
+  timeout 230 python3 benchmarks/bench_gil_loop.py --repeats 6 --out "$W/gil_loop_h200_host.json" | tail -8
+  part "integrations: DataLoader-fed training step and an HF Trainer loop"
+  timeout 170 python3 benchmarks/gpu/bench_integrations.py --parts train,trainer --budget-s 140 \
+    --out "$W/integrations_training.json" 2>&1 | tail -25
   ;;
 esac
 part "done"

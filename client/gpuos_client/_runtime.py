@@ -333,7 +333,7 @@ class Runtime:
                 # Sparse hints (the last send was more than a window ago) go straight back to deep
                 # sleep: one wake-up per hint, no empty window after it.  A stream (sends closer
                 # than a window) gets batching windows: at most ~1/flush_interval_s wake-ups.
-                sparse = now - last_send > cfg.flush_interval_s and not core.buf
+                sparse = now - last_send > cfg.flush_interval_s and not core.buf and not self._device_pending
                 last_send = now
                 if not sparse:
                     core.wake_at = cfg.batch_wake  # a batching window: woken early only by a full batch
