@@ -150,9 +150,9 @@ def test_delivered_means_acknowledged_by_the_daemon(daemon, pure):
         env={"GPUOS_HINT_PURE": pure},
     )
     s = _last_json(res)
-    assert s["ok"] is True
-    assert s["dropped"] == 0 and s["undelivered"] == 0 and s["buffered"] == 0
-    assert s["delivered"] == s["handed"] >= 10_000  # 10k phase edges + hello/heartbeats
+    assert s["ok"] is True, s
+    assert s["dropped"] == 0 and s["undelivered"] == 0 and s["buffered"] == 0, s
+    assert s["delivered"] == s["handed"] >= 10_000, s  # 10k phase edges + hello/heartbeats
     assert s["fast_path"] == ("_phase_py" if pure == "1" else "_cphase")
     rows = daemon.wait_for(lambda: (r := _spans(daemon, "acked")) and len(r) >= 5000 and r, what="5000 spans")
     assert len(rows) == 5000

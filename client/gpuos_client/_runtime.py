@@ -179,6 +179,8 @@ class Runtime:
         self._hello_due = True
         self._next_heartbeat = 0.0
         self._rounds = 0
+        self._round_first_t = 0  # CLOCK_MONOTONIC ns of the first and last user event of the last round
+        self._round_last_t = 0
         self._device_pending: collections.deque[Any] = collections.deque()
         self._device_open: dict[int, Any] = {}  # span_id -> device start event
 
@@ -311,7 +313,8 @@ class Runtime:
         cfg = self.config
         core = self.core
         backoff = 0.0
-        last_send = 0.0
+        last_ev_t = 0
+        window_ns = int(cfg.flush_interval_s * 1e9)
         wake = self._wake
         while not self._stop:
             try:
@@ -328,13 +331,13 @@ class Runtime:
                 wake.wait(backoff)
                 continue
             backoff = 0.0
-            now = time.monotonic()
             if moved:
-                # Sparse hints (the last send was more than a window ago) go straight back to deep
-                # sleep: one wake-up per hint, no empty window after it.  A stream (sends closer
-                # than a window) gets batching windows: at most ~1/flush_interval_s wake-ups.
-                sparse = now - last_send > cfg.flush_interval_s and not core.buf and not self._device_pending
-                last_send = now
+                # Sparse hints (the gap before the first event of this round was longer than a
+                # window) go straight back to deep sleep: one wake-up per hint, no empty window
+                # after it.  A stream gets batching windows: at most ~1/flush_interval_s wake-ups.
+                gap = self._round_first_t - last_ev_t
+                last_ev_t = self._round_last_t
+                sparse = gap > window_ns and not core.buf and not self._device_pending
                 if not sparse:
                     core.wake_at = cfg.batch_wake  # a batching window: woken early only by a full batch
                     wake.wait(cfg.flush_interval_s)
@@ -378,6 +381,7 @@ class Runtime:
             events.extend(collect_device_times(self))
         carry, self._carry = self._carry, []
         now = time.monotonic()
+        self._round_first_t = self._round_last_t = 0
         heartbeat = now >= self._next_heartbeat
         if heartbeat:
             # The registry copy and the events are taken together, and the heartbeat goes
@@ -386,6 +390,9 @@ class Runtime:
         else:
             taken = self.core.take()
         moved = bool(taken or carry)
+        if moved:  # the hint times of this round (every event's item 1), for the sparse test
+            first = carry[0] if carry else taken[0]
+            self._round_first_t, self._round_last_t = first[1], (taken[-1] if taken else carry[-1])[1]
         if carry:
             events.extend(carry)
         events.extend(taken)
