@@ -75,9 +75,10 @@ def _self_start_ticks() -> int:
         return 0
 
 
-def _check_name(name: Any) -> str:
+def _check_name(name: Any, what: str = "name") -> str:
+    """A phase, mark or class name, or ValueError (misuse is the developer's to see, at the call)."""
     try:
-        return P.check_name(name)
+        return P.check_name(name, what=what)
     except P.ProtocolError as exc:
         raise ValueError(str(exc)) from None
 

@@ -16,28 +16,13 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from . import protocol as P
-from ._runtime import get_runtime, impl
+from ._runtime import _check_attrs, get_runtime, impl
+from ._runtime import _check_name as _checked
 from .classes import CLASSES as CLASSES  # re-exported: the vocabulary lives in classes.py
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _monotonic_ns = time.monotonic_ns
-
-
-def _checked(name: str, what: str = "name") -> str:
-    try:
-        return P.check_name(name, what=what)
-    except P.ProtocolError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _checked_attrs(attrs: dict[str, Any]) -> dict[str, Any] | None:
-    if not attrs:
-        return None
-    try:
-        return P.check_attrs(attrs)
-    except P.ProtocolError as exc:
-        raise ValueError(str(exc)) from None
 
 
 def _decorate(ph: Any, fn: F) -> F:
@@ -141,7 +126,7 @@ def mark(name: str, /, **attrs: Any) -> None:
     rt = get_runtime()
     if rt.disabled:
         return
-    rt.push((P.MARK, _monotonic_ns(), impl.tid(), _checked(name), _checked_attrs(attrs)))
+    rt.push((P.MARK, _monotonic_ns(), impl.tid(), _checked(name), _check_attrs(attrs)))  # the phases' checks
 
 
 def current_phase() -> int:
