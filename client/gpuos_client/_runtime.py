@@ -180,6 +180,8 @@ class Runtime:
         self._hello_due = True
         self._next_heartbeat = 0.0
         self._rounds = 0
+        self._in_round = False  # the sender is between taking events and handing them over
+        self._in_flight = 0  # events it holds in that window
         self._round_first_t = 0  # CLOCK_MONOTONIC ns of the first and last user event of the last round
         self._round_last_t = 0
         self._device_pending: collections.deque[Any] = collections.deque()
@@ -354,6 +356,15 @@ class Runtime:
             wake.wait(max(0.0, self._next_heartbeat - time.monotonic()) if core.open else None)
 
     def _round(self) -> tuple[bool, bool]:
+        """One sender round (see _round_inner); while it runs, taken events count as buffered."""
+        self._in_round = True  # before anything is taken: flush() and stats() must not see a gap
+        try:
+            return self._round_inner()
+        finally:
+            self._in_flight = 0
+            self._in_round = False
+
+    def _round_inner(self) -> tuple[bool, bool]:
         """One sender round: replies, the refused batch, hello, events, heartbeat.
 
         Returns (moved user events, ZeroMQ refused something).
@@ -401,9 +412,12 @@ class Runtime:
             events.append(self._heartbeat_event(opened, t_snap))
             self._next_heartbeat = now + self.config.heartbeat_s
         size = self.config.batch_size
+        self._in_flight = len(events)
         for i in range(0, len(events), size):
             chunk = events[i : i + size]
-            if not self._send(self._pack(chunk), len(chunk)):
+            sent_ok = self._send(self._pack(chunk), len(chunk))
+            self._in_flight -= len(chunk)  # now handed, or held in _pending
+            if not sent_ok:
                 rest = events[i + size :]
                 if len(rest) > self.max_buffered:
                     self.drop("buffer_full", len(rest) - self.max_buffered)
@@ -493,7 +507,13 @@ class Runtime:
         return max(0, self.handed_events - self.delivered - self.rejected)
 
     def idle(self) -> bool:
-        return not self.core.buf and not self._carry and self._pending is None and self._class_pending is None
+        return (
+            not self._in_round
+            and not self.core.buf
+            and not self._carry
+            and self._pending is None
+            and self._class_pending is None
+        )
 
     def flush(self, timeout: float) -> bool:
         """Wait (bounded) until everything buffered was delivered: acknowledged by the daemon."""
@@ -555,7 +575,10 @@ class Runtime:
             "rejected_by_reason": dict(self.rejected_by_reason),
             "dropped": sum(drops.values()),
             "dropped_by_reason": drops,
-            "buffered": len(self.core.buf) + len(self._carry) + (self._pending[1] if self._pending else 0),
+            "buffered": len(self.core.buf)
+            + len(self._carry)
+            + (self._pending[1] if self._pending else 0)
+            + self._in_flight,  # taken by the sender, not yet handed over
             "batches": self.handed_batches,
             "sender_rounds": self._rounds,
             "open_phases": len(self.core.open),
