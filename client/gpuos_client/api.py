@@ -150,8 +150,10 @@ def last_error() -> str | None:
     return get_runtime().last_error
 
 
-def flush(timeout: float = 1.0) -> bool:
+def flush(timeout: float = 5.0) -> bool:
     """Wait (bounded) until every buffered hint was delivered (acknowledged by the daemon).
+
+    A live daemon acknowledges within milliseconds; the bound matters only when it is slow or gone.
 
     For tests and short scripts; the hot path never needs it.  False when the
     daemon did not acknowledge everything in time (or there is none).
