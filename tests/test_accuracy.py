@@ -37,7 +37,11 @@ def test_edge_readings_meet_the_cpu_targets(tmp_path):
             assert abs(p["thread_cpu_err_pct"]) <= 5, (name, p)
             assert abs(p["proc_cpu_err_pct"]) <= 5, (name, p)
         else:
-            assert p["share_of_case_cpu_pct"] <= 5, (name, p)
+            # A sleep holds its own wake-up's CPU (~20-50 us of a thread's clock per wake here,
+            # benchmarks/results/wake_cost.json): next to a 1 ms spin that alone is 2-5 %, so the
+            # share bound is 5 % from 4 ms (issue 9's case) and 10 % below it.
+            bound = 5 if p["length_ms"] >= 4 else 10
+            assert p["share_of_case_cpu_pct"] <= bound, (name, p)
         # Voluntary context switches: the sleeps' own (one per sleep), not smeared.  The span also
         # holds the hint's own code (a GIL hand-off to the sender thread is a voluntary switch).
         assert abs(p["daemon_ctx_vol"] - p["truth_ctx_vol"]) <= max(5, 0.1 * p["truth_ctx_vol"]), (name, p)
