@@ -385,11 +385,7 @@ class MetricsExporter:
             labels = [phase, cls]
             spans.add_metric(labels, n)
             not_ok.add_metric(labels, bad)
-            cum, acc = [], 0
-            for le, k in zip((*DURATION_BUCKETS, float("inf")), buckets, strict=True):
-                acc += k
-                cum.append((_le(le), acc))
-            dur.add_metric(labels, cum, dsum)
+            dur.add_metric(labels, cumulative_buckets(buckets), dsum)
             cpu.add_metric(labels, cpu_s)
             energy.add_metric(labels, e_j)
         yield from (spans, not_ok, dur, cpu, energy)
@@ -443,6 +439,15 @@ GPU_LABELS = ["gpu", "uuid", "name", "sampler"]
 
 def _le(v: float) -> str:
     return "+Inf" if v == float("inf") else repr(float(v))
+
+
+def cumulative_buckets(buckets: Any) -> list[tuple[str, int]]:
+    """Per-bucket span counts (DURATION_BUCKETS, then +Inf) as Prometheus's cumulative (le, count)."""
+    cum, acc = [], 0
+    for le, k in zip((*DURATION_BUCKETS, float("inf")), buckets, strict=True):
+        acc += k
+        cum.append((_le(le), acc))
+    return cum
 
 
 class MetricsHTTPServer(socketserver.ThreadingMixIn, WSGIServer):

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..identity import IdentityCache, short_container_id
-from ..metrics import DURATION_BUCKETS, OTHER, PhaseSeries, _le
+from ..metrics import OTHER, PhaseSeries, cumulative_buckets
 from ..samplers.base import ProcKey
 
 if TYPE_CHECKING:
@@ -96,11 +96,7 @@ class FleetCollector:
         for key, (n, _bad, dsum, buckets, cpu_s, e_j) in phases:
             labels = list(key)
             spans.add_metric(labels, n)
-            cum, acc = [], 0
-            for le, k in zip((*DURATION_BUCKETS, float("inf")), buckets, strict=True):
-                acc += k
-                cum.append((_le(le), acc))
-            dur.add_metric(labels, cum, dsum)
+            dur.add_metric(labels, cumulative_buckets(buckets), dsum)
             cpu.add_metric(labels, cpu_s)
             energy.add_metric(labels, e_j)
         yield from (spans, dur, cpu, energy)
