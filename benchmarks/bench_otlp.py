@@ -123,8 +123,8 @@ def sink_cost(reps: int = 30, steps: int = 250) -> dict[str, Any]:
     import structlog
     from gpuos_hintd.config import Config
     from gpuos_hintd.export.otlp import OtlpExporter
+    from gpuos_hintd.model import SpanRow
     from gpuos_hintd.service import HintService
-    from gpuos_hintd.store import SpanRow
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
 

@@ -26,8 +26,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import REPO, host_info
 from gpuos_hintd import procfs
+from gpuos_hintd.model import ProcKey, Target
 from gpuos_hintd.samplers import registry
-from gpuos_hintd.samplers.base import NullSampler, ProcKey, Target
+from gpuos_hintd.samplers.base import NullSampler
 
 
 def busy(stop: threading.Event, device: str) -> None:

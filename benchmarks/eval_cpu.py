@@ -47,7 +47,7 @@ from gpuos_hintd.evaluate.dataset import (
     windows_of,
 )
 from gpuos_hintd.evaluate.segment import match, segment
-from gpuos_hintd.samplers.base import ProcKey, Target
+from gpuos_hintd.model import ProcKey, Target
 from gpuos_hintd.samplers.proc import ProcSampler
 from gpuos_hintd.samplers.syscalls import SyscallSampler
 

@@ -42,8 +42,9 @@ sys.path.insert(0, str(HERE))
 from _harness import REPO, daemon_env, host_info, start_daemon  # noqa: E402
 from gpuos_hintd import procfs  # noqa: E402
 from gpuos_hintd.evaluate import phase2  # noqa: E402
+from gpuos_hintd.model import ProcKey, Target  # noqa: E402
 from gpuos_hintd.samplers import registry  # noqa: E402
-from gpuos_hintd.samplers.base import NullSampler, ProcKey, Target  # noqa: E402
+from gpuos_hintd.samplers.base import NullSampler  # noqa: E402
 from gpuos_workloads.sweeps import PHASE2_BASE, PHASE2_KNOBS  # noqa: E402
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "phase2_cpu"

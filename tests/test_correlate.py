@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 from gpuos_hintd import edge_cpu
 from gpuos_hintd.correlate import Correlator
-from gpuos_hintd.samplers.base import Metric, ProcKey, ProcSample
-from gpuos_hintd.store import SpanRow
+from gpuos_hintd.model import Metric, ProcKey, ProcSample, SpanRow
 
 KEY = ProcKey(100, 5)
 METRICS = {

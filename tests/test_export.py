@@ -19,7 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from gpuos_hintd.cli.export import GPU_TID, build_trace, write_atomic
-from gpuos_hintd.store import DeviceInterval, MarkRow, ProcessRow, SampleRow, SpanRow, Store, open_readonly
+from gpuos_hintd.model import DeviceInterval, MarkRow, ProcessRow, SampleRow, SpanRow
+
+#: The console script (plugins register into gpuos_hintd.cli.main, which `python -m` would run
+from gpuos_hintd.store import Store, open_readonly
 
 #: The console script (plugins register into gpuos_hintd.cli.main, which `python -m` would run
 #: as __main__, a second copy).

@@ -16,7 +16,8 @@ import threading
 import time
 
 import pytest
-from gpuos_hintd.store import DB_NAME, MarkRow, SampleRow, SpanRow, Store
+from gpuos_hintd.model import MarkRow, SampleRow, SpanRow
+from gpuos_hintd.store import DB_NAME, Store
 
 NOW = time.time_ns()
 

@@ -26,8 +26,8 @@ prometheus_client = pytest.importorskip("prometheus_client")
 
 from gpuos_hintd.config import Config  # noqa: E402
 from gpuos_hintd.metrics import OTHER, MetricsExporter, PhaseSeries  # noqa: E402
+from gpuos_hintd.model import SpanRow  # noqa: E402
 from gpuos_hintd.service import HintService  # noqa: E402
-from gpuos_hintd.store import SpanRow  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS = shutil.which("prometheus") or ("/usr/bin/prometheus" if os.path.exists("/usr/bin/prometheus") else None)

@@ -28,9 +28,8 @@ from gpuos_hintd.config import Config, load
 from gpuos_hintd.errors import ConfigError
 from gpuos_hintd.export.otlp import OtlpExporter, parse_resource_env, traces_url
 from gpuos_hintd.export.tracecontext import parse_traceparent, span_id_for, trace_id_for
-from gpuos_hintd.samplers.base import ProcKey
+from gpuos_hintd.model import ProcKey, SpanRow
 from gpuos_hintd.service import HintService
-from gpuos_hintd.store import SpanRow
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

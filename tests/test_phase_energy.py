@@ -12,7 +12,7 @@ import random
 
 import pytest
 from gpuos_hintd.phase_energy import UNHINTED, PhaseEnergy, SpanIv, fit_marks
-from gpuos_hintd.samplers._power import PowerSeries
+from gpuos_hintd.power_series import PowerSeries
 
 MS = 1_000_000
 WATTS = {"prefill": 600.0, "decode/step": 250.0, "decode": 180.0, UNHINTED: 100.0}
@@ -90,7 +90,8 @@ def test_hintctl_shows_figures_with_their_uncertainty_and_the_fit(tmp_path):
     import subprocess
     import sys
 
-    from gpuos_hintd.store import MarkRow, SpanRow, Store
+    from gpuos_hintd.model import MarkRow, SpanRow
+    from gpuos_hintd.store import Store
 
     spans, ser = build(seconds=12.0)
     pe = PhaseEnergy()

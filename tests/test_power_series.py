@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 from gpuos_hintd.correlate import Correlator
-from gpuos_hintd.samplers._power import PowerSeries
-from gpuos_hintd.samplers.base import Metric, ProcKey, ProcSample
-from gpuos_hintd.store import SpanRow
+from gpuos_hintd.model import Metric, ProcKey, ProcSample, SpanRow
+from gpuos_hintd.power_series import PowerSeries
 
 MS = 1_000_000
 KEY = ProcKey(100, 5)
@@ -141,7 +140,7 @@ def test_nvml_sampler_reads_power_samples_and_calibrates(tmp_path):
     """NVMLSampler on a (synthetic, said so) recording with nvmlDeviceGetSamples in it."""
     import json
 
-    from gpuos_hintd.samplers.base import Target
+    from gpuos_hintd.model import Target
     from gpuos_hintd.samplers.nvml import NVMLSampler
     from gpuos_hintd.samplers.nvml_replay import FORMAT, VERSION, ReplayNVML
 
@@ -269,7 +268,7 @@ def test_real_h200_power_samples_are_sane_and_integrate_to_the_counter():
 
 def test_real_h200_recording_through_the_nvml_sampler():
     pytest.importorskip("pynvml")
-    from gpuos_hintd.samplers.base import Target
+    from gpuos_hintd.model import Target
     from gpuos_hintd.samplers.nvml import NVMLSampler
     from gpuos_hintd.samplers.nvml_replay import ReplayNVML
 

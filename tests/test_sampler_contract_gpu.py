@@ -10,8 +10,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from gpuos_hintd.model import Metric, ProcKey, Target
 from gpuos_hintd.procfs import start_ticks
-from gpuos_hintd.samplers.base import Metric, ProcKey, Sampler, Target
+from gpuos_hintd.samplers.base import Sampler
 from gpuos_hintd.samplers.drm import DRMSampler
 from gpuos_hintd.samplers.maps import MapsSampler
 from gpuos_hintd.samplers.nvml import NVMLSampler

@@ -11,8 +11,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from gpuos_hintd.model import ProcKey, Target
 from gpuos_hintd.procfs import start_ticks
-from gpuos_hintd.samplers.base import ProcKey, Target
 from gpuos_hintd.samplers.drm import DRMSampler, engine_class, parse_fdinfo
 
 DATA = Path(__file__).resolve().parent / "data" / "fdinfo"

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from gpuos_hintd.model import ProcKey, Target
 from gpuos_hintd.procfs import start_ticks
-from gpuos_hintd.samplers.base import ProcKey, Target
 from gpuos_hintd.samplers.maps import MapsSampler, parse_maps
 
 DATA = Path(__file__).resolve().parent / "data" / "maps" / "h100_torch"

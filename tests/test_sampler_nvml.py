@@ -19,8 +19,8 @@ import pytest
 pynvml = pytest.importorskip("pynvml")
 
 from gpuos_hintd.errors import SamplerUnavailable  # noqa: E402
+from gpuos_hintd.model import ProcKey, Target  # noqa: E402
 from gpuos_hintd.samplers._energy import EnergyLedger  # noqa: E402
-from gpuos_hintd.samplers.base import ProcKey, Target  # noqa: E402
 from gpuos_hintd.samplers.nvml import NVMLSampler  # noqa: E402
 from gpuos_hintd.samplers.nvml_replay import FRAME_FUNCTIONS, STATIC_FUNCTIONS, ReplayNVML  # noqa: E402
 

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from gpuos_hintd.samplers.base import ProcKey, Target
+from gpuos_hintd.model import ProcKey, Target
 from gpuos_hintd.samplers.rocm import ROCmSampler, parse_sclk
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -99,7 +99,7 @@ def test_hwmon_power_becomes_a_calibrated_power_series_for_span_energy(trees):
     process on it; the energy counter (here 5 % above power x time) calibrates it; a span over
     the series gets its energy from it (tick resolution: hwmon keeps no sample history)."""
     from gpuos_hintd.correlate import Correlator
-    from gpuos_hintd.store import SpanRow
+    from gpuos_hintd.model import SpanRow
 
     sysfs, proc = trees
     hw = sysfs / "class/drm/card1/device/hwmon/hwmon4"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from gpuos_hintd import procfs
-from gpuos_hintd.samplers.base import ProcKey, Target
+from gpuos_hintd.model import ProcKey, Target
 from gpuos_hintd.samplers.syscall_table import table_for
 from gpuos_hintd.samplers.syscalls import FdClassifier, SyscallField, SyscallSampler, parse_syscall
 
@@ -140,7 +140,7 @@ def test_no_ptrace_access_gives_none_not_errors(child):
     p, _ = child
     code = (
         "import time; from gpuos_hintd.samplers.syscalls import SyscallSampler as S;"
-        "from gpuos_hintd.samplers.base import Target, ProcKey;"
+        "from gpuos_hintd.model import Target, ProcKey;"
         "from gpuos_hintd import procfs;"
         f"k = ProcKey({p.pid}, procfs.start_ticks({p.pid}));"
         "print(S().sample([Target(k)], 0)[k].values)"

@@ -9,7 +9,7 @@ import time
 
 import pytest
 from gpuos_hintd import procfs
-from gpuos_hintd.samplers.base import ProcKey, Target
+from gpuos_hintd.model import ProcKey, Target
 from gpuos_hintd.samplers.syscall_table import table_for
 from gpuos_hintd.samplers.syscalls_ebpf import SyscallEbpfSampler, bpftrace_program
 

@@ -77,7 +77,8 @@ def test_full_disk_counts_errors_keeps_running_and_loses_nothing(tmp_path):
 
 
 def test_backlog_bound_sheds_samples_before_spans(tmp_path):
-    from gpuos_hintd.store import Retention, SampleRow, SpanRow, Store
+    from gpuos_hintd.model import SampleRow, SpanRow
+    from gpuos_hintd.store import Retention, Store
 
     store = Store(tmp_path / "s", Retention(max_backlog_rows=10))
     try:

@@ -17,7 +17,7 @@ from typing import Any
 
 from . import procfs
 from .errors import AccessDenied, ProcessGone
-from .samplers.base import ProcKey
+from .model import ProcKey
 
 
 class Rejected(Exception):

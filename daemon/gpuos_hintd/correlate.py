@@ -39,9 +39,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from . import edge_cpu
-from .samplers._power import PowerSeries
-from .samplers.base import Metric, ProcKey, ProcSample, Value
-from .store import SpanRow
+from .model import Metric, ProcKey, ProcSample, SpanRow, Value
+from .power_series import PowerSeries
 
 HISTORY_TICKS = 600  # 60 s at 10 Hz, for late device intervals
 SERIES_POINTS = 3000  # per process and series: 60 s of 20 ms power samples

@@ -39,7 +39,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .samplers.base import Value
+from .model import Value
 
 #: ru = [t_read_ns, thread_cpu_ns, proc_cpu_ns, nvcsw, nivcsw, minflt, majflt] (docs/protocol.md)
 T_READ, THREAD_CPU, PROC_CPU, NVCSW, NIVCSW, MINFLT, MAJFLT = range(7)

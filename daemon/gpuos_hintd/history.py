@@ -13,13 +13,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .model import SPAN_STATUSES
 from .store import SpanQuery, open_readonly, phase_table, query_spans
 
 MAX_ROWS = 10_000
 MAX_QUERY_S = 1.0
 MAX_EXPORT_S = 5.0  # a whole trace; still well inside the 30 s watchdog
 I64_MAX = (1 << 63) - 1
-STATUSES = ("ok", "error", "abandoned", "lost_end", "interrupted")
+STATUSES = SPAN_STATUSES
 
 
 def _opt_int(req: dict[str, Any], key: str, lo: int = 0, hi: int = I64_MAX) -> int | None:

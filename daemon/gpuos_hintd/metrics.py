@@ -46,8 +46,8 @@ import structlog
 from .errors import GpuosError
 
 if TYPE_CHECKING:
+    from .model import SpanRow
     from .service import HintService
-    from .store import SpanRow
 
 log = structlog.get_logger("gpuos_hintd.metrics")
 

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .nnls import Block
-from .samplers._power import PowerSeries
+from .power_series import PowerSeries
 
 BLOCK_WINDOWS = 50  # ~1 s of 20 ms windows per bootstrap block
 MAX_COLUMNS = 32  # phase paths per process (more are folded into "other")

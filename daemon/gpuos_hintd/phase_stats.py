@@ -10,7 +10,7 @@ import dataclasses
 import math
 from typing import Any
 
-from .store import SpanRow
+from .model import SpanRow
 
 #: Signals whose per-phase running mean is kept (bounded, so memory stays flat).
 TRACKED = ("cpu_pct", "thread_cpu_pct", "ctx_vol", "gpu_util_pct_mean", "gpu_power_mw_mean", "gpu_energy_j")

@@ -22,7 +22,8 @@ from typing import Any
 
 import structlog
 
-from .samplers.base import ProcKey, ProcSample, Sampler, Target
+from .model import ProcKey, ProcSample, Target
+from .samplers.base import Sampler
 
 log = structlog.get_logger("gpuos_hintd.sampling")
 

@@ -22,12 +22,13 @@ from . import __version__, procfs
 from .clients import Client, Rejected, TokenBucket, describe_process, is_alive, ns_to_host_tid, verify_peer
 from .config import Config
 from .correlate import Correlator
+from .model import DeviceInterval, MarkRow, Metric, ProcessRow, ProcKey, SampleRow, SpanRow, Target
 from .phase_energy import MARK_NAME as PHASE_ENERGY_MARK
 from .phase_energy import PhaseEnergy, SpanIv
 from .phase_stats import PhaseStats
-from .samplers.base import Metric, NullSampler, ProcKey, Sampler, Target
+from .samplers.base import NullSampler, Sampler
 from .sampling import SampleResult, SamplerState, SamplingWorker
-from .store import DeviceInterval, MarkRow, ProcessRow, SampleRow, SpanRow, Store
+from .store import Store
 
 log = structlog.get_logger("gpuos_hintd.service")
 

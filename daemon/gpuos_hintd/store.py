@@ -73,87 +73,8 @@ CREATE INDEX IF NOT EXISTS samples_by_proc ON samples (pid, pid_start, t_ns);
 """
 
 
-@dataclasses.dataclass(slots=True)
-class ProcessRow:
-    boot_id: str
-    pid: int
-    pid_start: int
-    uid: int | None
-    gid: int | None
-    comm: str
-    cmdline: str
-    cgroup: str
-    unit: str | None
-    workload_class: str | None
-    first_seen_wall_ns: int
-    last_seen_wall_ns: int
-    exit_reason: str | None = None
-    events: int = 0
-    client_dropped: int = 0
-
-
-@dataclasses.dataclass(slots=True)
-class SpanRow:
-    boot_id: str
-    pid: int
-    pid_start: int
-    span_id: int
-    parent_span_id: int
-    tid: int
-    name: str
-    path: str
-    depth: int
-    workload_class: str | None
-    attrs: dict[str, Any] | None
-    start_ns: int
-    end_ns: int
-    start_wall_ns: int
-    status: str
-    recovered: bool = False
-    dev_start_ns: int | None = None
-    dev_end_ns: int | None = None
-    samples: int = 0
-    estimated: bool = False
-    signals: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    @property
-    def duration_ns(self) -> int:
-        return max(self.end_ns - self.start_ns, 0)
-
-
-@dataclasses.dataclass(slots=True)
-class MarkRow:
-    boot_id: str
-    pid: int
-    pid_start: int
-    tid: int
-    t_ns: int
-    wall_ns: int
-    name: str
-    attrs: dict[str, Any] | None
-
-
-@dataclasses.dataclass(slots=True)
-class SampleRow:
-    boot_id: str
-    pid: int
-    pid_start: int
-    tid: int
-    t_ns: int
-    wall_ns: int
-    signals: dict[str, Any]
-
-
-@dataclasses.dataclass(slots=True)
-class DeviceInterval:
-    boot_id: str
-    pid: int
-    pid_start: int
-    span_id: int
-    dev_start_ns: int
-    dev_end_ns: int
-    signals: dict[str, Any] | None = None
-
+# The records live in .model; these names stay importable from here.
+from .model import DeviceInterval, MarkRow, ProcessRow, SampleRow, SpanRow  # noqa: E402
 
 _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
 

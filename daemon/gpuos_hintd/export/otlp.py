@@ -39,13 +39,13 @@ import structlog
 
 from .. import __version__
 from ..identity import Identity, IdentityCache
-from ..samplers.base import ProcKey
+from ..model import ProcKey
 from .tracecontext import TRACEPARENT_ATTR, Remote, parse_traceparent, span_id_for, trace_id_for
 
 if TYPE_CHECKING:
     from ..config import Config
+    from ..model import SpanRow
     from ..service import HintService
-    from ..store import SpanRow
 
 log = structlog.get_logger("gpuos_hintd.otlp")
 

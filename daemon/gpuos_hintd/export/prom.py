@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from ..identity import IdentityCache, short_container_id
 from ..metrics import OTHER, PhaseSeries, cumulative_buckets
-from ..samplers.base import ProcKey
+from ..model import ProcKey
 
 if TYPE_CHECKING:
+    from ..model import SpanRow
     from ..service import HintService
-    from ..store import SpanRow
 
 IDENTITY_LABELS = ["pod_uid", "container", "unit"]
 _OTHER_KEY = (OTHER, OTHER, OTHER)

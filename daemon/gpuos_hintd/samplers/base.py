@@ -17,55 +17,11 @@ Conventions (shared/STYLE.md sections 6, 7 and 11):
 from __future__ import annotations
 
 import abc
-import dataclasses
 from collections.abc import Collection, Mapping
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-Value = float | int | None
-Kind = Literal["counter", "gauge"]
-Scope = Literal["process", "thread"]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Metric:
-    """What one metric means: unit, how it aggregates over a span, its scope."""
-
-    unit: str
-    kind: Kind
-    scope: Scope = "process"
-    help: str = ""
-
-
-@dataclasses.dataclass(frozen=True, slots=True, order=True)
-class ProcKey:
-    """A process identity that survives pid reuse: pid + start time.
-
-    ``start`` is field 22 of /proc/PID/stat (clock ticks since boot), the same
-    identity psutil builds from pid + create_time.
-    """
-
-    pid: int
-    start: int
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Target:
-    """One process to sample, with the threads that have phases open or recent."""
-
-    key: ProcKey
-    tids: frozenset[int] = frozenset()
-
-
-@dataclasses.dataclass(slots=True)
-class ProcSample:
-    """One tick's values of one process: process-scope values and per-thread ones."""
-
-    values: dict[str, Value] = dataclasses.field(default_factory=dict)
-    threads: dict[int, dict[str, Value]] = dataclasses.field(default_factory=dict)
-    #: Timestamped readings finer than the tick, new since the last tick, per name
-    #: (e.g. ``gpu_power_mw@0``: the driver's power samples, (CLOCK_MONOTONIC ns, mW)).
-    #: The correlator integrates them over each span's own interval.
-    series: dict[str, list[tuple[int, float]]] = dataclasses.field(default_factory=dict)
+# The vocabulary lives in ..model; these names stay importable from here.
+from ..model import Kind, Metric, ProcKey, ProcSample, Scope, Target, Value  # noqa: F401
 
 
 class Sampler(abc.ABC):

@@ -43,8 +43,8 @@ from collections.abc import Collection
 from typing import Any, ClassVar
 
 from ..errors import SamplerUnavailable
+from ..power_series import PowerSeries
 from ._energy import EnergyLedger
-from ._power import PowerSeries
 from .base import Metric, ProcKey, ProcSample, Sampler, Target, Value
 
 log = logging.getLogger(__name__)

@@ -32,9 +32,9 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..power_series import PowerSeries
 from ..procfs import PROCFS
 from ._energy import EnergyLedger
-from ._power import PowerSeries
 from .base import Metric, ProcKey, ProcSample, Sampler, Target, Value
 from .drm import DrmClient, DrmScanner
 
