@@ -226,29 +226,122 @@ def hinted_run(w: dict[str, Any], ph: dict[str, Callable[[], Any]], sync: Callab
 
 
 def profile(w: dict[str, Any], ph: dict[str, Callable[[], Any]], sync: Callable[[], None], args) -> dict[str, Any]:
-    """torch.profiler kernel time per phase (record_function ranges), per occurrence, in ms."""
-    torch = w["torch"]
-    from torch.profiler import ProfilerActivity, record_function
+    """torch.profiler's device work per phase occurrence, each phase profiled on its own, in ms.
 
-    acts = [ProfilerActivity.CPU] + ([] if args.cpu else [ProfilerActivity.CUDA])
-    counts: dict[str, int] = {}
-    with torch.profiler.profile(activities=acts) as prof:
-        for _ in range(3):
-            for name in ("prefill", "decode", "decode", "forward", "backward", "optimizer", "stage_a", "stage_b"):
-                with record_function(f"phase::{name}"):
-                    ph[name]()
-                counts[name] = counts.get(name, 0) + 1
-            sync()
-    out = {}
-    for ev in prof.key_averages():
-        if ev.key.startswith("phase::"):
-            name = ev.key.split("::", 1)[1]
-            dev_us = getattr(ev, "device_time_total", None)
-            if dev_us is None:
-                dev_us = getattr(ev, "cuda_time_total", 0)
-            out[name] = {"kernel_ms_per_occurrence": round(dev_us / 1e3 / counts[name], 4),
-                         "occurrences": counts[name]}  # fmt: skip
+    Each phase runs ``reps`` times under the profiler, with a device sync and a 5 ms idle gap after
+    each occurrence, and the trace's device events (categories ``kernel``, ``gpu_memcpy``,
+    ``gpu_memset``) are split into occurrences at those gaps.  Per occurrence: ``kernel_ms``, the
+    sum of the device events' durations (GPU busy time), and ``span_ms``, first device event start
+    to last end (what a pair of CUDA events around the phase measures, idle gaps included).
+    Summing every device event of the window counts kernels that the autograd engine launches
+    from its own thread (backward), and never counts the profiler's ``gpu_user_annotation``
+    ranges - key_averages() merges those into the same ``record_function`` row, which double
+    counted the first version of this harness.
+    """
+    torch = w["torch"]
+    from torch.profiler import ProfilerActivity
+
+    if args.cpu:
+        return {}
+    reps = 5
+    out: dict[str, Any] = {}
+
+    def fwd_bwd() -> None:
+        ph["forward"]()
+        ph["backward"]()
+
+    bodies = dict(ph, forward_backward=fwd_bwd)
+    for name in ("prefill", "decode", "forward", "forward_backward", "optimizer", "stage_a", "stage_b"):
+        fn = bodies[name]
+        fn()
+        sync()
+        with torch.profiler.profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps):
+                fn()
+                sync()
+                time.sleep(0.005)
+        with tempfile.NamedTemporaryFile(suffix=".json") as f:
+            prof.export_chrome_trace(f.name)
+            trace = json.loads(Path(f.name).read_text())
+        evs = sorted(
+            (float(e["ts"]), float(e.get("dur", 0.0)))
+            for e in trace.get("traceEvents", [])
+            if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")
+        )
+        clusters: list[list[tuple[float, float]]] = []
+        for ts, dur in evs:
+            if clusters and ts - max(a + d for a, d in clusters[-1]) < 2500.0:  # us; the gaps are 5 ms
+                clusters[-1].append((ts, dur))
+            else:
+                clusters.append([(ts, dur)])
+        kern = [sum(d for _, d in c) / 1e3 for c in clusters]
+        span = [(max(a + d for a, d in c) - c[0][0]) / 1e3 for c in clusters]
+        out[name] = {
+            "occurrences": len(clusters),
+            "expected_occurrences": reps,
+            "kernel_ms_per_occurrence": round(statistics.median(kern), 4) if kern else None,
+            "span_ms_per_occurrence": round(statistics.median(span), 4) if span else None,
+            "device_events": len(evs),
+        }
+    fb, f = out.get("forward_backward"), out.get("forward")
+    if fb and f and fb["kernel_ms_per_occurrence"] and f["kernel_ms_per_occurrence"]:
+        out["backward"] = {
+            "derived": "forward_backward - forward",
+            "kernel_ms_per_occurrence": round(fb["kernel_ms_per_occurrence"] - f["kernel_ms_per_occurrence"], 4),
+            "span_ms_per_occurrence": round(fb["span_ms_per_occurrence"] - f["span_ms_per_occurrence"], 4),
+        }
     return out
+
+
+def step_cost(ph: dict[str, Callable[[], Any]], sync: Callable[[], None], args) -> dict[str, Any]:
+    """What hinting costs the decode loop itself: unhinted vs phase() vs phase(device=True).
+
+    Interleaved blocks of 32 decode steps (A, B, C, A, B, C, ...), >= 8 blocks each, per-step wall
+    time per block.  This separates the hints' cost from the workload's own speed, so that a
+    hinted step that runs longer than an isolated one is either explained by it or not.
+    """
+    import gpuos_client as h
+
+    steps = 4 if args.cpu else 32
+    blocks = 2 if args.cpu else 8
+    modes: dict[str, Callable[[], None]] = {}
+
+    def unhinted() -> None:
+        for _ in range(steps):
+            ph["decode"]()
+
+    def hinted() -> None:
+        for _ in range(steps):
+            with h.phase("decode_ab"):
+                ph["decode"]()
+
+    def device_timed() -> None:
+        for _ in range(steps):
+            with h.phase("decode_ab_dev", device=True):
+                ph["decode"]()
+
+    modes = {"unhinted": unhinted, "phase": hinted, "phase_device": device_timed}
+    per: dict[str, list[float]] = {m: [] for m in modes}
+    for fn in modes.values():
+        fn()  # warm each path once
+    sync()
+    for _ in range(blocks):
+        for m, fn in modes.items():
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            per[m].append((time.perf_counter() - t0) / steps * 1e3)
+    med = {m: statistics.median(v) for m, v in per.items()}
+    return {
+        "steps_per_block": steps,
+        "blocks": blocks,
+        "order": "unhinted, phase, phase_device, repeated (interleaved)",
+        "step_ms": {
+            m: {"median": round(med[m], 4), "min": round(min(v), 4), "max": round(max(v), 4)} for m, v in per.items()
+        },
+        "phase_vs_unhinted_pct": round(100 * (med["phase"] / med["unhinted"] - 1), 2),
+        "device_vs_unhinted_pct": round(100 * (med["phase_device"] / med["unhinted"] - 1), 2),
+    }
 
 
 # ----------------------------------------------------------------------------- daemon's figures
@@ -312,7 +405,8 @@ def daemon_figures(env: dict[str, str], window: dict[str, Any], n_spans: int, cp
                            capture_output=True, text=True, timeout=120).stdout  # fmt: skip
     status = request(env["GPUOS_HINT_CONTROL"], "status", timeout_s=10.0)
     return {"phases": out, "fits": fits, "span_energy_total_j": round(total_j, 3), "phases_table": table,
-            "samplers": status.get("samplers")}  # fmt: skip
+            "samplers": status.get("samplers"), "counters": status.get("counters"),
+            "rejected": status.get("rejected")}  # fmt: skip
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -375,6 +469,8 @@ def main() -> int:
                 iso["backward"]["power_w"] = round(e / (iso["backward"]["wall_ms_per_rep"] / 1e3), 2)
         result["isolated"] = iso
         result["profiler"] = profile(w, ph, sync, args)
+        result["step_cost"] = step_cost(ph, sync, args)
+        print(json.dumps(result["step_cost"]), flush=True)
         time.sleep(1.0)  # an idle gap the fit sees as unhinted
         e0 = counter.mj()
         window = hinted_run(w, ph, sync, args)
@@ -384,8 +480,10 @@ def main() -> int:
 
         h.flush(10.0)
         n_spans = args.requests * (1 + (4 if args.cpu else 64)) + 3 * args.train_steps + 2 * args.pipeline_iters
+        n_spans += 32 * 8 * 2 + 32 * 3 * 2 if not args.cpu else 4 * 2 * 2 + 4 * 3 * 2  # step_cost's spans
         fig = daemon_figures(env, window, n_spans, args.cpu)
         result["daemon"] = fig
+        result["client"] = h.stats()  # delivery and device-interval accounting (marks made, pending)
         result["counter_window_j"] = round((e1 - e0) / 1000, 3) if e0 is not None and e1 is not None else None
         if result["counter_window_j"]:
             result["span_energy_sum_vs_counter_pct"] = _err(fig["span_energy_total_j"], result["counter_window_j"])
@@ -407,6 +505,8 @@ def main() -> int:
                 "dev_ms": d["dev_ms_mean"],
                 "profiler_kernel_ms": prof.get("kernel_ms_per_occurrence"),
                 "dev_vs_kernel_pct": _err(d["dev_ms_mean"], prof.get("kernel_ms_per_occurrence")),
+                "profiler_span_ms": prof.get("span_ms_per_occurrence"),
+                "dev_vs_span_pct": _err(d["dev_ms_mean"], prof.get("span_ms_per_occurrence")),
                 "isolated_wall_ms": truth.get("wall_ms_per_rep"),
                 "dev_vs_isolated_wall_pct": _err(d["dev_ms_mean"], truth.get("wall_ms_per_rep")),
             }

@@ -186,6 +186,8 @@ class Runtime:
         self._round_last_t = 0
         self._device_pending: collections.deque[Any] = collections.deque()
         self._device_open: dict[int, Any] = {}  # span_id -> device start event
+        self.device_marks = 0  # __device__ marks made (device intervals resolved)
+        self.device_anchor_misses = 0  # rounds whose clock anchor did not complete in time
 
     # ----------------------------------------------------------- state views
     @property
@@ -585,6 +587,12 @@ class Runtime:
             "errors": self.errors,
             "last_error": self.last_error,
             "daemon": (self.daemon_caps or {}).get("daemon"),
+            "device": {
+                "marks": self.device_marks,
+                "pending": len(self._device_pending),
+                "open": len(self._device_open),
+                "anchor_misses": self.device_anchor_misses,
+            },
         }
 
 

@@ -189,6 +189,9 @@ def _fresh_anchor(b: _Backend) -> tuple[Any, int] | None:
     while time.monotonic_ns() < deadline:
         if b.done(ev):
             return ev, time.monotonic_ns()
+        # Let the program's threads run between polls: a spin that kept the GIL would stall the
+        # very thread that launches the kernels (the poll itself is a ~1 us driver call).
+        time.sleep(0)
     return None
 
 
@@ -209,20 +212,25 @@ def collect_device_times(rt: _runtime.Runtime) -> list[tuple[Any, ...]]:
         pending.clear()
         return []
     out: list[tuple[Any, ...]] = []
-    keep = []
+    keep: list[Any] = []
     anchor = None
     taken = [pending.popleft() for _ in range(len(pending))]  # deque ops are atomic
-    for item in taken:
+    for i, item in enumerate(taken):
         span_id, start_ev, end_ev = item
         try:
             if not b.done(end_ev):
-                keep.append(item)
-                continue
+                # Events on one stream complete in order, so the later ones are not done either:
+                # stop here instead of one driver call per pending pair (each takes the context
+                # lock that the program's kernel launches need).  A pair on another stream that
+                # finished waits one more round, no longer.
+                keep.extend(taken[i:])
+                break
             if anchor is None:
                 anchor = _get_anchor(b)
             if anchor is None:
-                keep.append(item)
-                continue
+                rt.device_anchor_misses += 1
+                keep.extend(taken[i:])
+                break
             a_ev, a_ns = anchor
             dev_begin = a_ns + int(b.elapsed_ms(a_ev, start_ev) * 1e6)
             dev_end = a_ns + int(b.elapsed_ms(a_ev, end_ev) * 1e6)
@@ -239,5 +247,6 @@ def collect_device_times(rt: _runtime.Runtime) -> list[tuple[Any, ...]]:
                 {"span": span_id, "dev_begin_ns": max(dev_begin, 0), "dev_end_ns": max(dev_end, 0), "via": b.name},
             )
         )
-    pending.extend(keep)
+    pending.extendleft(reversed(keep))  # ahead of pairs the program added meanwhile: order kept
+    rt.device_marks += len(out)
     return out

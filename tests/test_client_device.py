@@ -1,0 +1,120 @@
+"""Device-interval collection (gpuos_client.device) against a simulated in-order CUDA stream.
+
+This machine has no GPU, so the stream is simulated: events complete in the order they were
+recorded, at device times the test chooses, and the anchor completes at a known host time.  The
+code under test is the real collector: how it turns completed event pairs into ``__device__``
+marks on the host clock, what it keeps for later, and how many driver calls it makes per round
+(each one takes the CUDA context lock that the program's kernel launches need).  The real
+backends are exercised on the H200 by benchmarks/gpu/accuracy_gpu.py.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+from gpuos_client import device
+
+
+class FakeStream(device._Backend):
+    """Events complete in record order once the simulated device clock passes their time."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.now_ms = 0.0  # the simulated device clock
+        self.queries = 0
+        self.anchor_ok = True
+
+    def event(self, at_ms: float) -> dict[str, Any]:
+        return {"at": at_ms}
+
+    def record(self) -> Any:  # pragma: no cover - the test builds events with explicit times
+        raise AssertionError("not used")
+
+    def done(self, ev: Any) -> bool:
+        self.queries += 1
+        if ev.get("anchor"):
+            return self.anchor_ok
+        return ev["at"] <= self.now_ms
+
+    def elapsed_ms(self, a: Any, b: Any) -> float:
+        return b["at"] - a["at"]
+
+    def anchor_event(self) -> Any:
+        return {"at": self.now_ms, "anchor": True}
+
+
+class FakeRuntime:
+    def __init__(self) -> None:
+        self._device_pending: collections.deque[Any] = collections.deque()
+        self.device_marks = 0
+        self.device_anchor_misses = 0
+        self.drops: dict[str, int] = {}
+        self.last_error: str | None = None
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + n
+
+
+def _setup(monkeypatch, fake: FakeStream, anchor_host_ns: int = 10_000_000_000) -> None:
+    monkeypatch.setattr(device, "_backend", fake)
+    monkeypatch.setattr(device, "_anchor", None)
+    monkeypatch.setattr(device.time, "monotonic_ns", lambda: anchor_host_ns)
+
+
+def test_completed_pairs_become_marks_on_the_host_clock_and_the_rest_wait_in_order(monkeypatch):
+    fake = FakeStream()
+    _setup(monkeypatch, fake)
+    rt = FakeRuntime()
+    for sid in range(1, 6):  # spans 1..5: device [10*sid, 10*sid + 4] ms
+        rt._device_pending.append((sid, fake.event(10.0 * sid), fake.event(10.0 * sid + 4)))
+    fake.now_ms = 25.0  # spans 1 and 2 are done on the device; 3..5 are not
+    marks = device.collect_device_times(rt)  # type: ignore[arg-type]
+    assert [m[4]["span"] for m in marks] == [1, 2]
+    # The anchor completed at device 25 ms = host 10 s: span 1's device begin (10 ms) is 15 ms earlier.
+    assert marks[0][4]["dev_begin_ns"] == 10_000_000_000 - 15_000_000
+    assert marks[0][4]["dev_end_ns"] - marks[0][4]["dev_begin_ns"] == 4_000_000
+    assert marks[0][1] == marks[0][4]["dev_end_ns"]  # the mark's time is the device end
+    assert [p[0] for p in rt._device_pending] == [3, 4, 5]
+    assert rt.device_marks == 2
+
+    # The program adds a pair while 3..5 wait: the order stays 3, 4, 5, 6.
+    rt._device_pending.append((6, fake.event(60.0), fake.event(64.0)))
+    fake.now_ms = 70.0
+    marks = device.collect_device_times(rt)  # type: ignore[arg-type]
+    assert [m[4]["span"] for m in marks] == [3, 4, 5, 6]
+    assert not rt._device_pending and rt.device_marks == 6
+
+
+def test_a_round_stops_at_the_first_pair_not_done_instead_of_querying_every_pair(monkeypatch):
+    fake = FakeStream()
+    _setup(monkeypatch, fake)
+    rt = FakeRuntime()
+    for sid in range(1000):
+        rt._device_pending.append((sid, fake.event(float(sid)), fake.event(sid + 0.5)))
+    fake.now_ms = -1.0  # nothing done yet
+    assert device.collect_device_times(rt) == []  # type: ignore[arg-type]
+    assert fake.queries == 1, "one driver call for a round with nothing ready, not one per pending pair"
+    assert len(rt._device_pending) == 1000
+
+
+def test_an_anchor_that_does_not_complete_keeps_the_pairs_and_is_counted(monkeypatch):
+    fake = FakeStream()
+    fake.anchor_ok = False
+    clock = iter(range(0, 10**12, 10_000_000))  # 10 ms per call: the 50 ms spin gives up
+    monkeypatch.setattr(device, "_backend", fake)
+    monkeypatch.setattr(device, "_anchor", None)
+    monkeypatch.setattr(device.time, "monotonic_ns", lambda: next(clock))
+    slept: list[float] = []
+    monkeypatch.setattr(device.time, "sleep", lambda s: slept.append(s))
+    rt = FakeRuntime()
+    rt._device_pending.append((1, fake.event(0.0), fake.event(1.0)))
+    fake.now_ms = 5.0
+    assert device.collect_device_times(rt) == []  # type: ignore[arg-type]
+    assert [p[0] for p in rt._device_pending] == [1]
+    assert rt.device_anchor_misses == 1
+    assert slept and all(s == 0 for s in slept), "the anchor spin yields the GIL between polls"
+    fake.anchor_ok = True
+    marks = device.collect_device_times(rt)  # type: ignore[arg-type]
+    assert [m[4]["span"] for m in marks] == [1]
