@@ -163,8 +163,10 @@ args = TrainingArguments(output_dir=p["dir"], max_steps=p["steps"], per_device_t
                          report_to="none",
                          use_cpu=p["tiny"] or not torch.cuda.is_available(), dataloader_num_workers=2,
                          disable_tqdm=True)
+import time
+t0 = time.perf_counter()
 Trainer(model=model, args=args, train_dataset=DS(), eval_dataset=DS()).train()
-out = {"pid": os.getpid()}
+out = {"pid": os.getpid(), "train_s": time.perf_counter() - t0}
 if "gpuos_client" in sys.modules:
     import gpuos_client as h
     h.flush(5.0)
@@ -332,14 +334,21 @@ def part_train(d: Daemon, a: argparse.Namespace, deadline: float) -> dict[str, A
         if a.tiny
         else dict(steps=60, batch=128, size=160, workers=6, tiny=False)
     )
-    plain, hinted, res = [], [], {"params": p}
+    if a.train_steps:
+        p["steps"] = a.train_steps
+    plain, hinted, res = [], [], {"params": p, "order": "ABBA: plain, gpuos-run, gpuos-run, plain, ..."}
     for i in range(a.train_runs):
         if time.monotonic() > deadline - 20:
             res["note"] = f"stopped after {i} pairs (budget)"
             break
-        plain.append(run_py(d, textwrap.dedent(TRAIN), p, False, 600)["s_per_step"])
         first = d.max_id()
-        out = run_py(d, textwrap.dedent(TRAIN), p, True, 600)
+        if i % 2 == 0:
+            plain.append(run_py(d, textwrap.dedent(TRAIN), p, False, 600)["s_per_step"])
+            first = d.max_id()
+            out = run_py(d, textwrap.dedent(TRAIN), p, True, 600)
+        else:
+            out = run_py(d, textwrap.dedent(TRAIN), p, True, 600)
+            plain.append(run_py(d, textwrap.dedent(TRAIN), p, False, 600)["s_per_step"])
         hinted.append(out["s_per_step"])
         if i == 0:
             res["arch"] = out["arch"]
@@ -354,24 +363,48 @@ def part_train(d: Daemon, a: argparse.Namespace, deadline: float) -> dict[str, A
     return res
 
 
-def part_trainer(d: Daemon, a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+def part_trainer(d: Daemon, a: argparse.Namespace, tmp: Path, deadline: float) -> dict[str, Any]:
     p = (
         dict(vocab=128, hidden=32, layers=2, heads=2, seq=16, steps=4, tiny=True)
         if a.tiny
         else dict(vocab=32000, hidden=1024, layers=8, heads=16, seq=256, steps=40, tiny=False)
     )
     p["dir"] = str(tmp / "trainer")
+    if a.trainer_steps:
+        p["steps"] = a.trainer_steps
     first = d.max_id()
     t0 = time.perf_counter()
     out = run_py(d, textwrap.dedent(TRAINER), p, True, 600)
     wall = time.perf_counter() - t0
     time.sleep(1.0)
-    return {
+    res: dict[str, Any] = {
         "params": p,
         "wall_s": round(wall, 2),
         "spans": per_phase(d.spans(None, first), out["pid"]),
         "client": out.get("client"),
     }
+    # Overhead: the same Trainer script, plain vs gpuos-run, interleaved ABBA; train() timed inside.
+    plain: list[float] = []
+    hinted: list[float] = [out["train_s"]]
+    i = 0
+    while len(plain) < a.trainer_runs or len(hinted) < a.trainer_runs:
+        if time.monotonic() > deadline - 25:
+            res["note"] = f"stopped after {len(plain)} plain / {len(hinted)} gpuos-run runs (budget)"
+            break
+        # After the first gpuos-run run: plain, gpuos-run, gpuos-run, plain, plain, ... (ABBA)
+        launcher = i % 4 in (1, 2) if len(plain) < a.trainer_runs else True
+        if len(hinted) >= a.trainer_runs:
+            launcher = False
+        r = run_py(d, textwrap.dedent(TRAINER), p, launcher, 600)
+        (hinted if launcher else plain).append(r["train_s"])
+        i += 1
+    if plain and hinted:
+        res["train_s_plain"] = spread(plain)
+        res["train_s_gpuos_run"] = spread(hinted)
+        res["overhead_pct"] = round((statistics.median(hinted) / statistics.median(plain) - 1) * 100, 3)
+        res["runs"] = {"plain": len(plain), "gpuos_run": len(hinted)}
+        res["order"] = "gpuos-run, plain, gpuos-run, gpuos-run, plain, plain, gpuos-run, ... (interleaved)"
+    return res
 
 
 def main() -> int:
@@ -380,6 +413,10 @@ def main() -> int:
     ap.add_argument("--blocks", type=int, default=8, help="in-process A/B blocks per variant (>= 8)")
     ap.add_argument("--proc-runs", type=int, default=3, help="plain/gpuos-run process pairs for generate")
     ap.add_argument("--train-runs", type=int, default=2, help="plain/gpuos-run process pairs for training")
+    ap.add_argument("--train-steps", type=int, default=0, help="steps per training run (0: the default)")
+    ap.add_argument("--trainer-runs", type=int, default=1, help="Trainer runs per variant (plain/gpuos-run)")
+    ap.add_argument("--trainer-steps", type=int, default=0, help="steps per Trainer run (0: the default)")
+    ap.add_argument("--keep-store", help="copy the daemon's store here (for gpuos-hintctl evaluate on real programs)")
     ap.add_argument("--budget-s", type=float, default=300.0)
     ap.add_argument("--device-timing", action="store_true", help="hinted A/B blocks also record CUDA events")
     ap.add_argument("--out", help="JSON path (default: $OUT/integrations.json)")
@@ -404,7 +441,7 @@ def main() -> int:
         parts = {
             "generate": lambda: part_generate(d, a, deadline),
             "train": lambda: part_train(d, a, deadline),
-            "trainer": lambda: part_trainer(d, a, tmp),
+            "trainer": lambda: part_trainer(d, a, tmp, deadline),
         }
         for name in a.parts.split(","):
             if "all" in result["skipped"]:
@@ -421,6 +458,10 @@ def main() -> int:
         result["daemon_status"] = d.request("status")
     finally:
         d.stop()
+        if a.keep_store:
+            Path(a.keep_store).mkdir(parents=True, exist_ok=True)
+            for f in (tmp / "state").glob("gpuos-hint.db*"):
+                shutil.copy2(f, Path(a.keep_store) / f.name)
         result["wall_s"] = round(time.monotonic() - t_start, 1)
         Path(out_path).parent.mkdir(parents=True, exist_ok=True)
         Path(out_path).write_text(json.dumps(result, indent=2, default=str))

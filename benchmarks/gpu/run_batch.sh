@@ -6,6 +6,11 @@
 #                                          recording; issue 13: Phase 2 + async pipeline
 #   benchmarks/gpu/run_batch.sh cpu-and-training (~7 min) issue 7: the GIL loop on the host's quiet
 #                                          16 cores; issue 11: DataLoader training and Trainer parts
+#   benchmarks/gpu/run_batch.sh accuracy-and-generate (~8 min) issue 9: accuracy_gpu with per-phase
+#                                          profiler traces and the decode step cost; issue 11/13: HF
+#                                          generate A/B, its store kept for `evaluate` on a real program
+#   benchmarks/gpu/run_batch.sh training-overhead (~9 min) issue 11: 8 ABBA pairs of DataLoader
+#                                          training and 8+8 HF Trainer runs, plain vs gpuos-run
 # Results: each part writes into a work dir; the work dir is packed into $OUT/<batch>.tgz (the tool
 # brings back at most 8 files) and the logs are copied beside it.  Unpack into benchmarks/results/.
 # Needs .whl/ (shared/tools/device-wheels.sh) for pyzmq and structlog; builds the client's C hot
@@ -58,6 +63,21 @@ cpu-and-training)
   part "integrations: DataLoader-fed training step and an HF Trainer loop"
   timeout 170 python3 benchmarks/gpu/bench_integrations.py --parts train,trainer --budget-s 140 \
     --out "$W/integrations_training.json" 2>&1 | tail -25
+  ;;
+accuracy-and-generate)
+  part "accuracy: energy per phase vs isolated truth, device time vs per-phase profiler traces, step cost"
+  timeout 250 python3 benchmarks/gpu/accuracy_gpu.py --budget-s 190 --out "$W/accuracy" 2>&1 | tail -30
+  part "integrations: HF generate A/B in-process (8 blocks), its store kept for the evaluation"
+  timeout 200 python3 benchmarks/gpu/bench_integrations.py --parts generate --budget-s 150 --blocks 8 \
+    --proc-runs 2 --keep-store "$W/store_generate" --out "$W/integrations_generate.json" 2>&1 | tail -8
+  ;;
+training-overhead)
+  part "integrations: DataLoader training, plain vs gpuos-run, 8 ABBA pairs; its store kept"
+  timeout 250 python3 benchmarks/gpu/bench_integrations.py --parts train --budget-s 230 --train-runs 8 \
+    --train-steps 30 --keep-store "$W/store_train" --out "$W/integrations_train8.json" 2>&1 | tail -8
+  part "integrations: HF Trainer, plain vs gpuos-run, 8 runs each, interleaved"
+  timeout 300 python3 benchmarks/gpu/bench_integrations.py --parts trainer --budget-s 280 --trainer-runs 8 \
+    --trainer-steps 20 --out "$W/integrations_trainer8.json" 2>&1 | tail -8
   ;;
 esac
 part "done"
