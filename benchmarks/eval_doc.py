@@ -289,6 +289,85 @@ def real_vs_decimated(res: dict[str, Any], path: Path) -> str:
     return "\n".join(lines)
 
 
+def _boot(xs: list[float]) -> str:
+    """mean [95 % bootstrap CI over runs], or the single value with n = 1 said."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "daemon"))
+    from gpuos_hintd.evaluate.stats import bootstrap_ci
+
+    if not xs:
+        return "-"
+    if len(xs) == 1:
+        return f"{xs[0]:.3f} (n = 1, no CI)"
+    m, lo, hi = bootstrap_ci(xs)
+    return f"{m:.3f} [{lo:.3f}, {hi:.3f}] (n = {len(xs)})"
+
+
+def real_programs(files: dict[str, Path]) -> str:
+    """OS-only inference on real programs' stores (H200), beside what the hints give."""
+    rows: dict[str, list[str]] = {
+        "hinted runs (processes) in the store": [],
+        "sample period (median)": [],
+        "top-level boundaries: OS-only F1, per run": [],
+        "top-level boundaries: random F1 (same count), per run": [],
+        "recall of boundaries between phases shorter than half a period": [],
+        "same, innermost phases (decode steps, forward/backward/...)": [],
+        "recall of boundaries between phases of >= 2 periods": [],
+        "window labels, top-level: decision tree accuracy (out of sample)": [],
+        "window labels, top-level: majority accuracy": [],
+        "energy misattributed, top level: OS-only (mean over runs)": [],
+        "energy misattributed, top level: best fixed windows (oracle)": [],
+    }
+    for path in files.values():
+        r = json.loads(path.read_text())
+        b = r["boundaries"]["top"]
+        per = b.get("per_run", [])
+        scale = b["os_only"] if "recall_by_scale" not in b else b
+        by = {s["bucket"]: s for s in scale.get("recall_by_scale", [])}
+        short = by.get("< 0.5 period")
+        longer = [s for k, s in by.items() if k in ("2-5 periods", "5-20 periods", ">= 20 periods")]
+        lab = r["labelling"]["top"]
+        att = r["attribution"]["top"]["summary_mean_over_runs"]["energy"]
+        runs = r["dataset"]["runs"]
+        rows["hinted runs (processes) in the store"].append(str(len(runs)))
+        periods = sorted(x["period_ms"] for x in runs)
+        rows["sample period (median)"].append(f"{periods[len(periods) // 2]:.1f} ms")
+        rows["top-level boundaries: OS-only F1, per run"].append(_boot([x["f1"] for x in per]))
+        rows["top-level boundaries: random F1 (same count), per run"].append(_boot([x["random_f1"] for x in per]))
+        rows["recall of boundaries between phases shorter than half a period"].append(
+            f"{short['found']}/{short['boundaries']}" if short else "-"
+        )
+        leaf = {s["bucket"]: s for s in r["boundaries"]["leaf"].get("recall_by_scale", [])}.get("< 0.5 period")
+        rows["same, innermost phases (decode steps, forward/backward/...)"].append(
+            f"{leaf['found']}/{leaf['boundaries']}" if leaf else "-"
+        )
+        n_l, f_l = sum(s["boundaries"] for s in longer), sum(s["found"] for s in longer)
+        rows["recall of boundaries between phases of >= 2 periods"].append(f"{f_l}/{n_l}" if n_l else "-")
+        rows["window labels, top-level: decision tree accuracy (out of sample)"].append(
+            f"{lab['decision_tree']['accuracy']:.3f} ({lab['decision_tree']['n']} windows)"
+        )
+        rows["window labels, top-level: majority accuracy"].append(f"{lab['majority']['accuracy']:.3f}")
+        rows["energy misattributed, top level: OS-only (mean over runs)"].append(
+            f"{100 * att['misattributed_share_os_only']:.1f}%"
+        )
+        rows["energy misattributed, top level: best fixed windows (oracle)"].append(
+            f"{100 * att['misattributed_share_window_oracle']:.1f}%"
+        )
+    head = "| | " + " | ".join(files) + " |"
+    out = [head, "|---|" + "---|" * len(files)]
+    out += [f"| {k} | " + " | ".join(v) + " |" for k, v in rows.items()]
+    out += [
+        "",
+        "Stores recorded on one NVIDIA H200 by `benchmarks/gpu/run_batch.sh evaluation-stores` (daemon at its "
+        "defaults except `store_samples_hz = 0`, every 100 ms tick stored), committed xz-compressed in "
+        "`benchmarks/results/h200/round3/stores/`; each report made by `gpuos-hintctl evaluate --store "
+        "STORE --json ...` (`benchmarks/results/h200/round3/eval_*.json`).  Runs are processes: the "
+        "training store's runs include its DataLoader workers.",
+    ]
+    return "\n".join(out)
+
+
 def blocks(res: dict[str, Any] | None = None) -> dict[str, str]:
     res = res or json.loads((RESULTS / "eval_cpu.json").read_text())
     periods_file = RESULTS / "counter_periods_cpu.json"
@@ -305,6 +384,14 @@ def blocks(res: dict[str, Any] | None = None) -> dict[str, str]:
         "h100-host-device": host_device(res),
         "real-10hz": real_vs_decimated(res, RESULTS / "eval_cpu_real10hz.json"),
         "async-gpu": async_block(RESULTS / "phase2_h200" / "async_pipeline.json"),
+        "real-programs": real_programs(
+            {
+                "HF generate (Llama, 16 layers; 24 requests x 64 tokens)": RESULTS
+                / "h200/round3/eval_generate_10hz.json",
+                "ResNet-18 training, 6 DataLoader workers (3 gpuos-run runs)": RESULTS
+                / "h200/round3/eval_train_10hz.json",
+            }
+        ),
     }
 
 

@@ -178,11 +178,12 @@ print(json.dumps(out))
 class Daemon:
     """A gpuos-hintd of our own: private socket, private store."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, store_samples_hz: float | None = None) -> None:
         run, self.state = tmp / "run", tmp / "state"
         run.mkdir(parents=True)
         cfg = tmp / "config.toml"
-        cfg.write_text('log_format = "json"\n')
+        extra = "" if store_samples_hz is None else f"store_samples_hz = {float(store_samples_hz)}\n"
+        cfg.write_text('log_format = "json"\n' + extra)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("GPUOS_HINT_")}
         self.env.update(
             GPUOS_HINT_ENDPOINT=f"ipc://{run}/hint.sock",
@@ -417,6 +418,12 @@ def main() -> int:
     ap.add_argument("--trainer-runs", type=int, default=1, help="Trainer runs per variant (plain/gpuos-run)")
     ap.add_argument("--trainer-steps", type=int, default=0, help="steps per Trainer run (0: the default)")
     ap.add_argument("--keep-store", help="copy the daemon's store here (for gpuos-hintctl evaluate on real programs)")
+    ap.add_argument(
+        "--store-samples-hz",
+        type=float,
+        default=None,
+        help="the daemon's store_samples_hz (0: every tick, for `evaluate`; default: its own)",
+    )
     ap.add_argument("--budget-s", type=float, default=300.0)
     ap.add_argument("--device-timing", action="store_true", help="hinted A/B blocks also record CUDA events")
     ap.add_argument("--out", help="JSON path (default: $OUT/integrations.json)")
@@ -435,7 +442,8 @@ def main() -> int:
     except Exception as exc:
         result["skipped"]["all"] = f"torch/transformers not importable: {exc!r}"
     tmp = Path(tempfile.mkdtemp(prefix="gpuos-bench-int-"))
-    d = Daemon(tmp)
+    d = Daemon(tmp, a.store_samples_hz)
+    result["store_samples_hz"] = a.store_samples_hz if a.store_samples_hz is not None else "daemon default"
     t_start = time.monotonic()
     try:
         parts = {

@@ -9,6 +9,8 @@
 #   benchmarks/gpu/run_batch.sh accuracy-and-generate (~8 min) issue 9: accuracy_gpu with per-phase
 #                                          profiler traces and the decode step cost; issue 11/13: HF
 #                                          generate A/B, its store kept for `evaluate` on a real program
+#   benchmarks/gpu/run_batch.sh evaluation-stores (~8 min) issue 9: accuracy_gpu again; issue 13:
+#                                          generate and training stores with every tick, for evaluate
 #   benchmarks/gpu/run_batch.sh training-overhead (~9 min) issue 11: 8 ABBA pairs of DataLoader
 #                                          training and 8+8 HF Trainer runs, plain vs gpuos-run
 # Results: each part writes into a work dir; the work dir is packed into $OUT/<batch>.tgz (the tool
@@ -78,6 +80,15 @@ training-overhead)
   part "integrations: HF Trainer, plain vs gpuos-run, 8 runs each, interleaved"
   timeout 300 python3 benchmarks/gpu/bench_integrations.py --parts trainer --budget-s 280 --trainer-runs 8 \
     --trainer-steps 20 --out "$W/integrations_trainer8.json" 2>&1 | tail -8
+  ;;
+evaluation-stores)
+  part "accuracy again (harness: window-only energy sum, in-context pipeline kernels)"
+  timeout 230 python3 benchmarks/gpu/accuracy_gpu.py --budget-s 180 --out "$W/accuracy" 2>&1 | tail -3
+  part "real programs for evaluate: HF generate and DataLoader training, every tick stored"
+  timeout 120 python3 benchmarks/gpu/bench_integrations.py --parts generate --budget-s 100 --blocks 8 \
+    --proc-runs 0 --store-samples-hz 0 --keep-store "$W/store_generate_10hz" --out "$W/integrations_generate_10hz.json" 2>&1 | tail -3
+  timeout 110 python3 benchmarks/gpu/bench_integrations.py --parts train --budget-s 95 --train-runs 3 \
+    --train-steps 60 --store-samples-hz 0 --keep-store "$W/store_train_10hz" --out "$W/integrations_train_10hz.json" 2>&1 | tail -3
   ;;
 esac
 part "done"
