@@ -62,8 +62,9 @@ def test_cli_uses_only_control_store_and_config():
         "..errors",
         "..store",
         ".fmt",
-        ".files",
-        ".main",
+        "._common",
+        "..files",
+        "..model",
         "..procfs",
         "..evaluate",
         "..safetext",  # a pure function (terminal escaping) shared with the console log

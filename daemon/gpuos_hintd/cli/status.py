@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
+from ..control import request
+from ._common import control_endpoint, print_json
 from .fmt import duration, num, safe, table
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def run(ns: argparse.Namespace) -> int:
+    st = request(control_endpoint(ns), "status", timeout_s=ns.timeout)
+    if ns.json:
+        print_json(st)
+    else:
+        print(render_status(st))
+    return 0
 
 
 def render_status(st: dict[str, Any]) -> str:
