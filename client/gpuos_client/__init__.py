@@ -16,7 +16,7 @@ and msgpack.  Environment: GPUOS_HINT_ENDPOINT, GPUOS_HINT_DISABLE=1
 from ._runtime import get_runtime as _get_runtime
 from .api import CLASSES, current_phase, flush, last_error, mark, phase, stats, workload_class
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place: client/pyproject.toml reads it (setuptools attr:, static)
 
 
 def _prepare() -> None:
