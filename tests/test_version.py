@@ -18,7 +18,7 @@ def test_pyproject_files_take_the_version_from_the_package():
         ("client/pyproject.toml", "gpuos_client.__version__"),
     ):
         text = (REPO / path).read_text()
-        assert not re.search(r"^version\s*=", text, re.M), f"{path}: a literal version; use dynamic = ['version']"
+        assert not re.search(r"^version\s*=\s*\"", text, re.M), f"{path}: a literal version; use dynamic = ['version']"
         assert f'version = {{ attr = "{attr}" }}' in text, f"{path} must read its version from {attr}"
 
 
