@@ -11,7 +11,6 @@ we accept that when the peer's /proc/PID/status NSpid line ends with it.
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +196,3 @@ def is_alive(key: ProcKey, root: Path = procfs.PROCFS) -> bool:
     except (ProcessGone, AccessDenied):
         return False
     return int(stat["starttime"]) == key.start and stat["state"] not in ("Z", "X")
-
-
-def now_wall_ns() -> int:
-    return time.time_ns()
