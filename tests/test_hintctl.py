@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+from gpuos_hintd import __version__
+
 
 def run_module(module, *args, env):
     return subprocess.run([sys.executable, "-m", module, *args], env=env, capture_output=True, text=True, timeout=30)
@@ -142,7 +144,10 @@ def hintctl_hiding(hidden, *args, tmp_path):
 def test_evaluate_without_numpy_says_what_to_install_and_exits_2(tmp_path):
     out = hintctl_hiding(["numpy"], "evaluate", "--store", str(tmp_path / "x.db"), tmp_path=tmp_path)
     assert out.returncode == 2, out.stderr
-    assert out.stderr.strip() == "gpuos-hintctl evaluate: needs numpy: pip install 'gpuos-hint[eval]'"
+    assert out.stderr.strip() == (
+        "gpuos-hintctl evaluate: needs numpy: install the eval extra (in the checkout: pip install -e '.[eval]'; "
+        f"from a wheel: pip install 'gpuos_hint-{__version__}-py3-none-any.whl[eval]')"
+    )
     assert "Traceback" not in out.stderr
     # The other commands do not need numpy and still work (here: no daemon, so exit 1 and its line).
     out = hintctl_hiding(["numpy"], "--timeout", "0.3", "status", tmp_path=tmp_path)

@@ -104,11 +104,19 @@ def load(name: str) -> tuple[AddArgs, Run]:
         dep = (exc.name or "").split(".")[0]
         if dep in _OWN:
             raise  # our own module is broken: that is a bug, show the traceback
-        hint = f"pip install 'gpuos-hint[{cmd.extra}]'" if cmd.extra else "install it"
+        hint = _extra_hint(cmd.extra) if cmd.extra else "install it"
         if isinstance(exc, ModuleNotFoundError) and dep:
             raise MissingDependency(f"gpuos-hintctl {name}: needs {safe(dep)}: {hint}") from None
         raise MissingDependency(f"gpuos-hintctl {name}: cannot load a dependency ({safe(exc)}): {hint}") from None
     return getattr(mod, cmd.add_args), getattr(mod, cmd.run)
+
+
+def _extra_hint(extra: str) -> str:
+    """How to add an extra: gpuos-hint is installed from a checkout or a wheel, not from an index."""
+    return (
+        f"install the {extra} extra (in the checkout: pip install -e '.[{extra}]'; from a wheel: "
+        f"pip install 'gpuos_hint-{__version__}-py3-none-any.whl[{extra}]')"
+    )
 
 
 def command_word(argv: list[str]) -> str | None:
