@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from ..files import write_atomic as write_file_atomic
-from ..store import open_readonly  # noqa: F401 - re-exported for callers that import it from here
 from ._common import history, parse_since, pid_arg
 
 #: Synthetic thread ids (Linux tids stay below 2**22): overlap lanes and GPU tracks.

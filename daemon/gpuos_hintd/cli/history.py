@@ -17,6 +17,11 @@ from ._common import MAX_LIMIT, history, limit_arg, parse_since, pid_arg, print_
 from .fmt import ms, num, pm, table
 
 
+def _per(value: float | None, unit: float) -> float | None:
+    """A stored figure in display units (mW -> W: 1000, ns -> ms: 1e6); None stays None ("-")."""
+    return None if value is None else value / unit
+
+
 def spans_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pid", type=pid_arg, help="only this process")
     p.add_argument("--name", help="only this phase name or path (e.g. decode or prefill/attn)")
@@ -64,7 +69,7 @@ def cmd_spans(ns: argparse.Namespace) -> int:
                 _thread_cpu(s),
                 num(s.get("ctx_vol")),
                 num(s.get("gpu_util_pct_mean")),
-                num(s["gpu_power_mw_mean"] / 1000 if s.get("gpu_power_mw_mean") is not None else None),
+                num(_per(s.get("gpu_power_mw_mean"), 1000)),
                 pm(s.get("gpu_energy_j"), s.get("gpu_energy_err_j"), 3),
                 thread_state(s),
             ]
@@ -107,7 +112,7 @@ def _thread_cpu(s: dict[str, Any]) -> str:
     if v is None:
         return "-"
     err = s.get("thread_cpu_ns_err")
-    text = pm(v / 1e6, err / 1e6 if err is not None else None, 3)
+    text = pm(v / 1e6, _per(err, 1e6), 3)
     return text + ("~" if s.get("cpu_exact") is False and "proc_cpu_ns" not in s else "")
 
 
@@ -156,12 +161,12 @@ def cmd_phases(ns: argparse.Namespace) -> int:
             ms(r["dev_mean_ns"]) if r.get("dev_count") else "-",
             num(r.get("cpu_pct")),
             pm(
-                r["thread_cpu_total_ns"] / 1e6 if r.get("thread_cpu_total_ns") is not None else None,
-                r["thread_cpu_total_err_ns"] / 1e6 if r.get("thread_cpu_total_err_ns") is not None else None,
+                _per(r.get("thread_cpu_total_ns"), 1e6),
+                _per(r.get("thread_cpu_total_err_ns"), 1e6),
             ),
             num(r.get("ctx_vol")),
             num(r.get("gpu_util_pct_mean")),
-            num(r["gpu_power_mw_mean"] / 1000 if r.get("gpu_power_mw_mean") is not None else None),
+            num(_per(r.get("gpu_power_mw_mean"), 1000)),
             pm(r.get("gpu_energy_j"), r.get("gpu_energy_err_j"), 3),
             _fit_power(r.get("energy_fit")),
             _fit_energy(r),
