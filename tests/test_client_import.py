@@ -49,15 +49,46 @@ def test_importing_a_submodule_starts_no_thread_and_opens_no_socket(module, tmp_
     assert st["sockets"] == [], st
 
 
-def test_the_facade_prepares_but_starts_its_sender_only_at_the_first_hint(tmp_path):
+def test_the_facade_prepares_at_first_use_and_starts_its_sender_only_at_the_first_hint(tmp_path):
     st = probe("import gpuos_client", tmp_path)
-    # Prepared: pyzmq and msgpack are imported in the importing thread (a fork right after the
-    # import finds them whole), but there is no thread and no socket yet.
+    assert not st["zmq"] and st["py_threads"] == 1 and st["os_threads"] == 1 and st["sockets"] == [], st
+    st = probe("from gpuos_client import phase", tmp_path)
+    # Prepared: pyzmq and msgpack are imported in the importing thread (a fork right after it finds
+    # them whole), but there is no thread and no socket yet.
     assert st["zmq"] and st["msgpack"], st
     assert st["py_threads"] == 1 and st["os_threads"] == 1 and st["sockets"] == [], st
     # The probe can see a sender: after one hint there is a thread (and ZeroMQ's own).
     st = probe("import gpuos_client as h\nh.mark('x')\nh.flush(0.2)", tmp_path)
     assert st["py_threads"] >= 2 and st["os_threads"] > 2, st
+
+
+def test_a_submodule_import_freezes_no_configuration(tmp_path):
+    """A tool that imports the protocol (the daemon, a benchmark harness) and only then points
+    GPUOS_HINT_ENDPOINT somewhere: the facade's first use reads the environment as it is then."""
+    later = f"ipc://{tmp_path}/later.sock"
+    body = (
+        "import gpuos_client.protocol\n"
+        f"os.environ['GPUOS_HINT_ENDPOINT'] = {later!r}\n"
+        "import gpuos_client as h\n"
+        "print('ENDPOINT', h.stats()['endpoint'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUOS_HINT_")}
+    env["GPUOS_HINT_ENDPOINT"] = f"ipc://{tmp_path}/first.sock"
+    out = subprocess.run(
+        [sys.executable, "-c", "import os\n" + body], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"ENDPOINT {later}" in out.stdout, out.stdout
+
+
+def test_the_facade_lists_and_resolves_every_public_name():
+    import gpuos_client
+
+    assert set(gpuos_client.__all__) <= set(dir(gpuos_client))
+    for name in gpuos_client.__all__:
+        assert getattr(gpuos_client, name) is not None
+    with pytest.raises(AttributeError):
+        gpuos_client.no_such_name  # noqa: B018
 
 
 def test_the_client_has_no_check_for_the_daemon_package():
