@@ -173,7 +173,7 @@ def test_a_deleted_state_dir_is_noticed_reported_and_recreated(tmp_path):
 
 
 def test_writer_trouble_is_visible_in_status(tmp_path):
-    from gpuos_hintd.cli.main import render_status
+    from gpuos_hintd.cli.status import render_status
     from gpuos_hintd.config import Config
     from gpuos_hintd.service import HintService
 

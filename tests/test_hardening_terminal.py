@@ -14,7 +14,7 @@ import structlog
 from gpuos_client import protocol as P
 from gpuos_hintd import logs, procfs
 from gpuos_hintd.cli import main as cli
-from gpuos_hintd.cli import top
+from gpuos_hintd.cli import status, top
 from gpuos_hintd.config import Config
 from gpuos_hintd.safetext import safe
 from gpuos_hintd.service import HintService
@@ -64,7 +64,7 @@ def test_status_and_top_render_no_control_bytes(tmp_path):
     try:
         st["store"]["write_errors"], st["store"]["last_error"] = 1, EVIL
         assert "\x1b" in repr(st) or "\\x1b" in repr(st)  # the hostile text is really there
-        _clean(cli.render_status(st))
+        _clean(status.render_status(st))
         lines = top.render(st, top.Rates(), 200, None)
         for text, _style in lines:
             _clean(top.safe(text))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+
+from gpuos_hintd import __version__
 
 
 def run_module(module, *args, env):
@@ -109,3 +112,85 @@ def test_daemon_refuses_a_second_instance_and_bad_config(daemon, tmp_path):
     out = run_module("gpuos_hintd.main", "--config", str(bad), env=daemon.env)
     assert out.returncode == 2 and "unknown option 'no_such_option'" in out.stderr
     assert daemon.proc.poll() is None
+
+
+# ------------------------------------------------------------------ dispatch: lazy, and honest about extras
+#: Runs hintctl as `python -m gpuos_hintd.cli.main` would, with the named top-level modules made
+#: unimportable (as if not installed): a meta-path finder that refuses them, installed first.
+HIDING = """
+import runpy, sys
+HIDDEN = set(sys.argv[1].split(","))
+class Hide:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in HIDDEN:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, Hide())
+sys.argv = ["gpuos-hintctl", *sys.argv[2:]]
+runpy.run_module("gpuos_hintd.cli.main", run_name="__main__")
+"""
+
+
+def hintctl_hiding(hidden, *args, tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUOS_HINT_")}
+    env["GPUOS_HINT_ENDPOINT"] = f"ipc://{tmp_path}/hint.sock"
+    return subprocess.run(
+        [sys.executable, "-c", HIDING, ",".join(hidden), *args], env=env, capture_output=True, text=True, timeout=30
+    )
+
+
+def test_evaluate_without_numpy_says_what_to_install_and_exits_2(tmp_path):
+    out = hintctl_hiding(["numpy"], "evaluate", "--store", str(tmp_path / "x.db"), tmp_path=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == (
+        "gpuos-hintctl evaluate: needs numpy: install the eval extra (in the checkout: pip install -e '.[eval]'; "
+        f"from a wheel: pip install 'gpuos_hint-{__version__}-py3-none-any.whl[eval]')"
+    )
+    assert "Traceback" not in out.stderr
+    # The other commands do not need numpy and still work (here: no daemon, so exit 1 and its line).
+    out = hintctl_hiding(["numpy"], "--timeout", "0.3", "status", tmp_path=tmp_path)
+    assert out.returncode == 1 and "no gpuos-hintd is listening" in out.stderr
+
+
+def test_help_lists_every_command_even_when_a_dependency_is_missing(tmp_path):
+    from gpuos_hintd.cli.main import COMMANDS
+
+    out = hintctl_hiding(["numpy"], "--help", tmp_path=tmp_path)
+    assert out.returncode == 0, out.stderr
+    listed = out.stdout.split("positional arguments:")[1]
+    for name in COMMANDS:
+        assert f"    {name} " in listed, f"{name} missing from --help"
+    assert set(COMMANDS) >= {"status", "spans", "phases", "export", "top", "evaluate"}
+
+
+def test_a_command_imports_only_its_own_module(tmp_path):
+    """Lazy dispatch: `status` loads cli/status.py and not export, top, evaluate (nor numpy)."""
+    code = (
+        "import sys\n"
+        "from gpuos_hintd.cli import main\n"
+        "rc = main.main(['--timeout', '0.2', 'status'])\n"
+        "print(sorted(m for m in sys.modules if m.startswith('gpuos_hintd.cli.') or m == 'numpy'))\n"
+        "sys.exit(rc)\n"
+    )
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUOS_HINT_")}
+    env["GPUOS_HINT_ENDPOINT"] = f"ipc://{tmp_path}/hint.sock"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1, out.stderr
+    loaded = ast.literal_eval(out.stdout.strip().splitlines()[-1])
+    assert "gpuos_hintd.cli.status" in loaded
+    assert not {"gpuos_hintd.cli.export", "gpuos_hintd.cli.top", "gpuos_hintd.cli.evaluate", "numpy"} & set(loaded)
+
+
+def test_every_table_row_names_a_module_with_its_functions():
+    import importlib
+
+    from gpuos_hintd.cli.main import COMMANDS
+
+    for name, cmd in COMMANDS.items():
+        mod = importlib.import_module(cmd.module)
+        assert callable(getattr(mod, cmd.run)), f"{name}: {cmd.module}.{cmd.run}"
+        assert callable(getattr(mod, cmd.add_args)), f"{name}: {cmd.module}.{cmd.add_args}"

@@ -152,7 +152,7 @@ def test_install_unit_makes_a_venv_from_the_checkout(tmp_path: Path) -> None:
     assert ver.stdout.strip() == "gpuos-hintd 0.1.0"
     # Without the eval extra, evaluate says what to install instead of vanishing from the CLI.
     ev = subprocess.run([str(target / "bin/gpuos-hintctl"), "evaluate"], capture_output=True, text=True, check=False)
-    assert ev.returncode == 1 and "needs numpy: install the eval extra" in ev.stderr, ev.stderr
+    assert ev.returncode == 2 and "evaluate: needs numpy: install the eval extra" in ev.stderr, ev.stderr
     assert "Traceback" not in ev.stderr
     assert (
         "evaluate"

@@ -13,31 +13,11 @@ and msgpack.  Environment: GPUOS_HINT_ENDPOINT, GPUOS_HINT_DISABLE=1
 (docs/client.md lists every knob).
 """
 
-from ._runtime import get_runtime as _get_runtime
-from .api import CLASSES, current_phase, flush, last_error, mark, phase, stats, workload_class
+from __future__ import annotations
 
-__version__ = "0.1.0"
+from typing import TYPE_CHECKING, Any
 
-
-def _prepare() -> None:
-    """Make the runtime (no thread, no socket) and import what the sender needs.
-
-    The sender thread starts at the first hint, not here.  pyzmq and msgpack are
-    imported now, in the importing thread, so that no thread is ever importing
-    them when the program forks: a child forked at any moment (even right after
-    ``import gpuos_client``) finds them whole and builds its own sender.
-    """
-    rt = _get_runtime()
-    if rt.disabled:
-        return
-    try:
-        import msgpack  # noqa: F401
-        import zmq  # noqa: F401
-    except ImportError as exc:  # fail open: the first hint finds out and counts it
-        rt.last_error = f"pyzmq/msgpack not importable: {exc}"
-
-
-_prepare()
+__version__ = "0.1.0"  # the one place: client/pyproject.toml reads it (setuptools attr:, static)
 __all__ = [
     "CLASSES",
     "current_phase",
@@ -48,3 +28,30 @@ __all__ = [
     "stats",
     "workload_class",
 ]
+
+if TYPE_CHECKING:
+    from .api import CLASSES, current_phase, flush, last_error, mark, phase, stats, workload_class
+
+
+def __getattr__(name: str) -> Any:
+    """The facade's names come from .api on first use (PEP 562).
+
+    Importing the API makes the runtime (reading GPUOS_HINT_* then) and imports pyzmq and msgpack
+    in this thread (api.py's last lines).  A tool that imports only a submodule
+    (``gpuos_client.protocol``, as the daemon does) therefore makes no runtime at all: no
+    configuration frozen from an environment it may still change, no hooks, no thread, no socket.
+    ``from gpuos_client import phase`` and the first ``gpuos_client.phase`` prepare exactly as
+    ``import gpuos_client`` used to.
+    """
+    if name in __all__:
+        from . import api
+
+        g = globals()
+        for n in __all__:
+            g[n] = getattr(api, n)
+        return g[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -624,17 +624,6 @@ def get_runtime() -> Runtime:
     return rt
 
 
-def reset_runtime(config: ClientConfig | None = None) -> Runtime:
-    """Replace the runtime (after fork, or from tests with another config).
-
-    The old runtime's socket is abandoned, not closed: after fork() it belongs
-    to the parent, and closing a ZeroMQ context in the child is unsafe.
-    """
-    global _runtime
-    _runtime = Runtime(config or ClientConfig.from_env())
-    return _runtime
-
-
 def _after_fork_in_child() -> None:
     # A fresh runtime (and core) before any code of the child runs: whatever the
     # parent's sender was doing at the fork - starting, importing, sending - the

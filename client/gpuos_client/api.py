@@ -159,3 +159,26 @@ def flush(timeout: float = 5.0) -> bool:
     daemon did not acknowledge everything in time (or there is none).
     """
     return get_runtime().flush(timeout)
+
+
+def _prepare() -> None:
+    """Make the runtime (no thread, no socket) and import what the sender needs.
+
+    Runs when this module is first imported: by ``from gpuos_client import phase``, the first
+    ``gpuos_client.phase``, or an integration importing the API; never by a tool that imports only
+    ``gpuos_client.protocol`` or ``.config`` (the package's ``__getattr__``).  The sender thread
+    starts at the first hint, not here.  pyzmq and msgpack are imported now, in the importing
+    thread, so that no thread is ever importing them when the program forks: a child forked at any
+    moment finds them whole and builds its own sender.
+    """
+    rt = get_runtime()
+    if rt.disabled:
+        return
+    try:
+        import msgpack  # noqa: F401
+        import zmq  # noqa: F401
+    except ImportError as exc:  # fail open: the first hint finds out and counts it
+        rt.last_error = f"pyzmq/msgpack not importable: {exc}"
+
+
+_prepare()

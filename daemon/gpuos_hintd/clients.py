@@ -11,24 +11,16 @@ we accept that when the peer's /proc/PID/status NSpid line ends with it.
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
 from . import procfs
-from .errors import AccessDenied, ProcessGone
+from .errors import AccessDenied, ProcessGone, Refused
 from .model import ProcKey
 
-
-class Rejected(Exception):
-    """A message refused as a whole; ``reason`` becomes a reject-counter label."""
-
-    def __init__(self, reason: str, detail: str = "", tell: bool = False) -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-        #: Worth a reply to the peer (admission refusals), not just a counter.
-        self.tell = tell
+#: What this module (and the service) raise for a refused message: errors.Refused, a subclass of
+#: the protocol's ProtocolError, so one ``except P.ProtocolError`` catches every refusal.
+Rejected = Refused
 
 
 @dataclasses.dataclass(slots=True)
@@ -204,7 +196,3 @@ def is_alive(key: ProcKey, root: Path = procfs.PROCFS) -> bool:
     except (ProcessGone, AccessDenied):
         return False
     return int(stat["starttime"]) == key.start and stat["state"] not in ("Z", "X")
-
-
-def now_wall_ns() -> int:
-    return time.time_ns()

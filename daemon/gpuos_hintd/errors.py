@@ -3,6 +3,8 @@ translated into these at each module's edge, so no layer sees another's."""
 
 from __future__ import annotations
 
+from gpuos_client.protocol import ProtocolError
+
 
 class GpuosError(Exception):
     """Base class of every error gpuos_hintd raises on purpose."""
@@ -34,3 +36,20 @@ class ConfigError(GpuosError):
 
 class StoreError(GpuosError):
     """The SQLite store cannot be opened or written."""
+
+
+class Refused(ProtocolError, GpuosError):
+    """The daemon refused a message or an event, for a named reason (admission, limits, identity).
+
+    A subclass of the wire protocol's reason-error, so that the service catches one
+    type, ``ProtocolError``, for a malformed batch and for a refused one alike: both
+    have a ``reason`` (a stable token, a reject-counter label and the ``why`` of an
+    ack) and a ``detail`` (for the log).  The protocol's class cannot be the subclass:
+    it lives in the client, which never imports the daemon.
+    """
+
+    def __init__(self, reason: str, detail: str = "", tell: bool = False) -> None:
+        super().__init__(reason, detail)
+        #: Set by admission refusals (too many clients).  Every refused batch is answered
+        #: with an ack naming the reason today, so nothing reads it (see service.py).
+        self.tell = tell

@@ -19,7 +19,6 @@ the service is enabled and started.  Every step is printed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shlex
 import shutil
@@ -29,6 +28,8 @@ import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+
+from .files import write_atomic
 
 UNIT = "gpuos-hintd.service"
 DISTRO_EXEC = "/usr/bin/gpuos-hintd"  # the shipped unit's ExecStart=, what a distribution package installs
@@ -168,20 +169,6 @@ def systemd_booted() -> bool:
     return os.path.isdir("/run/systemd/system")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def run(cmd: list[str], dry_run: bool) -> int:
     print(f"{'would run' if dry_run else 'run'}: {shlex.join(cmd)}")
     if dry_run:
@@ -292,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"{'would write' if args.dry_run else 'wrote'}: {target}")
         if not args.dry_run:
-            write_atomic(target, text)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(target, text, mode=0o644)
 
     failures = 0
     if not live:

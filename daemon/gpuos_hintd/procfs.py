@@ -1,7 +1,7 @@
 """Raw, defensive /proc readers (psutil's _pslinux style).
 
 Every reader takes the procfs root as a Path so tests can point it at a
-recorded tree (tests/fixtures/proc).  Each file is read once, in binary.
+tree they build (tests/test_sampler_maps.py, test_sampler_drm.py: a tmp_path).  Each file is read once, in binary.
 OS errors are translated here, at the edge, into ProcessGone / AccessDenied.
 """
 

@@ -1,11 +1,11 @@
 """Sampling off the ingest thread.
 
-Samplers can be slow - an NVML tick with per-process utilisation took ~50 ms
-on an H200 - and a daemon that samples on its ingest loop stops taking hints
-while it does (seen on the GPU host: batches queued for seconds, clients
-reaped before their last hints were read).  So every sampler runs on one
-worker thread; the daemon's loop only posts requests (a snapshot of targets)
-and applies finished results, woken by a pipe it polls beside its sockets.
+Samplers can be slow - an NVML tick took 46 ms on an H100 before its PCIe
+throughput reads were rate-limited (docs/gpu-results.md) - and a daemon that
+samples on its ingest loop stops taking hints while it does (seen on the GPU
+host: batches queued for seconds, clients reaped before their last hints were
+read).  So every sampler runs on one worker thread; the daemon's loop only posts
+requests (a snapshot of targets) and applies finished results, woken by a pipe it polls beside its sockets.
 vendor calls (NVML through ctypes, /proc reads) release the GIL, so ingest
 goes on while they run.
 """

@@ -170,7 +170,7 @@ class HintService:
             return []
         try:
             client = self._admit(batch, peer, routing_id)
-        except (P.ProtocolError, Rejected) as exc:
+        except P.ProtocolError as exc:  # the wire's reasons and the daemon's (Refused)
             self._reject(exc.reason, exc.detail, peer, n=1)
             # The sender learns that (and why) its events were refused: its stats count them as
             # rejected by reason ("too_many_clients_for_uid" instead of nothing).
@@ -193,7 +193,7 @@ class HintService:
                 kind, t_ns, tid = P.check_event(ev, limits)
                 check_fields(kind, ev, limits)
                 out = handlers[kind](client, ev, t_ns, tid)
-            except (P.ProtocolError, Rejected) as exc:
+            except P.ProtocolError as exc:  # the wire's reasons and the daemon's (Refused)
                 self._reject(exc.reason, exc.detail, peer, n=1, unit="event")
                 why = exc.reason
                 continue

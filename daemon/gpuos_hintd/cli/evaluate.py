@@ -16,12 +16,12 @@ from pathlib import Path
 
 from ..errors import StoreError
 from ..evaluate import evaluate_store, report
+from ..files import write_atomic as write_file_atomic
 from ..store import DB_NAME
-from .files import write_atomic as write_file_atomic
-from .main import args, command, parse_since, state_dir
+from ._common import parse_since, state_dir
 
 
-def _args(p: argparse.ArgumentParser) -> None:
+def add_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--store", help="a store file (e.g. a copied gpuos-hint.db)")
     src.add_argument("--state-dir", dest="eval_state_dir", help="the daemon's state dir (default: as for spans)")
@@ -39,9 +39,7 @@ def _write(path: str, text: str) -> None:
     write_file_atomic(path, text)
 
 
-@command("evaluate", "how well OS signals alone find phases, and what hints add (from the store)")
-@args(_args)
-def cmd_evaluate(ns: argparse.Namespace) -> int:
+def run(ns: argparse.Namespace) -> int:
     if ns.phase2:
         return _phase2(ns)
     since = parse_since(ns.since)

@@ -35,9 +35,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..store import open_readonly  # noqa: F401 - re-exported for callers that import it from here
-from .files import write_atomic as write_file_atomic
-from .main import args, command, history, parse_since, pid_arg
+from ..files import write_atomic as write_file_atomic
+from ._common import history, parse_since, pid_arg
 
 #: Synthetic thread ids (Linux tids stay below 2**22): overlap lanes and GPU tracks.
 LANE_BASE = 1 << 24
@@ -329,20 +328,18 @@ def build_trace(
 
 
 def write_atomic(path: Path, doc: dict[str, Any]) -> None:
-    """The trace as compact JSON, written atomically (cli/files.py)."""
+    """The trace as compact JSON, written atomically (gpuos_hintd/files.py)."""
     write_file_atomic(path, json.dumps(doc, separators=(",", ":"), allow_nan=False))
 
 
-def _export_args(p: argparse.ArgumentParser) -> None:
+def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=["perfetto", "chrome"], default="perfetto", help="default perfetto")
     p.add_argument("-o", "--output", required=True, help="output file (.json), or - for stdout")
     p.add_argument("--since", help="only what began since (90s, 15m, 2h, 1d, or ISO time)")
     p.add_argument("--pid", type=pid_arg, help="only this process")
 
 
-@command("export", "write recorded phases, marks and samples as a Perfetto/Chrome trace (JSON)")
-@args(_export_args)
-def cmd_export(ns: argparse.Namespace) -> int:
+def run(ns: argparse.Namespace) -> int:
     since = parse_since(ns.since)
 
     def local(conn: sqlite3.Connection) -> tuple[dict[str, Any], dict[str, int]]:

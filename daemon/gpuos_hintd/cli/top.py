@@ -22,8 +22,8 @@ from typing import Any
 
 from ..control import DaemonUnavailable, request
 from ..errors import GpuosError
+from ._common import control_endpoint
 from .fmt import duration, num, safe
-from .main import args, command, control_endpoint
 
 MIN_COLS, MIN_ROWS = 40, 6
 Line = tuple[str, str]  # (text, style): "", "bold", "head" (reverse video), "warn"
@@ -310,14 +310,12 @@ def _poke(fd: int) -> None:
         pass
 
 
-def _top_args(p: argparse.ArgumentParser) -> None:
+def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
     p.add_argument("--once", action="store_true", help="print one snapshot (plain text) and exit")
 
 
-@command("top", "live view: daemon health, clients and their open phases, per-phase rates")
-@args(_top_args)
-def cmd_top(ns: argparse.Namespace) -> int:
+def run(ns: argparse.Namespace) -> int:
     endpoint = control_endpoint(ns)
     if ns.once:
         rates = Rates()

@@ -1,15 +1,18 @@
 """Which samplers this daemon knows, and building those this host can run.
 
-Each module in KNOWN holds one or more Sampler subclasses.  A module that
-fails to import (a missing optional dependency) becomes a NullSampler with the
-import error as its reason, so `gpuos-hintctl status` says what is missing.
+SAMPLERS is the whole list, written out: a sampler's name, the module that holds
+it and its class.  The module is imported only when the sampler is built, so a
+module that fails to import (a missing optional dependency) becomes a NullSampler
+with the import error as its reason, and `gpuos-hintctl status` says what is
+missing.  A metric name belongs to one sampler: build() refuses a second sampler
+that declares a name already taken (as prometheus_client's registry does), so
+two sources can never write one series.
 """
 
 from __future__ import annotations
 
 import importlib
-import inspect
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import structlog
 
@@ -17,46 +20,66 @@ from .base import NullSampler, Sampler
 
 log = structlog.get_logger("gpuos_hintd.samplers")
 
-KNOWN: tuple[str, ...] = ("proc", "syscalls", "syscalls_ebpf", "maps", "drm", "nvml", "rocm")
+#: name -> (module in this package, class).  Build order is this order: a metric declared by
+#: two samplers stays with the first.
+SAMPLERS: Mapping[str, tuple[str, str]] = {
+    "proc": ("proc", "ProcSampler"),
+    "syscalls": ("syscalls", "SyscallSampler"),
+    "syscalls_ebpf": ("syscalls_ebpf", "SyscallEbpfSampler"),
+    "maps": ("maps", "MapsSampler"),
+    "drm": ("drm", "DRMSampler"),
+    "nvml": ("nvml", "NVMLSampler"),
+    "rocm": ("rocm", "ROCmSampler"),
+}
+KNOWN: tuple[str, ...] = tuple(SAMPLERS)
 #: Costly samplers that run only when named in the config's enable_samplers
 #: (eBPF slows every syscall on the host while attached: docs/signals-syscalls.md).
 OPT_IN: frozenset[str] = frozenset({"syscalls_ebpf"})
 
 
+def sampler_class(name: str) -> type[Sampler]:
+    """The class of a known sampler (importing its module; ImportError if a dependency is missing)."""
+    module, cls_name = SAMPLERS[name]
+    cls = getattr(importlib.import_module(f"{__package__}.{module}"), cls_name)
+    if not (isinstance(cls, type) and issubclass(cls, Sampler)) or cls.name != name:
+        raise TypeError(f"SAMPLERS[{name!r}] = {module}.{cls_name} is not the Sampler named {name!r}")
+    return cls
+
+
 def sampler_classes(module_name: str) -> list[type[Sampler]]:
-    mod = importlib.import_module(f"{__package__}.{module_name}")
-    return [
-        obj
-        for obj in vars(mod).values()
-        if inspect.isclass(obj)
-        and issubclass(obj, Sampler)
-        and obj.__module__ == mod.__name__
-        and not inspect.isabstract(obj)
-        and getattr(obj, "name", None)
-        and not getattr(obj, "_registry_skip", False)
-    ]
+    """[the class] of the sampler named `module_name` (each module holds one; kept for evaluate.dataset)."""
+    return [sampler_class(module_name)]
 
 
-def build(disabled: Iterable[str] = (), enabled: Iterable[str] = (), modules: Iterable[str] = KNOWN) -> list[Sampler]:
-    """Instantiate every known sampler not disabled; failures become NullSamplers."""
+def build(disabled: Iterable[str] = (), enabled: Iterable[str] = (), names: Iterable[str] = KNOWN) -> list[Sampler]:
+    """Instantiate every known sampler not disabled; failures (and metric clashes) become NullSamplers."""
     off = set(disabled)
     on = set(enabled)
     out: list[Sampler] = []
-    for module_name in modules:
-        try:
-            classes = sampler_classes(module_name)
-        except Exception as exc:
-            out.append(NullSampler(module_name, f"cannot import: {type(exc).__name__}: {exc}"))
+    owner: dict[str, str] = {}
+    for name in names:
+        if name in off:
+            out.append(NullSampler(name, "disabled by configuration"))
             continue
-        for cls in classes:
-            if cls.name in off or module_name in off:
-                out.append(NullSampler(cls.name, "disabled by configuration"))
-                continue
-            if cls.name in OPT_IN and cls.name not in on:
-                out.append(NullSampler(cls.name, f"opt-in: add {cls.name!r} to enable_samplers"))
-                continue
-            try:
-                out.append(cls())
-            except Exception as exc:
-                out.append(NullSampler(cls.name, f"failed to start: {type(exc).__name__}: {exc}"))
+        if name in OPT_IN and name not in on:
+            out.append(NullSampler(name, f"opt-in: add {name!r} to enable_samplers"))
+            continue
+        try:
+            cls = sampler_class(name)
+        except Exception as exc:
+            out.append(NullSampler(name, f"cannot import: {type(exc).__name__}: {exc}"))
+            continue
+        clash = [m for m in cls.metrics if m in owner]
+        if clash:
+            why = f"metric {clash[0]!r} is already declared by {owner[clash[0]]!r}"
+            log.error("sampler_metric_clash", sampler=name, metric=clash[0], owner=owner[clash[0]])
+            out.append(NullSampler(name, why))
+            continue
+        try:
+            sampler = cls()
+        except Exception as exc:
+            out.append(NullSampler(name, f"failed to start: {type(exc).__name__}: {exc}"))
+            continue
+        owner.update(dict.fromkeys(cls.metrics, name))
+        out.append(sampler)
     return out
