@@ -44,6 +44,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import structlog
 
 from .errors import GpuosError
+from .status import Status, StoreHealth
 
 if TYPE_CHECKING:
     from .model import SpanRow
@@ -224,6 +225,8 @@ class MetricsExporter:
         self._dropped_retired = 0
         self._phase_snap: tuple[Any, ...] = ()
         self._snap = Snapshot()
+        #: The status snapshot of the last tick (daemon thread; export/prom.py reads it too).
+        self.status: Status | None = None
         self.server: MetricsHTTPServer | None = None
 
     def attach(self) -> MetricsExporter:
@@ -248,46 +251,43 @@ class MetricsExporter:
             phases.append((OTHER, OTHER, series.other.frozen()))
             self._phase_snap = tuple(phases)
             series.dirty = False
-        self._snap = self._build(svc)
+        self.status = svc.status(detail=False)
+        self._snap = self._build(self.status)
         self.hook_s = time.perf_counter() - t0
         self.hook_max_s = max(self.hook_max_s, self.hook_s)
 
-    def _client_dropped(self, svc: HintService) -> int:
+    def _client_dropped(self, st: Status) -> int:
         """Monotonic: drops of live clients plus those of clients that have gone."""
         live = self._dropped_live
-        now = {k: c.client_dropped for k, c in svc.clients.items()}
+        now = {(c.pid, c.pid_start): c.dropped for c in st.clients}
         for key in live.keys() - now.keys():
             self._dropped_retired += live[key]
         self._dropped_live = now
         return self._dropped_retired + sum(now.values())
 
-    def _build(self, svc: HintService) -> Snapshot:
-        c = svc.counters
-        store = svc.store.health() if svc.store is not None else {}
+    def _build(self, st: Status) -> Snapshot:
+        c = st.counters.get
+        store = st.store if st.store is not None else StoreHealth()
         counters = (
-            ("gpuos_hintd_messages", "hint messages received", c["messages"]),
-            ("gpuos_hintd_events", "hint events accepted", c["events"]),
+            ("gpuos_hintd_messages", "hint messages received", c("messages")),
+            ("gpuos_hintd_events", "hint events accepted", c("events")),
             (
                 "gpuos_hintd_client_dropped",
                 "events clients dropped before sending",
-                self._client_dropped(svc),
+                self._client_dropped(st),
             ),
-            ("gpuos_hintd_clients_seen", "client processes seen", c["clients_seen"]),
-            ("gpuos_hintd_clients_exited", "client processes gone", c["clients_exited"]),
-            ("gpuos_hintd_spans_closed", "spans finalised", c["spans_closed"]),
-            ("gpuos_hintd_spans_abandoned", "spans closed because their process died", c["spans_abandoned"]),
-            ("gpuos_hintd_spans_lost_end", "spans whose end the client dropped", c["spans_lost_end"]),
-            ("gpuos_hintd_spans_recovered", "spans rebuilt from heartbeats", c["spans_recovered"]),
-            ("gpuos_hintd_orphan_ends", "phase ends without a known begin", c["orphan_ends"]),
-            ("gpuos_hintd_store_write_errors", "failed SQLite write batches", store.get("write_errors", 0)),
-            ("gpuos_hintd_store_shed_rows", "rows shed (writes failing or queue full)", store.get("shed_rows", 0)),
-            ("gpuos_hintd_store_bad_rows", "rows the writer could not store, dropped", store.get("bad_rows", 0)),
-            ("gpuos_hintd_store_writer_crashes", "store writer rounds that raised", store.get("writer_crashes", 0)),
-            (
-                "gpuos_hintd_store_span_conflicts",
-                "spans not stored over an existing one",
-                store.get("span_conflicts", 0),
-            ),
+            ("gpuos_hintd_clients_seen", "client processes seen", c("clients_seen")),
+            ("gpuos_hintd_clients_exited", "client processes gone", c("clients_exited")),
+            ("gpuos_hintd_spans_closed", "spans finalised", c("spans_closed")),
+            ("gpuos_hintd_spans_abandoned", "spans closed because their process died", c("spans_abandoned")),
+            ("gpuos_hintd_spans_lost_end", "spans whose end the client dropped", c("spans_lost_end")),
+            ("gpuos_hintd_spans_recovered", "spans rebuilt from heartbeats", c("spans_recovered")),
+            ("gpuos_hintd_orphan_ends", "phase ends without a known begin", c("orphan_ends")),
+            ("gpuos_hintd_store_write_errors", "failed SQLite write batches", store.write_errors),
+            ("gpuos_hintd_store_shed_rows", "rows shed (writes failing or queue full)", store.shed_rows),
+            ("gpuos_hintd_store_bad_rows", "rows the writer could not store, dropped", store.bad_rows),
+            ("gpuos_hintd_store_writer_crashes", "store writer rounds that raised", store.writer_crashes),
+            ("gpuos_hintd_store_span_conflicts", "spans not stored over an existing one", store.span_conflicts),
             (
                 "gpuos_hintd_metrics_phase_promotions",
                 "phase keys promoted into the top-K",
@@ -300,24 +300,12 @@ class MetricsExporter:
             ),
         )
         gauges = (
-            ("gpuos_hintd_clients", "client processes connected now", len(svc.clients)),
-            (
-                "gpuos_hintd_open_spans",
-                "spans open now",
-                sum(len(v) for v in svc.correlator.spans.values()),
-            ),
-            ("gpuos_hintd_start_time_seconds", "daemon start, unix time", svc.started_wall_ns / 1e9),
-            ("gpuos_hintd_store_queued_rows", "rows waiting for the store writer", store.get("queued_rows", 0)),
-            (
-                "gpuos_hintd_store_writer_alive",
-                "1 while the store writer runs",
-                int(bool(store.get("writer_alive", 1))),
-            ),
-            (
-                "gpuos_hintd_store_backlog_batches",
-                "write batches held for retry",
-                store.get("backlog_batches", 0),
-            ),
+            ("gpuos_hintd_clients", "client processes connected now", len(st.clients)),
+            ("gpuos_hintd_open_spans", "spans open now", st.open_spans),
+            ("gpuos_hintd_start_time_seconds", "daemon start, unix time", st.daemon.started_wall_ns / 1e9),
+            ("gpuos_hintd_store_queued_rows", "rows waiting for the store writer", store.queued_rows),
+            ("gpuos_hintd_store_writer_alive", "1 while the store writer runs", int(bool(store.writer_alive))),
+            ("gpuos_hintd_store_backlog_batches", "write batches held for retry", store.backlog_batches),
             (
                 "gpuos_hintd_metrics_phase_keys",
                 "distinct (phase, class) keys tracked",
@@ -326,23 +314,17 @@ class MetricsExporter:
             ("gpuos_hintd_metrics_top_k", "phase keys that keep their labels", self.series.top_k),
             ("gpuos_hintd_metrics_hook_seconds", "cost of the last metrics tick hook", self.hook_s),
         )
-        samplers = tuple(
-            (st.sampler.name, st.available, st.last_ms / 1000.0, st.ticks, st.errors) for st in svc.samplers
-        )
+        samplers = tuple((s.name, s.available, s.last_ms / 1000.0, s.ticks, s.errors) for s in st.samplers)
         gpus: list[tuple[str, tuple[str, str, str, str], float]] = []
-        for st in svc.samplers:
-            if not st.available:
+        for sampler in st.samplers:
+            if not sampler.available:
                 continue
-            try:
-                devices = st.sampler.devices()
-            except Exception:
-                continue
-            for d in devices:
+            for d in sampler.device_list():
                 labels = (
                     str(d.get("index", "")),
                     str(d.get("uuid", "")),
                     str(d.get("name", "")),
-                    st.sampler.name,
+                    sampler.name,
                 )
                 for field, metric, _help, scale in GPU_FIELDS:
                     v = d.get(field)
@@ -350,16 +332,14 @@ class MetricsExporter:
                         gpus.append((metric, labels, v * scale))
                 if "lost" in d:
                     gpus.append(("gpuos_gpu_lost", labels, 1.0 if d["lost"] else 0.0))
-        from . import __version__
-
         return Snapshot(
             phases=self._phase_snap,
             counters=counters,
             gauges=gauges,
-            rejected=tuple(sorted(svc.rejected.items())),
+            rejected=tuple(sorted(st.rejected.items())),
             samplers=samplers,
             gpus=tuple(gpus),
-            version=__version__,
+            version=st.daemon.version,
         )
 
     # -- HTTP thread ----------------------------------------------------------
@@ -467,16 +447,16 @@ class _QuietHandler(WSGIRequestHandler):
 def start_metrics_server(service: HintService, port: int, top_k: int = 50, addr: str = "127.0.0.1") -> MetricsExporter:
     """Attach the exporter to the service and serve /metrics on addr:port (0 = any free port).
 
-    The real port is logged ("metrics_listening") and kept in ``service.metrics_url``.
+    The real port is logged ("metrics_listening") and given to the service (status shows it).
     """
     exporter = MetricsExporter(service, top_k).attach()
     httpd = exporter.serve(port, addr)
     url = f"http://{addr}:{httpd.port}/metrics"
-    service.metrics_url = url  # type: ignore[attr-defined]
+    service.set_metrics_url(url)
     # ---- fleet metrics (export/prom.py): pod/container/unit series and the OTLP exporter's counters
     from .export.prom import FleetCollector
 
-    FleetCollector(service, top_k).attach(exporter.registry)
+    FleetCollector(service, top_k, lambda: exporter.status).attach(exporter.registry)
     # ---- end of fleet metrics
     log.info("metrics_listening", url=url, port=httpd.port, top_k=top_k)
     return exporter

@@ -13,7 +13,7 @@ their 12-character short form (what ``crictl ps`` shows).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..identity import IdentityCache, short_container_id
@@ -23,16 +23,32 @@ from ..model import ProcKey
 if TYPE_CHECKING:
     from ..model import SpanRow
     from ..service import HintService
+    from ..status import ClientStatus, Status
 
 IDENTITY_LABELS = ["pod_uid", "container", "unit"]
 _OTHER_KEY = (OTHER, OTHER, OTHER)
 
 
+class _LiveClients:
+    """What IdentityCache.get asks of a clients mapping, answered by the service's accessor."""
+
+    def __init__(self, service: HintService) -> None:
+        self.service = service
+
+    def get(self, key: ProcKey, default: ClientStatus | None = None) -> ClientStatus | None:
+        return self.service.client_status(key) or default
+
+
 class FleetCollector:
     """Identity-labelled span series + OTLP exporter counters, for one service's registry."""
 
-    def __init__(self, service: HintService, top_k: int = 50) -> None:
+    def __init__(
+        self, service: HintService, top_k: int = 50, latest: Callable[[], Status | None] | None = None
+    ) -> None:
         self.service = service
+        #: The tick's status snapshot, when another hook already built it (metrics.MetricsExporter).
+        self._latest = latest or (lambda: None)
+        self._live = _LiveClients(service)
         self.series = PhaseSeries(top_k)
         self.identities = IdentityCache()
         self._snap: tuple[tuple[Any, ...], dict[str, Any] | None] = ((), None)
@@ -46,15 +62,16 @@ class FleetCollector:
 
     # -- daemon thread --------------------------------------------------------
     def on_spans(self, rows: list[SpanRow]) -> None:
-        clients = self.service.clients
+        live = self._live
         get, add = self.identities.get, self.series.add
         for row in rows:
-            ident = get(ProcKey(row.pid, row.pid_start), clients)
+            ident = get(ProcKey(row.pid, row.pid_start), live)
             add(row, (ident.pod_uid or "", short_container_id(ident.container_id), ident.systemd_unit or ""))
         self.series.dirty = True
 
     def on_tick(self, svc: HintService) -> None:
-        self.identities.learn(svc.clients)
+        st = self._latest() or svc.status(detail=False)
+        self.identities.learn({ProcKey(c.pid, c.pid_start): c for c in st.clients})
         series = self.series
         series.rerank()
         phases = self._snap[0]
@@ -63,13 +80,9 @@ class FleetCollector:
             rows.append((_OTHER_KEY, series.other.frozen()))
             phases = tuple(rows)
             series.dirty = False
-        otlp_fn = svc.status_sections.get("otlp")
-        otlp = None
-        if otlp_fn is not None:
-            try:
-                otlp = otlp_fn()
-            except Exception:
-                otlp = None
+        otlp = st.sections.get("otlp")
+        if not isinstance(otlp, dict) or "error" in otlp:
+            otlp = None
         self._snap = (phases, otlp)
 
     # -- HTTP thread ----------------------------------------------------------
