@@ -31,7 +31,6 @@ so a scrape has at most top_k + 1 phase series per metric.  The policy:
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import heapq
 import socketserver
@@ -44,23 +43,18 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import structlog
 
 from .errors import GpuosError
+from .phase_stats import DURATION_BUCKETS, MAX_KEYS, Figures, PhaseEntry, PhaseStats
 from .status import Status, StoreHealth
 
 if TYPE_CHECKING:
-    from .model import SpanRow
     from .service import HintService
 
 log = structlog.get_logger("gpuos_hintd.metrics")
 
 OTHER = "__other__"
-#: Duration buckets (seconds): 100 us .. 100 s, 1-2.5-5 per decade.
-DURATION_BUCKETS: tuple[float, ...] = (
-    *(round(m * 10.0**e, 6) for e in range(-4, 2) for m in (1.0, 2.5, 5.0)),
-    100.0,
-)
 #: Distinct (phase, class) keys whose span counts are tracked for ranking; beyond
 #: this, new keys go straight to __other__ and are counted in untracked_spans.
-MAX_TRACKED = 4096
+MAX_TRACKED = MAX_KEYS
 
 INSTALL_HINT = (
     "Prometheus metrics need the prometheus-client package: "
@@ -81,105 +75,106 @@ def _prometheus() -> Any:
     return prometheus_client
 
 
-# ----------------------------------------------------------------- aggregates
-@dataclasses.dataclass(slots=True)
-class Agg:
-    """Cumulative figures of one phase series (only ever grows)."""
-
-    spans: int = 0
-    not_ok: int = 0
-    duration_s: float = 0.0
-    buckets: list[int] = dataclasses.field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
-    cpu_s: float = 0.0
-    energy_j: float = 0.0
-
-    def absorb(self, other: Agg) -> None:
-        self.spans += other.spans
-        self.not_ok += other.not_ok
-        self.duration_s += other.duration_s
-        self.cpu_s += other.cpu_s
-        self.energy_j += other.energy_j
-        for i, n in enumerate(other.buckets):
-            self.buckets[i] += n
-
-    def frozen(self) -> tuple[int, int, float, tuple[int, ...], float, float]:
-        return (self.spans, self.not_ok, self.duration_s, tuple(self.buckets), self.cpu_s, self.energy_j)
+# ------------------------------------------------------------ bounded labels
+Key = tuple[str, ...]  # (phase path, workload class or "") - or export/prom.py's identity triple
 
 
-Key = tuple[str, str]  # (phase path, workload class or "")
+def _minus(a: Figures, b: Figures) -> Figures:
+    buckets = tuple(x - y for x, y in zip(a[3], b[3], strict=True))
+    return (a[0] - b[0], a[1] - b[1], a[2] - b[2], buckets, a[4] - b[4], a[5] - b[5])
 
 
-class PhaseSeries:
-    """The bounded phase aggregates.  Used on the daemon thread only."""
+def frozen(f: Figures) -> tuple[int, int, float, tuple[int, ...], float, float]:
+    """Figures in Prometheus units: (spans, not_ok, duration s, buckets, cpu s, energy J)."""
+    return (f[0], f[1], f[2] / 1e9, f[3], f[4] / 1e9, f[5] / 1e6)
 
-    def __init__(self, top_k: int, max_tracked: int = MAX_TRACKED) -> None:
+
+class LabelView:
+    """The bounded-label view of one PhaseStats (see the module docstring).  Daemon thread only.
+
+    It keeps no per-span state of its own: a labelled key's series is its
+    aggregate minus its figures at promotion (``base``), and ``__other__`` is
+    the aggregator's ``other`` accumulator (spans of unlabelled keys, folded in
+    by PhaseStats.add) plus what demoted keys carried when they left.
+    """
+
+    def __init__(self, stats: PhaseStats, top_k: int) -> None:
         if top_k < 0:
             raise ValueError("top_k must be >= 0")
+        if stats.other is not None:
+            raise ValueError("this PhaseStats already has a view")
+        self.stats = stats
         self.top_k = top_k
-        self.max_tracked = max_tracked
-        self.counts: dict[Key, int] = {}  # every tracked key's cumulative span count
-        self.labelled: dict[Key, Agg] = {}
-        self.other = Agg()
-        self.untracked_spans = 0
+        self.base: dict[Key, Figures] = {}  # labelled keys -> their figures at promotion
+        self.other = stats.other = PhaseEntry(("__other__",), 0)
         self.promotions = 0
         self.dirty = True
-        self._touched: set[Key] = set()  # unlabelled keys with spans since the last rerank
+        self._seen: tuple[int, int, int] = (-1, -1, -1)
+        for e in stats.entries.values():  # keys from before the view: first come, first labelled
+            self._on_new(e)
+            if not e.folded:
+                self.base[e.key] = e.figures()
+        stats.on_new_key.append(self._on_new)
 
-    def add(self, row: SpanRow, key: tuple[str, ...] | None = None) -> None:
-        """Fold one span into its key's series (default key: (phase path, workload class))."""
-        key = key or (row.path, row.workload_class or "")
-        n = self.counts.get(key)
-        if n is None:
-            if len(self.counts) >= self.max_tracked:
-                self.untracked_spans += 1
-                self._fold(self.other, row)
-                return
-            n = 0
-        self.counts[key] = n + 1
-        agg = self.labelled.get(key)
-        if agg is None:
-            if len(self.labelled) < self.top_k:
-                agg = self.labelled[key] = Agg()
-            else:
-                self._touched.add(key)
-                agg = self.other
-        self._fold(agg, row)
+    @property
+    def labelled(self) -> list[Key]:
+        return sorted(self.base)
 
-    @staticmethod
-    def _fold(agg: Agg, row: SpanRow) -> None:
-        d = row.duration_ns / 1e9
-        agg.spans += 1
-        agg.not_ok += row.status != "ok"
-        agg.duration_s += d
-        agg.buckets[bisect.bisect_left(DURATION_BUCKETS, d)] += 1
-        sig = row.signals
-        cpu = (sig.get("cpu_user_ns") or 0) + (sig.get("cpu_sys_ns") or 0)
-        if cpu:
-            agg.cpu_s += cpu / 1e9
-        e = sig.get("gpu_energy_j")  # vendor-neutral (correlate._derive)
-        if e:
-            agg.energy_j += e
+    @property
+    def untracked_spans(self) -> int:
+        return self.stats.untracked.count
+
+    def _on_new(self, e: PhaseEntry) -> None:
+        if len(self.base) < self.top_k:
+            self.base[e.key] = (0, 0, 0, (0,) * len(e.buckets), 0, 0)
+        else:
+            e.folded = True
 
     def rerank(self) -> None:
         """Promote unlabelled keys that now rank in the top_k (see the module docstring)."""
-        if not self._touched:
+        stats = self.stats
+        if not stats.touched:
             return
-        counts, touched = self.counts, self._touched
-        self._touched = set()
-        # Only a key that got spans can have overtaken a labelled one (counts only grow),
-        # so the full sort runs only when one of those now beats the weakest labelled key.
-        weakest = max((-counts[k], k) for k in self.labelled) if self.labelled else None
-        if weakest is not None and not any((-counts[k], k) < weakest for k in touched if k in counts):
-            return
-        ranked = heapq.nsmallest(self.top_k, counts, key=lambda k: (-counts[k], k))
-        want = set(ranked)
-        for key in [k for k in self.labelled if k not in want]:
-            self.other.absorb(self.labelled.pop(key))
-        for key in ranked:
-            if key not in self.labelled:
-                self.labelled[key] = Agg()
-                self.promotions += 1
+        entries, touched = stats.entries, stats.touched
+        stats.touched = set()
         self.dirty = True
+        # Only a key that got spans can have overtaken a labelled one (counts only grow),
+        # so the full ranking runs only when one of those now beats the weakest labelled key.
+        weakest = max((-entries[k].count, k) for k in self.base) if self.base else None
+        if weakest is not None and not any((-entries[k].count, k) < weakest for k in touched):
+            return
+        ranked = heapq.nsmallest(self.top_k, entries, key=lambda k: (-entries[k].count, k))
+        want = set(ranked)
+        for key in [k for k in self.base if k not in want]:
+            e = entries[key]
+            gone = _minus(e.figures(), self.base.pop(key))
+            o = self.other
+            o.count, o.not_ok, o.total_ns = o.count + gone[0], o.not_ok + gone[1], o.total_ns + gone[2]
+            o.buckets = [x + y for x, y in zip(o.buckets, gone[3], strict=True)]
+            o.cpu_ns, o.energy_uj = o.cpu_ns + gone[4], o.energy_uj + gone[5]
+            e.folded = True
+        for key in ranked:
+            if key not in self.base:
+                e = entries[key]
+                self.base[key] = e.figures()
+                e.folded = False
+                self.promotions += 1
+
+    def series(self) -> list[tuple[Key, tuple[int, int, float, tuple[int, ...], float, float]]]:
+        """Every labelled key's series (sorted), then __other__'s: what a scrape shows."""
+        entries = self.stats.entries
+        out = [(k, frozen(_minus(entries[k].figures(), self.base[k]))) for k in sorted(self.base)]
+        out.append(((OTHER,), frozen(self.other.figures())))
+        return out
+
+    def changed(self) -> bool:
+        """Whether a span reached any series since the last call (O(top_k))."""
+        entries = self.stats.entries
+        sig = (self.other.count, sum(entries[k].count for k in self.base), len(self.base))
+        if sig != self._seen or self.dirty:
+            self._seen, self.dirty = sig, False
+            return True
+        return False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -210,13 +205,17 @@ GPU_FIELDS: tuple[tuple[str, str, str, float], ...] = (
 
 # ------------------------------------------------------------------ exporter
 class MetricsExporter:
-    """Span sink + tick hook on the daemon thread; a custom collector for the HTTP thread."""
+    """A tick hook on the daemon thread; a custom collector for the HTTP thread.
+
+    Phase series come from the service's one aggregator (``service.phase_stats``)
+    through a LabelView; everything else from the tick's status snapshot.
+    """
 
     def __init__(self, service: HintService, top_k: int = 50) -> None:
         pc = _prometheus()
         self._pc = pc
         self.service = service
-        self.series = PhaseSeries(top_k)
+        self.series = LabelView(service.phase_stats, top_k)
         self.registry = pc.CollectorRegistry(auto_describe=False)
         self.registry.register(self)
         self.hook_s = 0.0
@@ -230,27 +229,20 @@ class MetricsExporter:
         self.server: MetricsHTTPServer | None = None
 
     def attach(self) -> MetricsExporter:
-        self.service.sinks.append(self.on_spans)
         self.service.tick_hooks.append(self.on_tick)
         self.on_tick(self.service)
         return self
 
     # -- daemon thread --------------------------------------------------------
-    def on_spans(self, rows: list[SpanRow]) -> None:
-        add = self.series.add
-        for row in rows:
-            add(row)
-        self.series.dirty = True
-
     def on_tick(self, svc: HintService) -> None:
         t0 = time.perf_counter()
         series = self.series
         series.rerank()
-        if series.dirty:
-            phases = [(p, c, a.frozen()) for (p, c), a in sorted(series.labelled.items())]
-            phases.append((OTHER, OTHER, series.other.frozen()))
+        if series.changed():
+            rows = series.series()
+            phases = [(k[0], k[1], f) for k, f in rows[:-1]]
+            phases.append((OTHER, OTHER, rows[-1][1]))
             self._phase_snap = tuple(phases)
-            series.dirty = False
         self.status = svc.status(detail=False)
         self._snap = self._build(self.status)
         self.hook_s = time.perf_counter() - t0
@@ -309,7 +301,7 @@ class MetricsExporter:
             (
                 "gpuos_hintd_metrics_phase_keys",
                 "distinct (phase, class) keys tracked",
-                len(self.series.counts),
+                len(self.series.stats.entries),
             ),
             ("gpuos_hintd_metrics_top_k", "phase keys that keep their labels", self.series.top_k),
             ("gpuos_hintd_metrics_hook_seconds", "cost of the last metrics tick hook", self.hook_s),

@@ -34,7 +34,6 @@ from .status import (
     DaemonInfo,
     ExitedClient,
     OpenPhase,
-    PhaseStatus,
     Quotas,
     SamplerStatus,
     Status,
@@ -603,8 +602,8 @@ class HintService:
 
     def _on_spans(self, rows: list[SpanRow]) -> None:
         self.counters["spans_closed"] += len(rows)
+        self.phase_stats.add_many(rows)
         for row in rows:
-            self.phase_stats.add(row)
             if row.signals.get("gpu_energy_source") == "power_samples":
                 iv = _span_iv(row, True)
                 self.phase_energy.on_span(
@@ -796,7 +795,7 @@ class HintService:
             ),
             store=StoreHealth.from_dict(self.store.health()) if self.store else None,
             connections=_safe(self.connections) if full else {},
-            phases=tuple(PhaseStatus(**p) for p in self.phase_stats.top(20)) if show_phases else (),
+            phases=tuple(self.phase_stats.top(20)) if show_phases else (),
             sections={name: _safe(fn) for name, fn in self.status_sections.items()},
             detail=detail,
         )

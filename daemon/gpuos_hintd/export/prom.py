@@ -5,7 +5,8 @@ build an immutable snapshot; the scrape thread only reads that snapshot.
 
 Cardinality.  The (pod_uid, container, unit) labels come from cgroup paths,
 i.e. from whoever starts processes on the node, so they are bounded exactly
-like the phase labels: metrics.PhaseSeries keyed by the identity triple, at
+like the phase labels: a phase_stats.PhaseStats keyed by the identity triple under a
+metrics.LabelView, at
 most ``top_k`` labelled keys plus one ``__other__`` series, ranked by span
 count with the same deterministic promotion policy.  Container ids are cut to
 their 12-character short form (what ``crictl ps`` shows).
@@ -17,8 +18,9 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..identity import IdentityCache, short_container_id
-from ..metrics import OTHER, PhaseSeries, cumulative_buckets
+from ..metrics import OTHER, LabelView, cumulative_buckets
 from ..model import ProcKey
+from ..phase_stats import PhaseStats
 
 if TYPE_CHECKING:
     from ..model import SpanRow
@@ -49,7 +51,8 @@ class FleetCollector:
         #: The tick's status snapshot, when another hook already built it (metrics.MetricsExporter).
         self._latest = latest or (lambda: None)
         self._live = _LiveClients(service)
-        self.series = PhaseSeries(top_k)
+        self.stats = PhaseStats(signals=())
+        self.series = LabelView(self.stats, top_k)
         self.identities = IdentityCache()
         self._snap: tuple[tuple[Any, ...], dict[str, Any] | None] = ((), None)
 
@@ -62,12 +65,12 @@ class FleetCollector:
 
     # -- daemon thread --------------------------------------------------------
     def on_spans(self, rows: list[SpanRow]) -> None:
-        live = self._live
-        get, add = self.identities.get, self.series.add
+        live, get = self._live, self.identities.get
+        keys = []
         for row in rows:
             ident = get(ProcKey(row.pid, row.pid_start), live)
-            add(row, (ident.pod_uid or "", short_container_id(ident.container_id), ident.systemd_unit or ""))
-        self.series.dirty = True
+            keys.append((ident.pod_uid or "", short_container_id(ident.container_id), ident.systemd_unit or ""))
+        self.stats.add_many(rows, keys)
 
     def on_tick(self, svc: HintService) -> None:
         st = self._latest() or svc.status(detail=False)
@@ -75,11 +78,10 @@ class FleetCollector:
         series = self.series
         series.rerank()
         phases = self._snap[0]
-        if series.dirty:
-            rows = [(k, a.frozen()) for k, a in sorted(series.labelled.items())]
-            rows.append((_OTHER_KEY, series.other.frozen()))
+        if series.changed():
+            rows = series.series()
+            rows[-1] = (_OTHER_KEY, rows[-1][1])
             phases = tuple(rows)
-            series.dirty = False
         otlp = st.sections.get("otlp")
         if not isinstance(otlp, dict) or "error" in otlp:
             otlp = None
