@@ -9,7 +9,8 @@ view (metrics.LabelView, no per-span work of its own), plus the identity-keyed i
 The old modules are loaded from git (``git show BEFORE:...``), so both run in one
 process, interleaved, on the same rows: spans shaped like the correlator's (54
 signals), 40 (phase, class) keys, batches of 256 (a tick's worth).  Reported: us per
-span, median and range over repeats; and a check that both count every span.
+span, median and range over repeats; and a check that both count every span.  Also the
+metrics tick hook's cost after the change (it now also builds the status snapshot).
 
     .venv/bin/python benchmarks/bench_phase_agg.py [--spans 20000] [--repeats 15]
 """
@@ -17,6 +18,7 @@ span, median and range over repeats; and a check that both count every span.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -95,6 +97,36 @@ def _batches(rows: list[SpanRow], size: int = 256) -> list[list[SpanRow]]:
     return [rows[i : i + size] for i in range(0, len(rows), size)]
 
 
+def _hook_cost(rows: list[SpanRow]) -> dict[str, Any]:
+    """MetricsExporter.on_tick (rerank + series + status snapshot), median and max over 200 ticks."""
+    try:
+        from gpuos_hintd.config import Config
+        from gpuos_hintd.metrics import MetricsExporter
+        from gpuos_hintd.service import HintService
+    except ImportError as exc:  # prometheus-client absent
+        return {"skipped": str(exc)}
+    out: dict[str, Any] = {}
+    for label, n_keys, per_tick in (("20_keys_50_spans", 20, 50), ("2000_keys_churn_200_spans", 2000, 200)):
+        svc = HintService(Config(), None, [])
+        try:
+            exp = MetricsExporter(svc, top_k=50).attach()
+            times = []
+            for t in range(200):
+                batch = []
+                for i in range(per_tick):
+                    r = rows[(t * per_tick + i) % len(rows)]
+                    k = (t * 37 + i * 11) % n_keys if n_keys > 20 else i % n_keys
+                    batch.append(dataclasses.replace(r, path=f"phase{k}"))
+                svc.phase_stats.add_many(batch)
+                t0 = time.perf_counter()
+                exp.on_tick(svc)
+                times.append((time.perf_counter() - t0) * 1e6)
+            out[label] = {"median": round(statistics.median(times), 1), "max": round(max(times), 1)}
+        finally:
+            svc.worker.close()
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--spans", type=int, default=20000)
@@ -158,7 +190,7 @@ def main() -> int:
             times[name].append((time.perf_counter() - t0) / len(rows) * 1e6)
     res: dict[str, Any] = {
         "what": "per-span cost (us) of per-phase aggregation, old two aggregators vs one",
-        "command": "python benchmarks/bench_phase_agg.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python benchmarks/bench_phase_agg.py", *sys.argv[1:]]),
         "before_commit": BEFORE,
         "python": platform.python_version(),
         "machine": platform.machine(),
@@ -176,6 +208,7 @@ def main() -> int:
         "status_only": round(med["status_only_before"] / med["status_only_after"], 2),
         "with_metrics": round(med["with_metrics_before"] / med["with_metrics_after"], 2),
     }
+    res["metrics_tick_hook_us"] = _hook_cost(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps(res, indent=1))
