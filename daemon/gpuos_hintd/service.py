@@ -719,7 +719,7 @@ class HintService:
         if not full:
             return ClientStatus(**common, redacted=True)
         phases: tuple[OpenPhase, ...] = ()
-        if detail and n_open:
+        if detail:
             spans = sorted((s.row.start_ns, s.row.path, s.row.tid) for s in self.correlator.open_spans(c.key))
             phases = tuple(OpenPhase(p, tid, round((now - t) / 1e9, 3)) for t, p, tid in spans)
         return ClientStatus(
