@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 prometheus_client = pytest.importorskip("prometheus_client")
 
@@ -291,6 +293,38 @@ def test_folding_policy_is_deterministic_and_monotonic() -> None:
     assert after[(OTHER,)][3] == tuple(x + y for x, y in zip(other_before[3], before[3], strict=True))
     assert after[(OTHER,)][4] == pytest.approx(other_before[4] + before[4])
     assert v.promotions == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ticks=st.lists(
+        st.lists(st.tuples(st.integers(0, 11), st.integers(0, 3), st.sampled_from(["ok", "error"])), max_size=30),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_every_series_only_grows_and_the_sum_is_every_span(ticks: list[list[tuple[int, int, str]]]) -> None:
+    stats = PhaseStats(max_keys=8)  # beyond 8 keys, spans go to the untracked pool (and __other__)
+    view = LabelView(stats, top_k=3)
+    last: dict[tuple[str, ...], tuple[Any, ...]] = {}
+    total = 0
+    for spans in ticks:
+        rows = [_row(f"p{k}", ms + 1, cls=f"c{k % 2}") for k, ms, _s in spans]
+        for r, (_k, _ms, status) in zip(rows, spans, strict=True):
+            r.status = status
+        stats.add_many(rows)
+        total += len(rows)
+        view.rerank()
+        series = dict(view.series())
+        assert len(series) <= 3 + 1
+        assert sum(f[0] for f in series.values()) == total
+        assert sum(sum(f[3]) for f in series.values()) == total
+        for key, f in series.items():
+            if key in last:  # a key that stays labelled (or __other__) never steps back
+                old = last[key]
+                assert f[0] >= old[0] and f[1] >= old[1] and f[2] >= old[2] and f[4] >= old[4]
+                assert all(a >= b for a, b in zip(f[3], old[3], strict=True))
+        last = {k: f for k, f in series.items() if k in view.base or k == (OTHER,)}
 
 
 def test_gpu_gauges_and_tick_cost_in_process() -> None:
