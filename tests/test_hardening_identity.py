@@ -85,7 +85,7 @@ def test_an_exited_client_is_counted_once_and_a_normal_exit_is_not_died(svc):
         svc.reap()
         svc.ingest(P.encode_batch(p.pid, pst, 3, 3, [[P.MARK, 4, 1, "later", None]]), peer, b"c")
         svc.ingest(P.encode_batch(p.pid, pst, 1, 3, [[P.MARK, 4, 1, "new conn", None]]), peer, b"c2")
-    st = svc.status()
+    st = svc.status().to_dict()
     assert st["counters"]["clients_exited"] == 1
     assert [e["reason"] for e in st["exited"]] == ["exited"]
     assert st["exited"][0]["dropped"] == 3  # counted once, not once per re-creation
@@ -106,9 +106,9 @@ def test_status_discloses_other_uids_in_summary_only(svc):
         (PID, 0, 0),
         b"root",
     )
-    full = svc.status(0)
+    full = svc.status(0).to_dict()
     assert full["clients"][0]["cmdline"] and full["clients"][0]["open_phases"]
-    other = svc.status(65534)
+    other = svc.status(65534).to_dict()
     blob = msgpack.packb(other, default=str)
     c = other["clients"][0]
     assert c["redacted"] and c["pid"] == PID and "cmdline" not in c and "cgroup" not in c and "unit" not in c

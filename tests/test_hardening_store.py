@@ -181,7 +181,7 @@ def test_writer_trouble_is_visible_in_status(tmp_path):
     svc = HintService(Config(state_dir=tmp_path / "state"), store)
     try:
         store.writer_crashes, store.last_crash, store.bad_rows = 2, "MemoryError: x", 3
-        text = render_status(svc.status())
+        text = render_status(svc.status().to_dict())
         assert "writer crashes 2" in text and "bad rows 3" in text and "MemoryError" in text
     finally:
         svc.worker.close()

@@ -53,7 +53,7 @@ def _service_with_evil(tmp_path):
     svc.ingest(P.encode_batch(PID, PST, 1, 0, evs), (PID, 0, 0), b"r")
     client = next(iter(svc.clients.values()))
     client.comm = EVIL  # what /proc/PID/comm may hold (a process names itself)
-    st = svc.status()  # while the phase is open
+    st = svc.status().to_dict()  # while the phase is open
     svc.shutdown()  # closes every span (no samplers here to finalise them at a tick) and writes them
     store.flush(5)
     return st, store

@@ -21,12 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 prometheus_client = pytest.importorskip("prometheus_client")
 
 from gpuos_hintd.config import Config  # noqa: E402
-from gpuos_hintd.metrics import OTHER, MetricsExporter, PhaseSeries  # noqa: E402
+from gpuos_hintd.metrics import OTHER, LabelView, MetricsExporter  # noqa: E402
 from gpuos_hintd.model import SpanRow  # noqa: E402
+from gpuos_hintd.phase_stats import PhaseStats  # noqa: E402
 from gpuos_hintd.service import HintService  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -244,38 +247,84 @@ def _row(path: str, ms: float, cls: str | None = "training.step", energy_mj: flo
     )  # fmt: skip
 
 
+def _view(top_k: int) -> tuple[PhaseStats, LabelView]:
+    stats = PhaseStats()
+    return stats, LabelView(stats, top_k)
+
+
 def test_phase_energy_and_cpu_accumulate_in_seconds_and_joules() -> None:
-    s = PhaseSeries(top_k=4)
+    s, v = _view(top_k=4)
     for _ in range(3):
         s.add(_row("prefill", 10, energy_mj=2500.0))
-    agg = s.labelled[("prefill", "training.step")]
-    assert agg.spans == 3
-    assert agg.energy_j == pytest.approx(7.5)
-    assert agg.cpu_s == pytest.approx(0.003)
+    spans, not_ok, dur_s, buckets, cpu_s, energy_j = dict(v.series())[("prefill", "training.step")]
+    assert spans == 3 and not_ok == 0 and sum(buckets) == 3
+    assert dur_s == pytest.approx(0.03)
+    assert energy_j == pytest.approx(7.5)
+    assert cpu_s == pytest.approx(0.003)
+    (top,) = s.top()  # the status table reads the same aggregate
+    assert (top.count, top.energy_j, top.cpu_s, top.mean_ms) == (3, 7.5, 0.003, 10.0)
 
 
 def test_folding_policy_is_deterministic_and_monotonic() -> None:
-    def run(order: list[str]) -> tuple[set[tuple[str, str]], int]:
-        s = PhaseSeries(top_k=2)
+    def run(order: list[str]) -> tuple[set[tuple[str, ...]], int]:
+        s, v = _view(top_k=2)
         for p in order:
             s.add(_row(p, 1))
-        s.rerank()
-        return set(s.labelled), sum(a.spans for a in s.labelled.values()) + s.other.spans
+        v.rerank()
+        return set(v.base), sum(f[0] for _k, f in v.series())
 
     # ties broken by name, not by arrival order
     a = run(["b", "a", "c", "c", "d", "d"])
     b = run(["a", "b", "d", "c", "d", "c"])
     assert a[0] == b[0] == {("c", "training.step"), ("d", "training.step")}
     assert a[1] == b[1] == 6
-    s = PhaseSeries(top_k=1)
+    s, v = _view(top_k=1)
     s.add(_row("x", 1))
-    before = s.labelled[("x", "training.step")].spans
+    before = dict(v.series())[("x", "training.step")]
     for _ in range(3):
         s.add(_row("y", 1))
-    other_before = s.other.spans
-    s.rerank()
-    assert set(s.labelled) == {("y", "training.step")}
-    assert s.other.spans == other_before + before  # demoted figures move into __other__, which only grows
+    other_before = dict(v.series())[(OTHER,)]
+    v.rerank()
+    after = dict(v.series())
+    assert set(v.base) == {("y", "training.step")}
+    assert after[("y", "training.step")][0] == 0  # its series starts at its promotion
+    # demoted figures move into __other__, which only grows: every field, exactly
+    assert after[(OTHER,)][0] == other_before[0] + before[0] == 4
+    assert after[(OTHER,)][3] == tuple(x + y for x, y in zip(other_before[3], before[3], strict=True))
+    assert after[(OTHER,)][4] == pytest.approx(other_before[4] + before[4])
+    assert v.promotions == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ticks=st.lists(
+        st.lists(st.tuples(st.integers(0, 11), st.integers(0, 3), st.sampled_from(["ok", "error"])), max_size=30),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_every_series_only_grows_and_the_sum_is_every_span(ticks: list[list[tuple[int, int, str]]]) -> None:
+    stats = PhaseStats(max_keys=8)  # beyond 8 keys, spans go to the untracked pool (and __other__)
+    view = LabelView(stats, top_k=3)
+    last: dict[tuple[str, ...], tuple[Any, ...]] = {}
+    total = 0
+    for spans in ticks:
+        rows = [_row(f"p{k}", ms + 1, cls=f"c{k % 2}") for k, ms, _s in spans]
+        for r, (_k, _ms, status) in zip(rows, spans, strict=True):
+            r.status = status
+        stats.add_many(rows)
+        total += len(rows)
+        view.rerank()
+        series = dict(view.series())
+        assert len(series) <= 3 + 1
+        assert sum(f[0] for f in series.values()) == total
+        assert sum(sum(f[3]) for f in series.values()) == total
+        for key, f in series.items():
+            if key in last:  # a key that stays labelled (or __other__) never steps back
+                old = last[key]
+                assert f[0] >= old[0] and f[1] >= old[1] and f[2] >= old[2] and f[4] >= old[4]
+                assert all(a >= b for a, b in zip(f[3], old[3], strict=True))
+        last = {k: f for k, f in series.items() if k in view.base or k == (OTHER,)}
 
 
 def test_gpu_gauges_and_tick_cost_in_process() -> None:
@@ -309,7 +358,7 @@ def test_gpu_gauges_and_tick_cost_in_process() -> None:
     # Cost per tick with churn: 2000 distinct phases, 200 spans between ticks.
     times = []
     for t in range(200):
-        exp.on_spans([_row(f"phase{(t * 37 + i * 11) % 2000}", 2.0, energy_mj=1.0) for i in range(200)])
+        svc.phase_stats.add_many([_row(f"phase{(t * 37 + i * 11) % 2000}", 2.0, energy_mj=1.0) for i in range(200)])
         t0 = time.perf_counter()
         exp.on_tick(svc)
         times.append(time.perf_counter() - t0)
@@ -327,7 +376,7 @@ def test_gpu_gauges_and_tick_cost_in_process() -> None:
     exp2 = MetricsExporter(svc2, top_k=50).attach()
     times = []
     for _ in range(200):
-        exp2.on_spans([_row(f"phase{i % 20}", 2.0) for i in range(50)])
+        svc2.phase_stats.add_many([_row(f"phase{i % 20}", 2.0) for i in range(50)])
         t0 = time.perf_counter()
         exp2.on_tick(svc2)
         times.append(time.perf_counter() - t0)

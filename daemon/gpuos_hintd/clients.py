@@ -163,25 +163,20 @@ def verify_peer(
 def describe_process(pid: int, root: Path = procfs.PROCFS) -> tuple[str, list[str], str, str | None]:
     """(comm, cmdline, cgroup, systemd unit) of a new client; blanks where unreadable.
 
-    Once per client, so psutil's richer handling (zombies, kernel threads,
-    truncated names) is worth its cost here; the per-tick paths use raw files.
+    Raw files under ``root``, the same reads for the live /proc and a recorded
+    or fake tree.  The kernel cuts comm to 15 bytes; like psutil's name(), a
+    cut comm is completed from argv[0] when that starts with it.
     """
     comm, cmdline = "", []
-    if root == procfs.PROCFS:
-        import psutil
-
-        try:
-            p = psutil.Process(pid)
-            with p.oneshot():
-                comm, cmdline = p.name(), p.cmdline()
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            pass
-    else:  # a recorded tree (tests): raw files only
-        try:
-            comm = str(procfs.read_stat(root, pid)["comm"])
-            cmdline = procfs.read_cmdline(root, pid)
-        except (ProcessGone, AccessDenied):
-            pass
+    try:
+        comm = str(procfs.read_stat(root, pid)["comm"])
+        cmdline = procfs.read_cmdline(root, pid)
+    except (ProcessGone, AccessDenied):
+        pass
+    if len(comm) >= 15 and cmdline:
+        exe = cmdline[0].rsplit("/", 1)[-1]
+        if exe.startswith(comm):
+            comm = exe
     try:
         cgroup = procfs.read_cgroup(root, pid)
     except (ProcessGone, AccessDenied):

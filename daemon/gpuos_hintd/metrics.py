@@ -31,7 +31,6 @@ so a scrape has at most top_k + 1 phase series per metric.  The policy:
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import heapq
 import socketserver
@@ -44,22 +43,18 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import structlog
 
 from .errors import GpuosError
+from .phase_stats import DURATION_BUCKETS, MAX_KEYS, Figures, PhaseEntry, PhaseStats
+from .status import Status, StoreHealth
 
 if TYPE_CHECKING:
-    from .model import SpanRow
     from .service import HintService
 
 log = structlog.get_logger("gpuos_hintd.metrics")
 
 OTHER = "__other__"
-#: Duration buckets (seconds): 100 us .. 100 s, 1-2.5-5 per decade.
-DURATION_BUCKETS: tuple[float, ...] = (
-    *(round(m * 10.0**e, 6) for e in range(-4, 2) for m in (1.0, 2.5, 5.0)),
-    100.0,
-)
 #: Distinct (phase, class) keys whose span counts are tracked for ranking; beyond
 #: this, new keys go straight to __other__ and are counted in untracked_spans.
-MAX_TRACKED = 4096
+MAX_TRACKED = MAX_KEYS
 
 INSTALL_HINT = (
     "Prometheus metrics need the prometheus-client package: "
@@ -80,105 +75,106 @@ def _prometheus() -> Any:
     return prometheus_client
 
 
-# ----------------------------------------------------------------- aggregates
-@dataclasses.dataclass(slots=True)
-class Agg:
-    """Cumulative figures of one phase series (only ever grows)."""
-
-    spans: int = 0
-    not_ok: int = 0
-    duration_s: float = 0.0
-    buckets: list[int] = dataclasses.field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
-    cpu_s: float = 0.0
-    energy_j: float = 0.0
-
-    def absorb(self, other: Agg) -> None:
-        self.spans += other.spans
-        self.not_ok += other.not_ok
-        self.duration_s += other.duration_s
-        self.cpu_s += other.cpu_s
-        self.energy_j += other.energy_j
-        for i, n in enumerate(other.buckets):
-            self.buckets[i] += n
-
-    def frozen(self) -> tuple[int, int, float, tuple[int, ...], float, float]:
-        return (self.spans, self.not_ok, self.duration_s, tuple(self.buckets), self.cpu_s, self.energy_j)
+# ------------------------------------------------------------ bounded labels
+Key = tuple[str, ...]  # (phase path, workload class or "") - or export/prom.py's identity triple
 
 
-Key = tuple[str, str]  # (phase path, workload class or "")
+def _minus(a: Figures, b: Figures) -> Figures:
+    buckets = tuple(x - y for x, y in zip(a[3], b[3], strict=True))
+    return (a[0] - b[0], a[1] - b[1], a[2] - b[2], buckets, a[4] - b[4], a[5] - b[5])
 
 
-class PhaseSeries:
-    """The bounded phase aggregates.  Used on the daemon thread only."""
+def frozen(f: Figures) -> tuple[int, int, float, tuple[int, ...], float, float]:
+    """Figures in Prometheus units: (spans, not_ok, duration s, buckets, cpu s, energy J)."""
+    return (f[0], f[1], f[2] / 1e9, f[3], f[4] / 1e9, f[5] / 1e6)
 
-    def __init__(self, top_k: int, max_tracked: int = MAX_TRACKED) -> None:
+
+class LabelView:
+    """The bounded-label view of one PhaseStats (see the module docstring).  Daemon thread only.
+
+    It keeps no per-span state of its own: a labelled key's series is its
+    aggregate minus its figures at promotion (``base``), and ``__other__`` is
+    the aggregator's ``other`` accumulator (spans of unlabelled keys, folded in
+    by PhaseStats.add) plus what demoted keys carried when they left.
+    """
+
+    def __init__(self, stats: PhaseStats, top_k: int) -> None:
         if top_k < 0:
             raise ValueError("top_k must be >= 0")
+        if stats.other is not None:
+            raise ValueError("this PhaseStats already has a view")
+        self.stats = stats
         self.top_k = top_k
-        self.max_tracked = max_tracked
-        self.counts: dict[Key, int] = {}  # every tracked key's cumulative span count
-        self.labelled: dict[Key, Agg] = {}
-        self.other = Agg()
-        self.untracked_spans = 0
+        self.base: dict[Key, Figures] = {}  # labelled keys -> their figures at promotion
+        self.other = stats.other = PhaseEntry(("__other__",), 0)
         self.promotions = 0
         self.dirty = True
-        self._touched: set[Key] = set()  # unlabelled keys with spans since the last rerank
+        self._seen: tuple[int, int, int] = (-1, -1, -1)
+        for e in stats.entries.values():  # keys from before the view: first come, first labelled
+            self._on_new(e)
+            if not e.folded:
+                self.base[e.key] = e.figures()
+        stats.on_new_key.append(self._on_new)
 
-    def add(self, row: SpanRow, key: tuple[str, ...] | None = None) -> None:
-        """Fold one span into its key's series (default key: (phase path, workload class))."""
-        key = key or (row.path, row.workload_class or "")
-        n = self.counts.get(key)
-        if n is None:
-            if len(self.counts) >= self.max_tracked:
-                self.untracked_spans += 1
-                self._fold(self.other, row)
-                return
-            n = 0
-        self.counts[key] = n + 1
-        agg = self.labelled.get(key)
-        if agg is None:
-            if len(self.labelled) < self.top_k:
-                agg = self.labelled[key] = Agg()
-            else:
-                self._touched.add(key)
-                agg = self.other
-        self._fold(agg, row)
+    @property
+    def labelled(self) -> list[Key]:
+        return sorted(self.base)
 
-    @staticmethod
-    def _fold(agg: Agg, row: SpanRow) -> None:
-        d = row.duration_ns / 1e9
-        agg.spans += 1
-        agg.not_ok += row.status != "ok"
-        agg.duration_s += d
-        agg.buckets[bisect.bisect_left(DURATION_BUCKETS, d)] += 1
-        sig = row.signals
-        cpu = (sig.get("cpu_user_ns") or 0) + (sig.get("cpu_sys_ns") or 0)
-        if cpu:
-            agg.cpu_s += cpu / 1e9
-        e = sig.get("gpu_energy_j")  # vendor-neutral (correlate._derive)
-        if e:
-            agg.energy_j += e
+    @property
+    def untracked_spans(self) -> int:
+        return self.stats.untracked.count
+
+    def _on_new(self, e: PhaseEntry) -> None:
+        if len(self.base) < self.top_k:
+            self.base[e.key] = (0, 0, 0, (0,) * len(e.buckets), 0, 0)
+        else:
+            e.folded = True
 
     def rerank(self) -> None:
         """Promote unlabelled keys that now rank in the top_k (see the module docstring)."""
-        if not self._touched:
+        stats = self.stats
+        if not stats.touched:
             return
-        counts, touched = self.counts, self._touched
-        self._touched = set()
-        # Only a key that got spans can have overtaken a labelled one (counts only grow),
-        # so the full sort runs only when one of those now beats the weakest labelled key.
-        weakest = max((-counts[k], k) for k in self.labelled) if self.labelled else None
-        if weakest is not None and not any((-counts[k], k) < weakest for k in touched if k in counts):
-            return
-        ranked = heapq.nsmallest(self.top_k, counts, key=lambda k: (-counts[k], k))
-        want = set(ranked)
-        for key in [k for k in self.labelled if k not in want]:
-            self.other.absorb(self.labelled.pop(key))
-        for key in ranked:
-            if key not in self.labelled:
-                self.labelled[key] = Agg()
-                self.promotions += 1
+        entries, touched = stats.entries, stats.touched
+        stats.touched = set()
         self.dirty = True
+        # Only a key that got spans can have overtaken a labelled one (counts only grow),
+        # so the full ranking runs only when one of those now beats the weakest labelled key.
+        weakest = max((-entries[k].count, k) for k in self.base) if self.base else None
+        if weakest is not None and not any((-entries[k].count, k) < weakest for k in touched):
+            return
+        ranked = heapq.nsmallest(self.top_k, entries, key=lambda k: (-entries[k].count, k))
+        want = set(ranked)
+        for key in [k for k in self.base if k not in want]:
+            e = entries[key]
+            gone = _minus(e.figures(), self.base.pop(key))
+            o = self.other
+            o.count, o.not_ok, o.total_ns = o.count + gone[0], o.not_ok + gone[1], o.total_ns + gone[2]
+            o.buckets = [x + y for x, y in zip(o.buckets, gone[3], strict=True)]
+            o.cpu_ns, o.energy_uj = o.cpu_ns + gone[4], o.energy_uj + gone[5]
+            e.folded = True
+        for key in ranked:
+            if key not in self.base:
+                e = entries[key]
+                self.base[key] = e.figures()
+                e.folded = False
+                self.promotions += 1
+
+    def series(self) -> list[tuple[Key, tuple[int, int, float, tuple[int, ...], float, float]]]:
+        """Every labelled key's series (sorted), then __other__'s: what a scrape shows."""
+        entries = self.stats.entries
+        out = [(k, frozen(_minus(entries[k].figures(), self.base[k]))) for k in sorted(self.base)]
+        out.append(((OTHER,), frozen(self.other.figures())))
+        return out
+
+    def changed(self) -> bool:
+        """Whether a span reached any series since the last call (O(top_k))."""
+        entries = self.stats.entries
+        sig = (self.other.count, sum(entries[k].count for k in self.base), len(self.base))
+        if sig != self._seen or self.dirty:
+            self._seen, self.dirty = sig, False
+            return True
+        return False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -209,13 +205,17 @@ GPU_FIELDS: tuple[tuple[str, str, str, float], ...] = (
 
 # ------------------------------------------------------------------ exporter
 class MetricsExporter:
-    """Span sink + tick hook on the daemon thread; a custom collector for the HTTP thread."""
+    """A tick hook on the daemon thread; a custom collector for the HTTP thread.
+
+    Phase series come from the service's one aggregator (``service.phase_stats``)
+    through a LabelView; everything else from the tick's status snapshot.
+    """
 
     def __init__(self, service: HintService, top_k: int = 50) -> None:
         pc = _prometheus()
         self._pc = pc
         self.service = service
-        self.series = PhaseSeries(top_k)
+        self.series = LabelView(service.phase_stats, top_k)
         self.registry = pc.CollectorRegistry(auto_describe=False)
         self.registry.register(self)
         self.hook_s = 0.0
@@ -224,70 +224,62 @@ class MetricsExporter:
         self._dropped_retired = 0
         self._phase_snap: tuple[Any, ...] = ()
         self._snap = Snapshot()
+        #: The status snapshot of the last tick (daemon thread; export/prom.py reads it too).
+        self.status: Status | None = None
         self.server: MetricsHTTPServer | None = None
 
     def attach(self) -> MetricsExporter:
-        self.service.sinks.append(self.on_spans)
         self.service.tick_hooks.append(self.on_tick)
         self.on_tick(self.service)
         return self
 
     # -- daemon thread --------------------------------------------------------
-    def on_spans(self, rows: list[SpanRow]) -> None:
-        add = self.series.add
-        for row in rows:
-            add(row)
-        self.series.dirty = True
-
     def on_tick(self, svc: HintService) -> None:
         t0 = time.perf_counter()
         series = self.series
         series.rerank()
-        if series.dirty:
-            phases = [(p, c, a.frozen()) for (p, c), a in sorted(series.labelled.items())]
-            phases.append((OTHER, OTHER, series.other.frozen()))
+        if series.changed():
+            rows = series.series()
+            phases = [(k[0], k[1], f) for k, f in rows[:-1]]
+            phases.append((OTHER, OTHER, rows[-1][1]))
             self._phase_snap = tuple(phases)
-            series.dirty = False
-        self._snap = self._build(svc)
+        self.status = svc.status(detail=False)
+        self._snap = self._build(self.status)
         self.hook_s = time.perf_counter() - t0
         self.hook_max_s = max(self.hook_max_s, self.hook_s)
 
-    def _client_dropped(self, svc: HintService) -> int:
+    def _client_dropped(self, st: Status) -> int:
         """Monotonic: drops of live clients plus those of clients that have gone."""
         live = self._dropped_live
-        now = {k: c.client_dropped for k, c in svc.clients.items()}
+        now = {(c.pid, c.pid_start): c.dropped for c in st.clients}
         for key in live.keys() - now.keys():
             self._dropped_retired += live[key]
         self._dropped_live = now
         return self._dropped_retired + sum(now.values())
 
-    def _build(self, svc: HintService) -> Snapshot:
-        c = svc.counters
-        store = svc.store.health() if svc.store is not None else {}
+    def _build(self, st: Status) -> Snapshot:
+        c = st.counters.get
+        store = st.store if st.store is not None else StoreHealth()
         counters = (
-            ("gpuos_hintd_messages", "hint messages received", c["messages"]),
-            ("gpuos_hintd_events", "hint events accepted", c["events"]),
+            ("gpuos_hintd_messages", "hint messages received", c("messages")),
+            ("gpuos_hintd_events", "hint events accepted", c("events")),
             (
                 "gpuos_hintd_client_dropped",
                 "events clients dropped before sending",
-                self._client_dropped(svc),
+                self._client_dropped(st),
             ),
-            ("gpuos_hintd_clients_seen", "client processes seen", c["clients_seen"]),
-            ("gpuos_hintd_clients_exited", "client processes gone", c["clients_exited"]),
-            ("gpuos_hintd_spans_closed", "spans finalised", c["spans_closed"]),
-            ("gpuos_hintd_spans_abandoned", "spans closed because their process died", c["spans_abandoned"]),
-            ("gpuos_hintd_spans_lost_end", "spans whose end the client dropped", c["spans_lost_end"]),
-            ("gpuos_hintd_spans_recovered", "spans rebuilt from heartbeats", c["spans_recovered"]),
-            ("gpuos_hintd_orphan_ends", "phase ends without a known begin", c["orphan_ends"]),
-            ("gpuos_hintd_store_write_errors", "failed SQLite write batches", store.get("write_errors", 0)),
-            ("gpuos_hintd_store_shed_rows", "rows shed (writes failing or queue full)", store.get("shed_rows", 0)),
-            ("gpuos_hintd_store_bad_rows", "rows the writer could not store, dropped", store.get("bad_rows", 0)),
-            ("gpuos_hintd_store_writer_crashes", "store writer rounds that raised", store.get("writer_crashes", 0)),
-            (
-                "gpuos_hintd_store_span_conflicts",
-                "spans not stored over an existing one",
-                store.get("span_conflicts", 0),
-            ),
+            ("gpuos_hintd_clients_seen", "client processes seen", c("clients_seen")),
+            ("gpuos_hintd_clients_exited", "client processes gone", c("clients_exited")),
+            ("gpuos_hintd_spans_closed", "spans finalised", c("spans_closed")),
+            ("gpuos_hintd_spans_abandoned", "spans closed because their process died", c("spans_abandoned")),
+            ("gpuos_hintd_spans_lost_end", "spans whose end the client dropped", c("spans_lost_end")),
+            ("gpuos_hintd_spans_recovered", "spans rebuilt from heartbeats", c("spans_recovered")),
+            ("gpuos_hintd_orphan_ends", "phase ends without a known begin", c("orphan_ends")),
+            ("gpuos_hintd_store_write_errors", "failed SQLite write batches", store.write_errors),
+            ("gpuos_hintd_store_shed_rows", "rows shed (writes failing or queue full)", store.shed_rows),
+            ("gpuos_hintd_store_bad_rows", "rows the writer could not store, dropped", store.bad_rows),
+            ("gpuos_hintd_store_writer_crashes", "store writer rounds that raised", store.writer_crashes),
+            ("gpuos_hintd_store_span_conflicts", "spans not stored over an existing one", store.span_conflicts),
             (
                 "gpuos_hintd_metrics_phase_promotions",
                 "phase keys promoted into the top-K",
@@ -300,49 +292,31 @@ class MetricsExporter:
             ),
         )
         gauges = (
-            ("gpuos_hintd_clients", "client processes connected now", len(svc.clients)),
-            (
-                "gpuos_hintd_open_spans",
-                "spans open now",
-                sum(len(v) for v in svc.correlator.spans.values()),
-            ),
-            ("gpuos_hintd_start_time_seconds", "daemon start, unix time", svc.started_wall_ns / 1e9),
-            ("gpuos_hintd_store_queued_rows", "rows waiting for the store writer", store.get("queued_rows", 0)),
-            (
-                "gpuos_hintd_store_writer_alive",
-                "1 while the store writer runs",
-                int(bool(store.get("writer_alive", 1))),
-            ),
-            (
-                "gpuos_hintd_store_backlog_batches",
-                "write batches held for retry",
-                store.get("backlog_batches", 0),
-            ),
+            ("gpuos_hintd_clients", "client processes connected now", len(st.clients)),
+            ("gpuos_hintd_open_spans", "spans open now", st.open_spans),
+            ("gpuos_hintd_start_time_seconds", "daemon start, unix time", st.daemon.started_wall_ns / 1e9),
+            ("gpuos_hintd_store_queued_rows", "rows waiting for the store writer", store.queued_rows),
+            ("gpuos_hintd_store_writer_alive", "1 while the store writer runs", int(bool(store.writer_alive))),
+            ("gpuos_hintd_store_backlog_batches", "write batches held for retry", store.backlog_batches),
             (
                 "gpuos_hintd_metrics_phase_keys",
                 "distinct (phase, class) keys tracked",
-                len(self.series.counts),
+                len(self.series.stats.entries),
             ),
             ("gpuos_hintd_metrics_top_k", "phase keys that keep their labels", self.series.top_k),
             ("gpuos_hintd_metrics_hook_seconds", "cost of the last metrics tick hook", self.hook_s),
         )
-        samplers = tuple(
-            (st.sampler.name, st.available, st.last_ms / 1000.0, st.ticks, st.errors) for st in svc.samplers
-        )
+        samplers = tuple((s.name, s.available, s.last_ms / 1000.0, s.ticks, s.errors) for s in st.samplers)
         gpus: list[tuple[str, tuple[str, str, str, str], float]] = []
-        for st in svc.samplers:
-            if not st.available:
+        for sampler in st.samplers:
+            if not sampler.available:
                 continue
-            try:
-                devices = st.sampler.devices()
-            except Exception:
-                continue
-            for d in devices:
+            for d in sampler.device_list():
                 labels = (
                     str(d.get("index", "")),
                     str(d.get("uuid", "")),
                     str(d.get("name", "")),
-                    st.sampler.name,
+                    sampler.name,
                 )
                 for field, metric, _help, scale in GPU_FIELDS:
                     v = d.get(field)
@@ -350,16 +324,14 @@ class MetricsExporter:
                         gpus.append((metric, labels, v * scale))
                 if "lost" in d:
                     gpus.append(("gpuos_gpu_lost", labels, 1.0 if d["lost"] else 0.0))
-        from . import __version__
-
         return Snapshot(
             phases=self._phase_snap,
             counters=counters,
             gauges=gauges,
-            rejected=tuple(sorted(svc.rejected.items())),
+            rejected=tuple(sorted(st.rejected.items())),
             samplers=samplers,
             gpus=tuple(gpus),
-            version=__version__,
+            version=st.daemon.version,
         )
 
     # -- HTTP thread ----------------------------------------------------------
@@ -467,16 +439,16 @@ class _QuietHandler(WSGIRequestHandler):
 def start_metrics_server(service: HintService, port: int, top_k: int = 50, addr: str = "127.0.0.1") -> MetricsExporter:
     """Attach the exporter to the service and serve /metrics on addr:port (0 = any free port).
 
-    The real port is logged ("metrics_listening") and kept in ``service.metrics_url``.
+    The real port is logged ("metrics_listening") and given to the service (status shows it).
     """
     exporter = MetricsExporter(service, top_k).attach()
     httpd = exporter.serve(port, addr)
     url = f"http://{addr}:{httpd.port}/metrics"
-    service.metrics_url = url  # type: ignore[attr-defined]
+    service.set_metrics_url(url)
     # ---- fleet metrics (export/prom.py): pod/container/unit series and the OTLP exporter's counters
     from .export.prom import FleetCollector
 
-    FleetCollector(service, top_k).attach(exporter.registry)
+    FleetCollector(service, top_k, lambda: exporter.status).attach(exporter.registry)
     # ---- end of fleet metrics
     log.info("metrics_listening", url=url, port=httpd.port, top_k=top_k)
     return exporter

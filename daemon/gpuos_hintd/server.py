@@ -188,7 +188,7 @@ class Server:
         self.poller.register(service.worker.wake_fd, zmq.POLLIN)  # sampling results are ready
         self.control_ops: dict[str, Callable[[dict[str, Any]], Any]] = {
             "ping": lambda req: {"ok": True, "version": __version__, "pid": os.getpid()},
-            "status": lambda req: self.service.status(req["_uid"]),
+            "status": lambda req: self.service.status(req["_uid"]).to_dict(),
             "sync": self._op_sync,
         }
         from .history import HISTORY_OPS

@@ -28,6 +28,17 @@ from .phase_energy import PhaseEnergy, SpanIv
 from .phase_stats import PhaseStats
 from .samplers.base import NullSampler, Sampler
 from .sampling import SampleResult, SamplerState, SamplingWorker
+from .status import (
+    ClientStatus,
+    Counters,
+    DaemonInfo,
+    ExitedClient,
+    OpenPhase,
+    Quotas,
+    SamplerStatus,
+    Status,
+    StoreHealth,
+)
 from .store import Store
 
 log = structlog.get_logger("gpuos_hintd.service")
@@ -591,8 +602,8 @@ class HintService:
 
     def _on_spans(self, rows: list[SpanRow]) -> None:
         self.counters["spans_closed"] += len(rows)
+        self.phase_stats.add_many(rows)
         for row in rows:
-            self.phase_stats.add(row)
             if row.signals.get("gpu_energy_source") == "power_samples":
                 iv = _span_iv(row, True)
                 self.phase_energy.on_span(
@@ -683,107 +694,111 @@ class HintService:
                 log.warning("sampler_close_failed", sampler=st.sampler.name, error=str(exc))
 
     # --------------------------------------------------------------- status
-    def status(self, viewer_uid: int | None = 0) -> dict[str, Any]:
+    def set_metrics_url(self, url: str | None) -> None:
+        """Where /metrics is served (shown in status; set by whoever starts the exporter)."""
+        self.metrics_url = url
+
+    def client_status(self, key: ProcKey) -> ClientStatus | None:
+        """One live client as status() shows it to root (None if it is not connected)."""
+        c = self.clients.get(key)
+        return self._client_status(c, time.monotonic_ns(), True, True) if c is not None else None
+
+    def _client_status(self, c: Client, now: int, full: bool, detail: bool) -> ClientStatus:
+        n_open = self.correlator.n_open.get(c.key, 0)
+        common = {
+            "pid": c.key.pid,
+            "uid": c.uid,
+            "comm": c.comm,
+            "events": c.events,
+            "batches": c.batches,
+            "dropped": c.client_dropped,
+            "last_seen_s": round((now - c.last_seen_mono_ns) / 1e9, 3),
+            "open_count": n_open,
+            "pid_start": c.key.start,
+        }
+        if not full:
+            return ClientStatus(**common, redacted=True)
+        phases: tuple[OpenPhase, ...] = ()
+        if detail:
+            spans = sorted((s.row.start_ns, s.row.path, s.row.tid) for s in self.correlator.open_spans(c.key))
+            phases = tuple(OpenPhase(p, tid, round((now - t) / 1e9, 3)) for t, p, tid in spans)
+        return ClientStatus(
+            **common,
+            workload_class=c.workload_class,
+            open_phases=phases,
+            ns_pid=c.ns_pid,
+            cmdline=tuple(c.cmdline[:8]),
+            unit=c.unit,
+            cgroup=c.cgroup,
+            seq_gaps=c.seq_gaps,
+            buffered=c.client_buffered,
+            client_version=(c.hello or {}).get("client"),
+        )
+
+    def status(self, viewer_uid: int | None = 0, *, detail: bool = True) -> Status:
         """The daemon's state as ``viewer_uid`` may see it (0 or None: everything).
 
         Another uid's clients appear in summary only: pid, uid, comm, counts - not
         their cmdline (secrets live in argv), cgroup, unit, phase names or hello.
+        ``detail=False`` (the metrics tick) skips what costs O(open spans) or
+        O(phases): the clients' open phases and the phase table.
         """
         now = time.monotonic_ns()
         full = viewer_uid is None or viewer_uid == 0
-        clients = []
-        for c in self.clients.values():
-            if not full and c.uid != viewer_uid:
-                clients.append(
-                    {
-                        "pid": c.key.pid,
-                        "uid": c.uid,
-                        "comm": c.comm,
-                        "redacted": True,
-                        "workload_class": None,
-                        "events": c.events,
-                        "batches": c.batches,
-                        "dropped": c.client_dropped,
-                        "open_phases": [],
-                        "open_count": self.correlator.n_open.get(c.key, 0),
-                        "last_seen_s": round((now - c.last_seen_mono_ns) / 1e9, 3),
-                    }
-                )
-                continue
-            open_paths = sorted((s.row.start_ns, s.row.path, s.row.tid) for s in self.correlator.open_spans(c.key))
-            clients.append(
-                {
-                    "pid": c.key.pid,
-                    "ns_pid": c.ns_pid,
-                    "comm": c.comm,
-                    "cmdline": c.cmdline[:8],
-                    "uid": c.uid,
-                    "unit": c.unit,
-                    "cgroup": c.cgroup,
-                    "workload_class": c.workload_class,
-                    "events": c.events,
-                    "batches": c.batches,
-                    "seq_gaps": c.seq_gaps,
-                    "dropped": c.client_dropped,
-                    "buffered": c.client_buffered,
-                    "open_phases": [
-                        {"path": p, "tid": tid, "age_s": round((now - t) / 1e9, 3)} for t, p, tid in open_paths
-                    ],
-                    "last_seen_s": round((now - c.last_seen_mono_ns) / 1e9, 3),
-                    "client_version": (c.hello or {}).get("client"),
-                }
-            )
-        return {
-            "daemon": {
-                "version": __version__,
-                "pid": os.getpid(),
-                "uptime_s": round(time.monotonic() - self.started_mono, 3),
-                "started_wall_ns": self.started_wall_ns,
-                "endpoint": self.config.endpoint,
-                "control": self.config.control,
-                "state_dir": str(self.config.state_dir),
-                "sample_hz": self.config.sample_hz,
-                "protocol": P.VERSION,
-                "metrics_url": self.metrics_url,
-            },
-            "counters": {
-                **dict(self.counters),
-                "rejected_total": sum(self.rejected.values()),
-                "client_dropped_total": sum(c.client_dropped for c in self.clients.values())
+        clients = tuple(self._client_status(c, now, full or c.uid == viewer_uid, detail) for c in self.clients.values())
+        show_phases = detail and (full or self._single_uid(viewer_uid))
+        return Status(
+            daemon=DaemonInfo(
+                version=__version__,
+                pid=os.getpid(),
+                uptime_s=round(time.monotonic() - self.started_mono, 3),
+                started_wall_ns=self.started_wall_ns,
+                endpoint=self.config.endpoint,
+                control=self.config.control,
+                state_dir=str(self.config.state_dir),
+                sample_hz=self.config.sample_hz,
+                protocol=P.VERSION,
+                metrics_url=self.metrics_url,
+            ),
+            counters=Counters(
+                dict(self.counters),
+                rejected_total=sum(self.rejected.values()),
+                client_dropped_total=sum(c.client_dropped for c in self.clients.values())
                 + sum(e["dropped"] for e in self.exited),
-            },
-            "rejected": dict(self.rejected),
-            "clients": clients,
-            "exited": [e for e in self.exited if full or e.get("uid") == viewer_uid],
-            "quotas": {
-                "max_clients": self.config.max_clients,
-                "max_clients_per_uid": self.config.max_clients_per_uid,
-                "max_open_spans_per_client": self.config.max_open_spans_per_client,
-                "max_open_spans_per_uid": self.config.max_open_spans_per_uid,
-                "max_depth": self.limits.max_depth,
-            },
-            "samplers": [
-                {
-                    "name": st.sampler.name,
-                    "available": st.available,
-                    "reason": st.reason or None,
-                    "metrics": len(st.sampler.metrics),
-                    "ticks": st.ticks,
-                    "errors": st.errors,
-                    "last_ms": round(st.last_ms, 3),
-                    "max_ms": round(st.max_ms, 3),
-                    "total_ms": round(st.total_ms, 3),
-                    "last_error": st.last_error,
-                    "health": _safe(st.sampler.health),
-                    "devices": _safe(st.sampler.devices),
-                }
+            ),
+            rejected=dict(self.rejected),
+            clients=clients,
+            exited=tuple(ExitedClient(**e) for e in self.exited if full or e.get("uid") == viewer_uid),
+            quotas=Quotas(
+                max_clients=self.config.max_clients,
+                max_clients_per_uid=self.config.max_clients_per_uid,
+                max_open_spans_per_client=self.config.max_open_spans_per_client,
+                max_open_spans_per_uid=self.config.max_open_spans_per_uid,
+                max_depth=self.limits.max_depth,
+            ),
+            samplers=tuple(
+                SamplerStatus(
+                    name=st.sampler.name,
+                    available=st.available,
+                    reason=st.reason or None,
+                    metrics=len(st.sampler.metrics),
+                    ticks=st.ticks,
+                    errors=st.errors,
+                    last_ms=round(st.last_ms, 3),
+                    max_ms=round(st.max_ms, 3),
+                    total_ms=round(st.total_ms, 3),
+                    last_error=st.last_error,
+                    health=_safe(st.sampler.health),
+                    devices=_safe(st.sampler.devices),
+                )
                 for st in self.samplers
-            ],
-            "store": self.store.health() if self.store else None,
-            "connections": _safe(self.connections) if full else {},
-            "phases": self.phase_stats.top(20) if full or self._single_uid(viewer_uid) else [],
-            **{name: _safe(fn) for name, fn in self.status_sections.items()},
-        }
+            ),
+            store=StoreHealth.from_dict(self.store.health()) if self.store else None,
+            connections=_safe(self.connections) if full else {},
+            phases=tuple(self.phase_stats.top(20)) if show_phases else (),
+            sections={name: _safe(fn) for name, fn in self.status_sections.items()},
+            detail=detail,
+        )
 
     def _single_uid(self, uid: int | None) -> bool:
         """Live phase totals mix every client: a non-root viewer gets them only when all are its own."""

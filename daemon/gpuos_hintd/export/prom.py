@@ -5,7 +5,8 @@ build an immutable snapshot; the scrape thread only reads that snapshot.
 
 Cardinality.  The (pod_uid, container, unit) labels come from cgroup paths,
 i.e. from whoever starts processes on the node, so they are bounded exactly
-like the phase labels: metrics.PhaseSeries keyed by the identity triple, at
+like the phase labels: a phase_stats.PhaseStats keyed by the identity triple under a
+metrics.LabelView, at
 most ``top_k`` labelled keys plus one ``__other__`` series, ranked by span
 count with the same deterministic promotion policy.  Container ids are cut to
 their 12-character short form (what ``crictl ps`` shows).
@@ -13,27 +14,45 @@ their 12-character short form (what ``crictl ps`` shows).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..identity import IdentityCache, short_container_id
-from ..metrics import OTHER, PhaseSeries, cumulative_buckets
+from ..metrics import OTHER, LabelView, cumulative_buckets
 from ..model import ProcKey
+from ..phase_stats import PhaseStats
 
 if TYPE_CHECKING:
     from ..model import SpanRow
     from ..service import HintService
+    from ..status import ClientStatus, Status
 
 IDENTITY_LABELS = ["pod_uid", "container", "unit"]
 _OTHER_KEY = (OTHER, OTHER, OTHER)
 
 
+class _LiveClients:
+    """What IdentityCache.get asks of a clients mapping, answered by the service's accessor."""
+
+    def __init__(self, service: HintService) -> None:
+        self.service = service
+
+    def get(self, key: ProcKey, default: ClientStatus | None = None) -> ClientStatus | None:
+        return self.service.client_status(key) or default
+
+
 class FleetCollector:
     """Identity-labelled span series + OTLP exporter counters, for one service's registry."""
 
-    def __init__(self, service: HintService, top_k: int = 50) -> None:
+    def __init__(
+        self, service: HintService, top_k: int = 50, latest: Callable[[], Status | None] | None = None
+    ) -> None:
         self.service = service
-        self.series = PhaseSeries(top_k)
+        #: The tick's status snapshot, when another hook already built it (metrics.MetricsExporter).
+        self._latest = latest or (lambda: None)
+        self._live = _LiveClients(service)
+        self.stats = PhaseStats(signals=())
+        self.series = LabelView(self.stats, top_k)
         self.identities = IdentityCache()
         self._snap: tuple[tuple[Any, ...], dict[str, Any] | None] = ((), None)
 
@@ -46,30 +65,26 @@ class FleetCollector:
 
     # -- daemon thread --------------------------------------------------------
     def on_spans(self, rows: list[SpanRow]) -> None:
-        clients = self.service.clients
-        get, add = self.identities.get, self.series.add
+        live, get = self._live, self.identities.get
+        keys = []
         for row in rows:
-            ident = get(ProcKey(row.pid, row.pid_start), clients)
-            add(row, (ident.pod_uid or "", short_container_id(ident.container_id), ident.systemd_unit or ""))
-        self.series.dirty = True
+            ident = get(ProcKey(row.pid, row.pid_start), live)
+            keys.append((ident.pod_uid or "", short_container_id(ident.container_id), ident.systemd_unit or ""))
+        self.stats.add_many(rows, keys)
 
     def on_tick(self, svc: HintService) -> None:
-        self.identities.learn(svc.clients)
+        st = self._latest() or svc.status(detail=False)
+        self.identities.learn({ProcKey(c.pid, c.pid_start): c for c in st.clients})
         series = self.series
         series.rerank()
         phases = self._snap[0]
-        if series.dirty:
-            rows = [(k, a.frozen()) for k, a in sorted(series.labelled.items())]
-            rows.append((_OTHER_KEY, series.other.frozen()))
+        if series.changed():
+            rows = series.series()
+            rows[-1] = (_OTHER_KEY, rows[-1][1])
             phases = tuple(rows)
-            series.dirty = False
-        otlp_fn = svc.status_sections.get("otlp")
-        otlp = None
-        if otlp_fn is not None:
-            try:
-                otlp = otlp_fn()
-            except Exception:
-                otlp = None
+        otlp = st.sections.get("otlp")
+        if not isinstance(otlp, dict) or "error" in otlp:
+            otlp = None
         self._snap = (phases, otlp)
 
     # -- HTTP thread ----------------------------------------------------------
