@@ -22,6 +22,7 @@ from typing import Any
 
 from ..control import DaemonUnavailable, request
 from ..errors import GpuosError
+from ..status import DaemonInfo
 from ._common import control_endpoint
 from .fmt import duration, num, safe
 
@@ -90,7 +91,7 @@ def render(
     if st is None:
         return [("gpuos-hintctl top", "bold"), ("", ""), (note or "connecting...", "warn")]
     d, c = st["daemon"], st.get("counters") or {}
-    metrics = st.get("metrics_url") or (st.get("daemon") or {}).get("metrics_url")
+    metrics = DaemonInfo.from_dict(d).metrics_url  # the typed status contract (status.py), not a guess
     out.append(
         (
             f"gpuos-hintd {d['version']}  pid {d['pid']}  up {duration(d['uptime_s'])}  "

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..identity import IdentityCache, short_container_id
-from ..metrics import OTHER, LabelView, cumulative_buckets
+from ..label_view import OTHER, LabelView, cumulative_buckets
 from ..model import ProcKey
 from ..phase_stats import PhaseStats
 
