@@ -1,0 +1,284 @@
+"""Signals as compact binary: one row of fixed-width values per span, its keys in a shared layout.
+
+Why: a span carries ~50 signals; as JSON text that is ~1.3 KB per span and the
+encoder's biggest cost.  Spans of one process come out with the same keys, so
+the keys (and the width and kind of each value) are stored once, as a *layout*
+(a row of the ``layouts`` table), and each span stores only its values, packed
+back to back (``struct`` style, little-endian), chosen per column of a batch:
+
+* ``b``: a bool (1 byte);
+* ``iN``: an int in N bytes (1, 2, 4, 8); ``FN``: a float with an integral value,
+  stored as an int and given back as a float (21.0 stays 21.0);
+* ``mN``: a float with at most 3 decimals (the correlator rounds to 3), stored
+  as the int ``v * 1000`` in N bytes and given back as ``k / 1000`` - the same
+  double, since both are the correctly rounded nearest to that decimal;
+* ``f4`` where float32 holds the value exactly, else ``f8``: nothing is rounded;
+* ``n``: None in every row (0 bytes); ``c``: a string, the same in every row of
+  the group (0 bytes: the layout holds it).
+
+So an ns counter stays exact to the ns (and to the 3 decimals of an
+interpolated one) where float32 would lose it, and a zero costs one byte.
+Values nothing here can store (other strings, lists, ints past 2^63) go to a
+small JSON text per row (``xs``), so nothing is lost either way.
+
+Encoding works per batch in numpy: rows are grouped by their keys, and each
+group is one matrix whose columns get a code each.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from operator import itemgetter
+from typing import Any
+
+try:
+    import numpy as np
+except ImportError as exc:  # pragma: no cover - the daemon declares numpy; say so plainly if it is missing
+    raise ImportError("gpuos-hintd needs numpy>=1.24 for its span pipeline: pip install 'numpy>=1.24'") from exc
+
+#: One column of a layout: (key, code) or, for ``c``, (key, "c", the string).
+Column = tuple[Any, ...]
+#: One encoded row: (layout spec as JSON text or None, packed values or None, extras as JSON text or None).
+Encoded = tuple[str | None, bytes | None, str | None]
+
+_INT_WIDTHS = ((1, np.int8), (2, np.int16), (4, np.int32), (8, np.int64))
+_DTYPES = {
+    "b": "<u1",
+    "f4": "<f4",
+    "f8": "<f8",
+    **{f"{k}{w}": np.dtype(t).newbyteorder("<").str for k in "iFm" for w, t in _INT_WIDTHS},
+}
+_EXACT = float(2**53)
+_I64 = 2**63
+
+
+def _int_code(lo: float, hi: float, prefix: str) -> str:
+    for w, t in _INT_WIDTHS:
+        info = np.iinfo(t)
+        if info.min <= lo and hi <= info.max:
+            return f"{prefix}{w}"
+    return f"{prefix}8"
+
+
+def _column_code(v: np.ndarray, kind: type) -> tuple[str, np.ndarray]:
+    """The narrowest lossless code for one column (float64, NaN = None) and the values to store."""
+    nan = np.isnan(v)
+    if nan.all():
+        return "n", v
+    if nan.any():
+        with np.errstate(invalid="ignore"):
+            f4 = v.astype(np.float32)
+            ok = bool(np.all((f4.astype(np.float64) == v) | nan))
+        return ("f4", f4) if ok else ("f8", v)
+    if kind is bool and bool(np.all((v == 0) | (v == 1))):
+        return "b", v.astype(np.uint8)
+    lo, hi = float(v.min()), float(v.max())
+    if bool(np.all(v == np.rint(v))) and lo > -_EXACT and hi < _EXACT:
+        code = _int_code(lo, hi, "i" if kind is int else "F")
+        return code, v.astype(_DTYPES[code])
+    f4 = v.astype(np.float32)
+    f4_ok = bool(np.all(f4.astype(np.float64) == v))
+    if max(abs(lo), abs(hi)) * 1000.0 < _EXACT:
+        k = np.rint(v * 1000.0)
+        if bool(np.all(k / 1000.0 == v)):
+            code = _int_code(float(k.min()), float(k.max()), "m")
+            if not f4_ok or int(code[1:]) <= 4:  # the decimal form unless float32 is smaller
+                return code, k.astype(_DTYPES[code])
+    return ("f4", f4) if f4_ok else ("f8", v)
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-safe copy of a value (the writer's rule: bytes as text, NaN as null, huge ints as text)."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        return value if -_I64 <= value < _I64 else str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return repr(value)
+
+
+def to_json(value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, OverflowError, RecursionError):
+        return json.dumps(_plain(value), separators=(",", ":"), allow_nan=False)
+
+
+def _kind(value: Any) -> type | None:
+    """How a value is stored: bool/int/float in the packed row, str as a constant, None (NaN); else extras."""
+    t = type(value)
+    if t is float or t is bool or value is None:
+        return float if value is None else t
+    if t is int:
+        return int if -_EXACT < value < _EXACT else None  # exact in float64, or off to the extras
+    if t is str:
+        return str
+    return None
+
+
+def encode(signals: Sequence[Mapping[str, Any]]) -> list[Encoded]:
+    """Each signals dict as (layout spec, packed values, extras); rows with the same keys share the work."""
+    out: list[Encoded | None] = [None] * len(signals)
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, d in enumerate(signals):
+        if d:
+            groups.setdefault(tuple(d), []).append(i)
+        else:
+            out[i] = (None, None, None)
+    for keys, idx in groups.items():
+        _encode_group(signals, keys, idx, out)
+    return out  # type: ignore[return-value]
+
+
+def _encode_group(signals: Sequence[Mapping[str, Any]], keys: tuple[str, ...], idx: list[int], out: list) -> None:
+    first = list(signals[idx[0]].values())
+    kinds = [_kind(v) for v in first]
+    num = [j for j, k in enumerate(kinds) if k is not None and k is not str]
+    consts = [j for j, k in enumerate(kinds) if k is str]
+    extra = [j for j, k in enumerate(kinds) if k is None]
+    vals = [list(signals[i].values()) for i in idx]
+    # Rows whose strings differ are separate groups (a string is a constant of its layout).
+    subgroups: dict[tuple[Any, ...], list[int]] = {}
+    if consts:
+        get = itemgetter(*consts)
+        for r, row in enumerate(vals):
+            c = get(row)
+            subgroups.setdefault(c if len(consts) > 1 else (c,), []).append(r)
+    else:
+        subgroups[()] = list(range(len(vals)))
+    for cvals, rows in subgroups.items():
+        if any(type(c) is not str for c in cvals):
+            for r in rows:  # a non-string where the first row had one: this row on its own
+                _encode_group(signals, keys, [idx[r]], out)
+            continue
+        sub = [vals[r] for r in rows] if len(subgroups) > 1 else vals
+        try:
+            if len(num) == len(keys):
+                m = np.array(sub, dtype=np.float64)
+            elif num:
+                get_num = itemgetter(*num)
+                m = np.array([get_num(row) for row in sub], dtype=np.float64).reshape(len(sub), len(num))
+            else:
+                m = None
+        except (TypeError, ValueError):
+            m = None
+            if len(rows) > 1:
+                for r in rows:
+                    _encode_group(signals, keys, [idx[r]], out)
+                continue
+            extra, num = extra + num, []
+        if m is not None and len(rows) > 1 and any(kinds[j] is int for j in num):
+            # An int column past 2^53 in a later row would be rounded by float64: that row alone.
+            big = np.abs(m).max(axis=0) >= _EXACT
+            if big.any():
+                for r in rows:
+                    _encode_group(signals, keys, [idx[r]], out)
+                continue
+        cols: dict[int, Column] = {j: (keys[j], "c", cv) for j, cv in zip(consts, cvals, strict=True)}
+        arrays: list[np.ndarray] = []
+        for c, j in enumerate(num):
+            assert m is not None
+            code, col = _column_code(m[:, c], kinds[j])  # type: ignore[arg-type]
+            cols[j] = (keys[j], code)
+            if code != "n":
+                arrays.append(col)
+        spec = [cols[j] for j in sorted(cols)]
+        spec_text = json.dumps(spec, separators=(",", ":"))
+        blobs: list[bytes | None]
+        if arrays:
+            rec = np.empty(len(rows), dtype=[(f"c{n}", a.dtype.newbyteorder("<")) for n, a in enumerate(arrays)])
+            for n, a in enumerate(arrays):
+                rec[f"c{n}"] = a
+            buf, size = rec.tobytes(), rec.itemsize
+            blobs = [buf[r * size : (r + 1) * size] for r in range(len(rows))]
+        else:
+            blobs = [b""] * len(rows)
+        if extra:
+            for pos, r in enumerate(rows):
+                out[idx[r]] = (spec_text, blobs[pos], to_json({keys[j]: sub[pos][j] for j in extra}))
+        else:
+            for pos, r in enumerate(rows):
+                out[idx[r]] = (spec_text, blobs[pos], None)
+
+
+class Layout:
+    """A decoded layout: the numpy record type of its packed row and how to give each value back."""
+
+    __slots__ = ("columns", "dtype")
+
+    def __init__(self, spec_text: str) -> None:
+        #: (key, code, constant) in the writer's key order; packed columns are numbered in that order.
+        self.columns: list[tuple[str, str, Any]] = []
+        names = []
+        for col in json.loads(spec_text):
+            key, code = col[0], col[1]
+            self.columns.append((key, code, col[2] if code == "c" else None))
+            if code not in ("c", "n"):
+                names.append((f"c{len(names)}", _DTYPES[code]))
+        self.dtype = np.dtype(names) if names else None
+
+    def decode_many(self, blobs: Sequence[bytes]) -> list[dict[str, Any]]:
+        """Rows of this layout back as dicts (values as the writer had them)."""
+        n = len(blobs)
+        if not n:
+            return []
+        rec = np.frombuffer(b"".join(blobs), dtype=self.dtype, count=n) if self.dtype is not None else None
+        keys: list[str] = []
+        cols: list[list[Any]] = []
+        f = 0
+        for key, code, const in self.columns:
+            keys.append(key)
+            if code in ("c", "n"):
+                cols.append([const] * n)
+                continue
+            assert rec is not None
+            a = rec[f"c{f}"]
+            f += 1
+            k = code[0]
+            if k == "i":
+                cols.append(a.astype(np.int64).tolist())
+            elif k == "F":
+                cols.append(a.astype(np.float64).tolist())
+            elif k == "m":
+                cols.append((a.astype(np.float64) / 1000.0).tolist())
+            elif k == "b":
+                cols.append([v == 1 for v in a.tolist()])
+            else:
+                cols.append([None if v != v else v for v in a.astype(np.float64).tolist()])
+        return [dict(zip(keys, row, strict=True)) for row in zip(*cols, strict=True)]
+
+
+def decode(layout: Layout | None, blob: bytes | None, xs: str | None) -> dict[str, Any]:
+    """One row's signals: its packed values, its layout's constants, then its extras."""
+    d = layout.decode_many([blob or b""])[0] if layout is not None else {}
+    if xs:
+        d.update(json.loads(xs))
+    return d
+
+
+def merge(rows: Iterable[tuple[Layout | None, bytes | None, str | None]]) -> list[dict[str, Any]]:
+    """decode() of many rows, grouped by layout so that each layout is one numpy pass."""
+    rows = list(rows)
+    out: list[dict[str, Any]] = [{} for _ in rows]
+    by: dict[int, tuple[Layout, list[int]]] = {}
+    for i, (lay, _blob, _xs) in enumerate(rows):
+        if lay is not None:
+            by.setdefault(id(lay), (lay, []))[1].append(i)
+    for lay, idx in by.values():
+        for i, d in zip(idx, lay.decode_many([rows[i][1] or b"" for i in idx]), strict=True):
+            out[i] = d
+    for i, (_lay, _blob, xs) in enumerate(rows):
+        if xs:
+            out[i].update(json.loads(xs))
+    return out
