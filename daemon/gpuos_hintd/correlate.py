@@ -591,30 +591,40 @@ def _dicts(
     m = np.hstack(mats) if len(mats) > 1 else base
     nan = np.isnan(m)
     absent = nan.all(axis=0)
-    if absent.any():
-        keep = np.flatnonzero(~absent)
-        m, nan = m[:, keep], nan[:, keep]
-        names = [names[j] for j in keep]
-    rows = m.tolist()
-    where = {name: j for j, name in enumerate(names)}
-    for name, (kind, mask) in kinds.items():
-        j = where.get(name)
-        if j is None:
+    partial = nan.any(axis=0) & ~absent
+    columns: list[list[Any]] = []
+    kept: list[str] = []
+    sparse: list[tuple[str, Any]] = []
+    for j, name in enumerate(names):
+        if absent[j]:
             continue
-        for i in np.flatnonzero(mask & ~nan[:, j]).tolist():
-            v = rows[i][j]
-            rows[i][j] = (v != 0) if kind == "b" else int(v)
-    sparse = np.flatnonzero(nan.any(axis=0)).tolist()
-    if not sparse:
-        return [dict(zip(names, r, strict=True)) for r in rows]
-    out = []
-    for r in rows:
-        d = dict(zip(names, r, strict=True))
-        for j in sparse:
-            v = r[j]
-            if v != v:
-                del d[names[j]]
-        out.append(d)
+        col = m[:, j]
+        kind = kinds.get(name)
+        if kind is None:
+            vals = col.tolist()
+        else:
+            kcode, mask = kind
+            conv = mask & ~nan[:, j]
+            if kcode == "b":
+                typed = (col != 0).tolist()
+            else:
+                with np.errstate(invalid="ignore"):
+                    typed = np.where(conv, col, 0.0).astype(np.int64).tolist()
+            if conv.all():
+                vals = typed
+            else:  # some rows keep their float (a span without readings next to ones with)
+                vals = col.tolist()
+                for i in np.flatnonzero(conv).tolist():
+                    vals[i] = typed[i]
+        columns.append(vals)
+        kept.append(name)
+        if partial[j]:
+            sparse.append((name, np.flatnonzero(nan[:, j]).tolist()))
+    rows = zip(*columns, strict=True) if columns else ((),) * len(base)
+    out = [dict(zip(kept, r, strict=True)) for r in rows]
+    for name, missing in sparse:
+        for i in missing:
+            del out[i][name]
     return out
 
 

@@ -54,39 +54,47 @@ _EXACT = float(2**53)
 _I64 = 2**63
 
 
-def _int_code(lo: float, hi: float, prefix: str) -> str:
-    for w, t in _INT_WIDTHS:
-        info = np.iinfo(t)
-        if info.min <= lo and hi <= info.max:
-            return f"{prefix}{w}"
-    return f"{prefix}8"
+_INT_BOUNDS = tuple((w, int(np.iinfo(t).min), int(np.iinfo(t).max)) for w, t in _INT_WIDTHS)
 
 
-def _column_code(v: np.ndarray, kind: type) -> tuple[str, np.ndarray]:
-    """The narrowest lossless code for one column (float64, NaN = None) and the values to store."""
-    nan = np.isnan(v)
-    if nan.all():
-        return "n", v
-    if nan.any():
-        with np.errstate(invalid="ignore"):
-            f4 = v.astype(np.float32)
-            ok = bool(np.all((f4.astype(np.float64) == v) | nan))
-        return ("f4", f4) if ok else ("f8", v)
-    if kind is bool and bool(np.all((v == 0) | (v == 1))):
-        return "b", v.astype(np.uint8)
-    lo, hi = float(v.min()), float(v.max())
-    if bool(np.all(v == np.rint(v))) and lo > -_EXACT and hi < _EXACT:
-        code = _int_code(lo, hi, "i" if kind is int else "F")
-        return code, v.astype(_DTYPES[code])
-    f4 = v.astype(np.float32)
-    f4_ok = bool(np.all(f4.astype(np.float64) == v))
-    if max(abs(lo), abs(hi)) * 1000.0 < _EXACT:
-        k = np.rint(v * 1000.0)
-        if bool(np.all(k / 1000.0 == v)):
-            code = _int_code(float(k.min()), float(k.max()), "m")
-            if not f4_ok or int(code[1:]) <= 4:  # the decimal form unless float32 is smaller
-                return code, k.astype(_DTYPES[code])
-    return ("f4", f4) if f4_ok else ("f8", v)
+def _width(lo: float, hi: float) -> int:
+    for w, mn, mx in _INT_BOUNDS:
+        if mn <= lo and hi <= mx:
+            return w
+    return 8
+
+
+def _codes(m: np.ndarray, kinds: Sequence[Any]) -> list[str]:
+    """The narrowest lossless code of each column of ``m`` (float64, NaN = None), all columns at once."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        nan = np.isnan(m)
+        all_nan, any_nan = nan.all(axis=0).tolist(), nan.any(axis=0).tolist()
+        f4_ok = ((m.astype(np.float32).astype(np.float64) == m) | nan).all(axis=0).tolist()
+        lo, hi = m.min(axis=0).tolist(), m.max(axis=0).tolist()
+        integral = (m == np.rint(m)).all(axis=0).tolist()
+        boolish = ((m == 0) | (m == 1)).all(axis=0).tolist()
+        k = np.rint(m * 1000.0)
+        milli_ok = (k / 1000.0 == m).all(axis=0).tolist()
+        klo, khi = k.min(axis=0).tolist(), k.max(axis=0).tolist()
+    codes = []
+    for j, kind in enumerate(kinds):
+        if all_nan[j]:
+            codes.append("n")
+        elif any_nan[j]:
+            codes.append("f4" if f4_ok[j] else "f8")
+        elif kind is bool and boolish[j]:
+            codes.append("b")
+        elif integral[j] and lo[j] > -_EXACT and hi[j] < _EXACT:
+            codes.append(f"{'i' if kind is int else 'F'}{_width(lo[j], hi[j])}")
+        elif (
+            milli_ok[j]
+            and max(abs(lo[j]), abs(hi[j])) * 1000.0 < _EXACT
+            and (not f4_ok[j] or _width(klo[j], khi[j]) <= 4)
+        ):
+            codes.append(f"m{_width(klo[j], khi[j])}")  # the decimal form unless float32 is smaller
+        else:
+            codes.append("f4" if f4_ok[j] else "f8")
+    return codes
 
 
 def _plain(value: Any) -> Any:
@@ -185,28 +193,39 @@ def _encode_group(signals: Sequence[Mapping[str, Any]], keys: tuple[str, ...], i
                 for r in rows:
                     _encode_group(signals, keys, [idx[r]], out)
                 continue
+        n = len(rows)
         cols: dict[int, Column] = {j: (keys[j], "c", cv) for j, cv in zip(consts, cvals, strict=True)}
-        arrays: list[np.ndarray] = []
-        for c, j in enumerate(num):
-            assert m is not None
-            code, col = _column_code(m[:, c], kinds[j])  # type: ignore[arg-type]
-            cols[j] = (keys[j], code)
-            if code != "n":
-                arrays.append(col)
-        spec = [cols[j] for j in sorted(cols)]
-        spec_text = json.dumps(spec, separators=(",", ":"))
-        blobs: list[bytes | None]
-        if arrays:
-            rec = np.empty(len(rows), dtype=[(f"c{n}", a.dtype.newbyteorder("<")) for n, a in enumerate(arrays)])
-            for n, a in enumerate(arrays):
-                rec[f"c{n}"] = a
-            buf, size = rec.tobytes(), rec.itemsize
-            blobs = [buf[r * size : (r + 1) * size] for r in range(len(rows))]
+        blobs: list[bytes]
+        if m is not None:
+            codes = _codes(m, [kinds[j] for j in num])
+            by_code: dict[str, list[int]] = {}
+            for c, code in enumerate(codes):
+                if code == "n":
+                    cols[num[c]] = (keys[num[c]], "n")
+                else:
+                    by_code.setdefault(code, []).append(c)
+            parts = []
+            slot = 0
+            for code, cs in by_code.items():  # one conversion per code; the layout says where each value sits
+                for c in cs:
+                    cols[num[c]] = (keys[num[c]], code, slot)
+                    slot += 1
+                part = m[:, cs]
+                if code[0] == "m":
+                    part = np.rint(part * 1000.0)
+                parts.append(np.ascontiguousarray(part.astype(_DTYPES[code])).view(np.uint8).reshape(n, -1))
+            if parts:
+                packed = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+                buf, size = packed.tobytes(), packed.shape[1]
+                blobs = [buf[r * size : (r + 1) * size] for r in range(n)]
+            else:
+                blobs = [b""] * n
         else:
-            blobs = [b""] * len(rows)
+            blobs = [b""] * n
+        spec_text = json.dumps([cols[j] for j in sorted(cols)], separators=(",", ":")) if cols else None
         if extra:
             for pos, r in enumerate(rows):
-                out[idx[r]] = (spec_text, blobs[pos], to_json({keys[j]: sub[pos][j] for j in extra}))
+                out[idx[r]] = (spec_text, blobs[pos] if cols else None, to_json({keys[j]: sub[pos][j] for j in extra}))
         else:
             for pos, r in enumerate(rows):
                 out[idx[r]] = (spec_text, blobs[pos], None)
@@ -218,15 +237,17 @@ class Layout:
     __slots__ = ("columns", "dtype")
 
     def __init__(self, spec_text: str) -> None:
-        #: (key, code, constant) in the writer's key order; packed columns are numbered in that order.
+        #: (key, code, constant or packed slot) in the writer's key order.
         self.columns: list[tuple[str, str, Any]] = []
-        names = []
+        slots = []
         for col in json.loads(spec_text):
             key, code = col[0], col[1]
-            self.columns.append((key, code, col[2] if code == "c" else None))
+            extra = col[2] if len(col) > 2 else None
+            self.columns.append((key, code, extra))
             if code not in ("c", "n"):
-                names.append((f"c{len(names)}", _DTYPES[code]))
-        self.dtype = np.dtype(names) if names else None
+                slots.append((extra, code))
+        slots.sort()
+        self.dtype = np.dtype([(f"c{slot}", _DTYPES[code]) for slot, code in slots]) if slots else None
 
     def decode_many(self, blobs: Sequence[bytes]) -> list[dict[str, Any]]:
         """Rows of this layout back as dicts (values as the writer had them)."""
@@ -236,15 +257,13 @@ class Layout:
         rec = np.frombuffer(b"".join(blobs), dtype=self.dtype, count=n) if self.dtype is not None else None
         keys: list[str] = []
         cols: list[list[Any]] = []
-        f = 0
-        for key, code, const in self.columns:
+        for key, code, extra in self.columns:
             keys.append(key)
             if code in ("c", "n"):
-                cols.append([const] * n)
+                cols.append([extra] * n)
                 continue
             assert rec is not None
-            a = rec[f"c{f}"]
-            f += 1
+            a = rec[f"c{extra}"]
             k = code[0]
             if k == "i":
                 cols.append(a.astype(np.int64).tolist())
@@ -256,6 +275,8 @@ class Layout:
                 cols.append([v == 1 for v in a.tolist()])
             else:
                 cols.append([None if v != v else v for v in a.astype(np.float64).tolist()])
+        if not cols:
+            return [{} for _ in range(n)]
         return [dict(zip(keys, row, strict=True)) for row in zip(*cols, strict=True)]
 
 

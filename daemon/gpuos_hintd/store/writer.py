@@ -50,6 +50,18 @@ def _i64(value: Any) -> Any:
     return value
 
 
+def _runs(batch: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """Consecutive items of one kind joined into one list: spans are packed per batch, so bigger is cheaper."""
+    out: list[tuple[str, Any]] = []
+    for kind, rows in batch:
+        rows = rows if isinstance(rows, list) else [rows]
+        if out and out[-1][0] == kind:
+            out[-1][1].extend(rows)
+        else:
+            out.append((kind, list(rows)))
+    return out
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Retention:
     samples_s: float = 24 * 3600.0
@@ -325,7 +337,7 @@ class Store:
         counts = dict.fromkeys(self.written, 0)
         try:
             conn.execute("BEGIN")
-            for kind, rows in batch:
+            for kind, rows in _runs(batch):
                 counts[kind] += getattr(self, f"_w_{kind}")(conn, rows)
             self._commit()
         except sqlite3.OperationalError as exc:  # disk full, I/O error, locked: retry later
@@ -505,41 +517,70 @@ class Store:
         # at its own shutdown, recovered from the same process's heartbeat (same start
         # and name): that row completes the interrupted one.
         packed = codec.encode([r.signals for r in rows])
-        name = self._name
+        name, layout = self._name, self._layout
+        rec, est = schema.RECOVERED, schema.ESTIMATED
+        names = self._names
         params = []
         for r, (spec, blob, xs) in zip(rows, packed, strict=True):
-            start, end = _i64(r.start_ns), _i64(r.end_ns)
             wc = r.workload_class
             params.append(
-                (
-                    name(conn, r.boot_id),
-                    _i64(r.pid),
-                    _i64(r.pid_start),
-                    _i64(r.span_id),
-                    _i64(r.parent_span_id),
-                    _i64(r.tid),
-                    name(conn, r.name),
-                    name(conn, r.path),
-                    _i64(r.depth),
-                    None if wc is None else name(conn, wc),
-                    _json(r.attrs),
-                    start,
-                    _i64(end - start) if type(end) is int and type(start) is int else end - start,
-                    _i64(r.start_wall_ns),
-                    name(conn, r.status),
-                    (schema.RECOVERED if r.recovered else 0) | (schema.ESTIMATED if r.estimated else 0),
-                    _i64(r.dev_start_ns),
-                    _i64(r.dev_end_ns),
-                    _i64(r.samples),
-                    self._layout(conn, spec),
+                [
+                    names.get(r.boot_id) or name(conn, r.boot_id),
+                    r.pid,
+                    r.pid_start,
+                    r.span_id,
+                    r.parent_span_id,
+                    r.tid,
+                    names.get(r.name) or name(conn, r.name),
+                    names.get(r.path) or name(conn, r.path),
+                    r.depth,
+                    None if wc is None else (names.get(wc) or name(conn, wc)),
+                    None if r.attrs is None else _json(r.attrs),
+                    r.start_ns,
+                    r.end_ns - r.start_ns,
+                    r.start_wall_ns,
+                    names.get(r.status) or name(conn, r.status),
+                    (rec if r.recovered else 0) | (est if r.estimated else 0),
+                    r.dev_start_ns,
+                    r.dev_end_ns,
+                    r.samples,
+                    None if spec is None else layout(conn, spec),
                     blob,
                     xs,
-                )
+                ]
             )
         interrupted = name(conn, "interrupted")
         before = conn.total_changes
-        conn.executemany(
-            f"""INSERT INTO span_rows (boot,pid,pid_start,span_id,parent_span_id,tid,name,path,depth,class,attrs,
+        conn.execute("SAVEPOINT spans")
+        sql = self._span_sql(interrupted)
+        try:
+            try:
+                conn.executemany(sql, params)
+            except OverflowError:
+                # An int past int64 (a hostile client's timestamp after the daemon's arithmetic): clamp, as v1 did.
+                conn.execute("ROLLBACK TO spans")
+                for p, r in zip(params, rows, strict=True):
+                    start, end = _i64(r.start_ns), _i64(r.end_ns)
+                    p[1:6] = map(_i64, p[1:6])
+                    p[8] = _i64(p[8])
+                    p[11], p[12], p[13] = start, _i64(end - start), _i64(r.start_wall_ns)
+                    p[16:19] = map(_i64, p[16:19])
+                conn.executemany(sql, params)
+        except BaseException:
+            try:
+                conn.execute("ROLLBACK TO spans")
+                conn.execute("RELEASE spans")
+            except sqlite3.Error:
+                pass
+            raise
+        conn.execute("RELEASE spans")
+        written = conn.total_changes - before
+        self.span_conflicts += len(rows) - written
+        return written
+
+    @staticmethod
+    def _span_sql(interrupted: int) -> str:
+        return f"""INSERT INTO span_rows (boot,pid,pid_start,span_id,parent_span_id,tid,name,path,depth,class,attrs,
                start_ns,dur_ns,start_wall_ns,status,flags,dev_start_ns,dev_end_ns,samples,layout,sig,xs)
                VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
                ON CONFLICT (boot, pid, pid_start, span_id) DO UPDATE SET
@@ -550,12 +591,7 @@ class Store:
                  dev_start_ns=excluded.dev_start_ns, dev_end_ns=excluded.dev_end_ns,
                  samples=excluded.samples, layout=excluded.layout, sig=excluded.sig, xs=excluded.xs
                WHERE span_rows.status = {int(interrupted)} AND (excluded.flags & {schema.RECOVERED})
-                 AND excluded.start_ns = span_rows.start_ns AND excluded.name = span_rows.name""",
-            params,
-        )
-        written = conn.total_changes - before
-        self.span_conflicts += len(rows) - written
-        return written
+                 AND excluded.start_ns = span_rows.start_ns AND excluded.name = span_rows.name"""
 
     def _w_metrics(self, conn: sqlite3.Connection, rows: list[tuple[str, str, str, str, str]]) -> int:
         conn.executemany("INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?)", rows)
