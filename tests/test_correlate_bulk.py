@@ -10,6 +10,7 @@ the same status, end, sample count, estimated flag and signals (to the 3 decimal
 from __future__ import annotations
 
 import math
+import time
 
 import correlate_reference as ref
 import pytest
@@ -160,3 +161,37 @@ def test_a_batch_of_spans_of_one_tick_is_finalised_in_one_emit():
     assert len(out) == 1 and len(out[0]) == 100
     assert all(r.signals["cpu_user_ns"] == pytest.approx(MS / 2) for r in out[0])
     assert all(r.signals["cpu_exact"] is False for r in out[0])
+
+
+def test_spans_stored_from_the_correlators_columns_read_back_as_their_dicts(tmp_path):
+    import json
+
+    from gpuos_hintd.store import Store, read
+
+    store = Store(tmp_path)
+    emitted: list[SpanRow] = []
+    now = time.time_ns()
+
+    def emit(rows):
+        assert getattr(rows, "columns", None) is not None  # the batch carries its columns
+        for r in rows:
+            r.start_wall_ns = now  # the writer's retention prune would delete spans "from 1970"
+        emitted.extend(rows)
+        store.submit("spans", rows)
+
+    spans = [(TIDS[i % 3], 7 * i % 900, 3 + i % 40, i % 2 == 0, i % 4, 10 * i) for i in range(60)]
+    samples = [(40 + i % 7, (i % 10) / 10, i % 5 == 0, i * 13 % 100) for i in range(30)]
+    orig = correlate.Correlator
+    try:
+        correlate.Correlator = lambda metrics, _emit: orig(metrics, emit)  # type: ignore[misc]
+        _run(correlate, spans, samples, None)
+    finally:
+        correlate.Correlator = orig
+    assert store.flush(10)
+    store.close()
+    assert emitted
+    conn = read.connect(tmp_path / "gpuos-hint.db")
+    got = {r["span_id"]: json.loads(r["signals"]) for r in conn.execute("SELECT span_id, signals FROM spans")}
+    assert len(got) == len(emitted)
+    for row in emitted:
+        assert got[row.span_id] == row.signals, row.span_id

@@ -394,23 +394,28 @@ class Correlator:
             if is_est.any():
                 cols["gpu_energy_is_estimate"] = np.where(is_est, 1.0, np.nan)
                 kinds["gpu_energy_is_estimate"] = ("b", is_est)
-        signals = _dicts(keys, base, cols, kinds)
+        signals, columns = _dicts(keys, base, cols, kinds)
         spans_of = self.spans.get(key, {})
         series = self.series.get(key)
+        own: list[int] = []  # spans whose dicts get more than the columns (the store packs those dicts)
         for i, (span, row, sig) in enumerate(zip(spans, rows, signals, strict=True)):
             if row.dev_start_ns is not None and row.dev_end_ns is not None:
                 # Device time and the GPU figures over the device interval (busy %, energy).
                 if "gpu_energy_j" in sig:
                     sig["gpu_energy_counter_j"] = sig["gpu_energy_j"]
                 sig.update(self.device_signals(key, row.dev_start_ns, row.dev_end_ns))
+                own.append(i)
             elif series is not None:
                 self._series_energy(key, row, sig)
+                own.append(i)
             row.signals = sig
             row.samples = span.samples
             row.estimated = bool(span.start_estimated or est_any[i] or span.samples == 0)
             spans_of.pop(row.span_id, None)
         self.finalized += n
-        return rows
+        batch = SpanBatch(rows)
+        batch.columns = (*columns, own)
+        return batch
 
     def _edge_cpu(
         self,
@@ -580,8 +585,12 @@ def _derive_many(cols: dict[str, np.ndarray], base: np.ndarray, keys: list[str],
 
 def _dicts(
     keys: list[str], base: np.ndarray, extra: dict[str, np.ndarray], kinds: dict[str, tuple[str, Any]]
-) -> list[dict[str, Any]]:
-    """Per-span signals dicts from the columns (NaN = absent; ints and bools where ``kinds`` says)."""
+) -> tuple[list[dict[str, Any]], tuple[Any, ...]]:
+    """Per-span signals dicts from the columns (NaN = absent; ints and bools where ``kinds`` says).
+
+    Also the columns themselves, (names, values, int mask, bool flags), for the store: it packs
+    them without reading the dicts back.
+    """
     names = list(keys)
     mats = [base]
     for name, c in extra.items():
@@ -594,17 +603,23 @@ def _dicts(
     partial = nan.any(axis=0) & ~absent
     columns: list[list[Any]] = []
     kept: list[str] = []
+    kept_j: list[int] = []
     sparse: list[tuple[str, Any]] = []
+    ints = np.zeros(m.shape, dtype=bool)
+    bools: list[bool] = []
     for j, name in enumerate(names):
         if absent[j]:
             continue
         col = m[:, j]
         kind = kinds.get(name)
+        bools.append(kind is not None and kind[0] == "b")
         if kind is None:
             vals = col.tolist()
         else:
             kcode, mask = kind
             conv = mask & ~nan[:, j]
+            if kcode == "i":
+                ints[:, j] = conv
             if kcode == "b":
                 typed = (col != 0).tolist()
             else:
@@ -618,6 +633,7 @@ def _dicts(
                     vals[i] = typed[i]
         columns.append(vals)
         kept.append(name)
+        kept_j.append(j)
         if partial[j]:
             sparse.append((name, np.flatnonzero(nan[:, j]).tolist()))
     rows = zip(*columns, strict=True) if columns else ((),) * len(base)
@@ -625,7 +641,20 @@ def _dicts(
     for name, missing in sparse:
         for i in missing:
             del out[i][name]
-    return out
+    if len(kept_j) < len(names):
+        m, ints = m[:, kept_j], ints[:, kept_j]
+    return out, (kept, m, ints, bools)
+
+
+class SpanBatch(list):  # type: ignore[type-arg]
+    """The spans of one finalisation (a list of SpanRow) with their signals as columns.
+
+    ``columns`` = (names, float64 values with NaN = absent, int mask, bool flags, rows whose
+    dicts hold more than the columns); the store packs from them (duck-typed: it imports no
+    core module), anything else just sees a list of rows.
+    """
+
+    __slots__ = ("columns",)
 
 
 def _covered(series: dict[str, PowerSeries], row: SpanRow) -> bool:

@@ -195,33 +195,10 @@ def _encode_group(signals: Sequence[Mapping[str, Any]], keys: tuple[str, ...], i
                 continue
         n = len(rows)
         cols: dict[int, Column] = {j: (keys[j], "c", cv) for j, cv in zip(consts, cvals, strict=True)}
-        blobs: list[bytes]
+        blobs: list[bytes] = [b""] * n
         if m is not None:
-            codes = _codes(m, [kinds[j] for j in num])
-            by_code: dict[str, list[int]] = {}
-            for c, code in enumerate(codes):
-                if code == "n":
-                    cols[num[c]] = (keys[num[c]], "n")
-                else:
-                    by_code.setdefault(code, []).append(c)
-            parts = []
-            slot = 0
-            for code, cs in by_code.items():  # one conversion per code; the layout says where each value sits
-                for c in cs:
-                    cols[num[c]] = (keys[num[c]], code, slot)
-                    slot += 1
-                part = m[:, cs]
-                if code[0] == "m":
-                    part = np.rint(part * 1000.0)
-                parts.append(np.ascontiguousarray(part.astype(_DTYPES[code])).view(np.uint8).reshape(n, -1))
-            if parts:
-                packed = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
-                buf, size = packed.tobytes(), packed.shape[1]
-                blobs = [buf[r * size : (r + 1) * size] for r in range(n)]
-            else:
-                blobs = [b""] * n
-        else:
-            blobs = [b""] * n
+            packed_cols, blobs = _pack(m, [kinds[j] for j in num], [keys[j] for j in num])
+            cols.update(zip(num, packed_cols, strict=True))
         spec_text = json.dumps([cols[j] for j in sorted(cols)], separators=(",", ":")) if cols else None
         if extra:
             for pos, r in enumerate(rows):
@@ -229,6 +206,74 @@ def _encode_group(signals: Sequence[Mapping[str, Any]], keys: tuple[str, ...], i
         else:
             for pos, r in enumerate(rows):
                 out[idx[r]] = (spec_text, blobs[pos], None)
+
+
+def _pack(m: np.ndarray, kinds: Sequence[Any], keys: Sequence[str]) -> tuple[list[Column], list[bytes]]:
+    """Each row of ``m`` packed (one conversion per code), and each column's layout entry, in column order."""
+    n = len(m)
+    codes = _codes(m, kinds)
+    entries: list[Column] = [()] * len(keys)
+    by_code: dict[str, list[int]] = {}
+    for c, code in enumerate(codes):
+        if code == "n":
+            entries[c] = (keys[c], "n")
+        else:
+            by_code.setdefault(code, []).append(c)
+    parts = []
+    slot = 0
+    for code, cs in by_code.items():  # the layout says where each value sits
+        for c in cs:
+            entries[c] = (keys[c], code, slot)
+            slot += 1
+        part = m[:, cs]
+        if code[0] == "m":
+            part = np.rint(part * 1000.0)
+        parts.append(np.ascontiguousarray(part.astype(_DTYPES[code])).view(np.uint8).reshape(n, -1))
+    if not parts:
+        return entries, [b""] * n
+    packed = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+    buf, size = packed.tobytes(), packed.shape[1]
+    return entries, [buf[r * size : (r + 1) * size] for r in range(n)]
+
+
+def encode_columns(
+    names: Sequence[str], m: np.ndarray, ints: np.ndarray, bools: Sequence[bool], skip: Iterable[int] = ()
+) -> list[Encoded | None]:
+    """encode() of signals handed over as columns (the correlator's batch), without building them back.
+
+    ``m`` is (rows, len(names)) float64 with NaN = absent, ``ints`` the same shape, True where the
+    value is an int, ``bools`` True for bool columns.  Rows in ``skip`` are left None (the caller
+    encodes their dicts: they got signals the columns do not hold).
+    """
+    n = len(m)
+    out: list[Encoded | None] = [None] * n
+    skipped = set(skip)
+    nan = np.isnan(m)
+    pattern = np.concatenate([nan, ints & ~nan], axis=1)
+    if (pattern == pattern[0]).all():
+        groups = {b"": [i for i in range(n) if i not in skipped]}
+    else:
+        packed_rows = np.packbits(pattern, axis=1)
+        groups = {}
+        for i, key in enumerate(map(bytes, packed_rows)):
+            if i not in skipped:
+                groups.setdefault(key, []).append(i)
+    for rows in groups.values():
+        if not rows:
+            continue
+        r0 = rows[0]
+        present = np.flatnonzero(~nan[r0])
+        if not len(present):
+            for i in rows:
+                out[i] = (None, None, None)
+            continue
+        sub = m[np.asarray(rows)][:, present] if len(rows) < n else m[:, present]
+        kinds = [bool if bools[j] else (int if ints[r0, j] else float) for j in present.tolist()]
+        entries, blobs = _pack(sub, kinds, [names[j] for j in present.tolist()])
+        spec_text = json.dumps(entries, separators=(",", ":"))
+        for pos, i in enumerate(rows):
+            out[i] = (spec_text, blobs[pos], None)
+    return out
 
 
 class Layout:

@@ -50,16 +50,27 @@ def _i64(value: Any) -> Any:
     return value
 
 
+class _Run(list):  # type: ignore[type-arg]
+    """Rows of one kind from consecutive items; for spans, where each item's columns are (offset, columns)."""
+
+    __slots__ = ("segments",)
+
+
 def _runs(batch: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
     """Consecutive items of one kind joined into one list: spans are packed per batch, so bigger is cheaper."""
-    out: list[tuple[str, Any]] = []
+    out: list[tuple[str, _Run]] = []
     for kind, rows in batch:
         rows = rows if isinstance(rows, list) else [rows]
-        if out and out[-1][0] == kind:
-            out[-1][1].extend(rows)
-        else:
-            out.append((kind, list(rows)))
-    return out
+        if not (out and out[-1][0] == kind):
+            run = _Run()
+            run.segments = []
+            out.append((kind, run))
+        run = out[-1][1]
+        columns = getattr(rows, "columns", None)  # the correlator's batch (correlate.SpanBatch)
+        if columns is not None:
+            run.segments.append((len(run), columns))
+        run.extend(rows)
+    return list(out)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -516,7 +527,7 @@ class Store:
         # exception is the continuation of a span this daemon closed as "interrupted"
         # at its own shutdown, recovered from the same process's heartbeat (same start
         # and name): that row completes the interrupted one.
-        packed = codec.encode([r.signals for r in rows])
+        packed = self._pack(rows)
         name, layout = self._name, self._layout
         rec, est = schema.RECOVERED, schema.ESTIMATED
         names = self._names
@@ -577,6 +588,23 @@ class Store:
         written = conn.total_changes - before
         self.span_conflicts += len(rows) - written
         return written
+
+    @staticmethod
+    def _pack(rows: list[SpanRow]) -> list[codec.Encoded]:
+        """Each span's signals packed: from the correlator's columns where it handed them, else from the dicts."""
+        packed: list[codec.Encoded | None] = [None] * len(rows)
+        for offset, (names, m, ints, bools, own) in getattr(rows, "segments", ()):
+            try:
+                got = codec.encode_columns(names, m, ints, bools, own)
+            except Exception as exc:  # columns that do not add up: the dicts are the truth
+                log.warning("store_columns_unusable", error=f"{type(exc).__name__}: {exc}")
+                continue
+            packed[offset : offset + len(got)] = got
+        missing = [i for i, p in enumerate(packed) if p is None]
+        if missing:
+            for i, p in zip(missing, codec.encode([rows[i].signals for i in missing]), strict=True):
+                packed[i] = p
+        return packed  # type: ignore[return-value]
 
     @staticmethod
     def _span_sql(interrupted: int) -> str:
