@@ -75,7 +75,8 @@ def test_cli_uses_only_control_store_and_config():
 
 
 def test_core_knows_no_transport():
-    for name in ("service.py", "correlate.py", "clients.py", "store.py", "phase_stats.py"):
+    store = [f"store/{f.name}" for f in (REPO / "daemon/gpuos_hintd/store").glob("*.py")]
+    for name in ("service.py", "correlate.py", "clients.py", "phase_stats.py", *store):
         mods = imports(REPO / "daemon/gpuos_hintd" / name)
         assert "zmq" not in mods and ".server" not in mods, f"{name} imports a transport"
 
