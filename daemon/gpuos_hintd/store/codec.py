@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
@@ -49,6 +50,13 @@ _DTYPES = {
     "f4": "<f4",
     "f8": "<f8",
     **{f"{k}{w}": np.dtype(t).newbyteorder("<").str for k in "iFm" for w, t in _INT_WIDTHS},
+}
+#: The struct letter of each code (little-endian, no padding), for the one-row decoder.
+_STRUCT = {
+    "b": "B",
+    "f4": "f",
+    "f8": "d",
+    **{f"{k}{w}": "bhiq"[(1, 2, 4, 8).index(w)] for k in "iFm" for w in (1, 2, 4, 8)},
 }
 _EXACT = float(2**53)
 _I64 = 2**63
@@ -162,15 +170,15 @@ def _encode_group(signals: Sequence[Mapping[str, Any]], keys: tuple[str, ...], i
         get = itemgetter(*consts)
         for r, row in enumerate(vals):
             c = get(row)
-            subgroups.setdefault(c if len(consts) > 1 else (c,), []).append(r)
+            c = c if len(consts) > 1 else (c,)
+            if all(type(x) is str for x in c):
+                subgroups.setdefault(c, []).append(r)
+            elif len(idx) > 1:  # a non-string where the first row had one: this row on its own
+                _encode_group(signals, keys, [idx[r]], out)
     else:
         subgroups[()] = list(range(len(vals)))
     for cvals, rows in subgroups.items():
-        if any(type(c) is not str for c in cvals):
-            for r in rows:  # a non-string where the first row had one: this row on its own
-                _encode_group(signals, keys, [idx[r]], out)
-            continue
-        sub = [vals[r] for r in rows] if len(subgroups) > 1 else vals
+        sub = [vals[r] for r in rows] if len(rows) < len(vals) else vals
         try:
             if len(num) == len(keys):
                 m = np.array(sub, dtype=np.float64)
@@ -279,7 +287,7 @@ def encode_columns(
 class Layout:
     """A decoded layout: the numpy record type of its packed row and how to give each value back."""
 
-    __slots__ = ("columns", "dtype")
+    __slots__ = ("_one", "columns", "dtype")
 
     def __init__(self, spec_text: str) -> None:
         #: (key, code, constant or packed slot) in the writer's key order.
@@ -293,6 +301,30 @@ class Layout:
                 slots.append((extra, code))
         slots.sort()
         self.dtype = np.dtype([(f"c{slot}", _DTYPES[code]) for slot, code in slots]) if slots else None
+        #: For one row: the struct of the packed values, and per column (key, kind, slot or constant).
+        fmt = "<" + "".join(_STRUCT[code] for _slot, code in slots)
+        self._one = (struct.Struct(fmt), [(key, code[0], extra) for key, code, extra in self.columns])
+
+    def decode_one(self, blob: bytes) -> dict[str, Any]:
+        """One row back as a dict, without numpy (a reader's per-row path)."""
+        st, cols = self._one
+        vals = st.unpack(blob) if st.size else ()
+        out: dict[str, Any] = {}
+        for key, kind, extra in cols:
+            if kind == "c" or kind == "n":
+                out[key] = extra
+                continue
+            v = vals[extra]
+            if kind == "F":
+                v = float(v)
+            elif kind == "m":
+                v = v / 1000.0
+            elif kind == "b":
+                v = v == 1
+            elif kind == "f" and v != v:
+                v = None
+            out[key] = v
+        return out
 
     def decode_many(self, blobs: Sequence[bytes]) -> list[dict[str, Any]]:
         """Rows of this layout back as dicts (values as the writer had them)."""
@@ -327,7 +359,7 @@ class Layout:
 
 def decode(layout: Layout | None, blob: bytes | None, xs: str | None) -> dict[str, Any]:
     """One row's signals: its packed values, its layout's constants, then its extras."""
-    d = layout.decode_many([blob or b""])[0] if layout is not None else {}
+    d = layout.decode_one(blob or b"") if layout is not None else {}
     if xs:
         d.update(json.loads(xs))
     return d

@@ -308,8 +308,12 @@ def phase_summary(
         where += """ AND EXISTS (SELECT 1 FROM processes p WHERE p.boot_id=spans.boot_id AND p.pid=spans.pid
                      AND p.pid_start=spans.pid_start AND p.uid=?)"""
         args.append(uid)
+    # The CTE is materialised so that each span's signals are decoded once, not once per json_extract.
     rows = conn.execute(
-        f"""SELECT path AS name, workload_class, count(*) AS count,
+        f"""WITH spans_in AS MATERIALIZED (
+              SELECT path, workload_class, status, duration_ns, dev_start_ns, dev_end_ns, start_ns, signals
+              FROM spans WHERE {where})
+            SELECT path AS name, workload_class, count(*) AS count,
                    sum(status='abandoned') AS abandoned, avg(duration_ns) AS mean_ns,
                    min(duration_ns) AS min_ns, max(duration_ns) AS max_ns, sum(duration_ns) AS total_ns,
                    avg(dev_end_ns - dev_start_ns) AS dev_mean_ns, count(dev_start_ns) AS dev_count,
@@ -319,7 +323,7 @@ def phase_summary(
                    sum(json_extract(signals, '$.gpu_energy_err_j')) AS gpu_energy_err_j,
                    sum(json_extract(signals, '$.gpu_energy_subres') = 1) AS gpu_energy_subres_spans,
                    {sig}
-            FROM spans WHERE {where} GROUP BY path, workload_class ORDER BY min(start_ns)""",
+            FROM spans_in GROUP BY path, workload_class ORDER BY min(start_ns)""",
         args,
     ).fetchall()
     return [dict(r) for r in rows]
