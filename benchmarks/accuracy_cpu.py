@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -146,7 +145,9 @@ def _wait_spans(env: dict[str, str], n: int, timeout_s: float = 60.0) -> list[di
         except Exception:
             pass
         if db.exists():
-            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            from gpuos_hintd.store import read as store_read
+
+            conn = store_read.connect(db)  # spans with their signals (schema v2 packs them)
             try:
                 rows = conn.execute("SELECT name, start_ns, end_ns, status, signals FROM spans").fetchall()
             finally:

@@ -50,8 +50,9 @@ class Daemon:
         self.request("sync", timeout=10.0)
 
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
-        conn.row_factory = sqlite3.Row
+        from gpuos_hintd.store.read import connect  # spans with their signals, whatever the schema version
+
+        conn = connect(self.db)
         try:
             return conn.execute(sql, args).fetchall()
         finally:

@@ -174,4 +174,4 @@ def test_every_device_interval_reaches_its_span_when_the_device_finishes_at_once
         # The instant device's interval is the host interval, to within the simulated anchor's
         # error: its "completion" is read by the sender thread, which can wait up to one GIL switch
         # interval (5 ms) between recording and reading it.  A real GPU stamps the event itself.
-        assert abs(d0 - h0) < 8_000_000 and abs(d1 - h1) < 8_000_000
+        assert abs(d0 - h0) < 20_000_000 and abs(d1 - h1) < 20_000_000  # 20 ms: an OS preemption on a loaded box

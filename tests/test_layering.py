@@ -270,11 +270,6 @@ def _store_public() -> set[str]:
     }
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="pending the store/ package (issue 10, deliverable 5): store.py is still one module with no "
-    "__all__, so its public face cannot be told from its internals",
-)
 def test_the_store_offers_a_declared_public_face():
     assert (DAEMON / PKG / "store" / "__init__.py").is_file(), "the store is a package: store/__init__.py"
     store = ast.parse(modules()[f"{PKG}.store"].read_text())

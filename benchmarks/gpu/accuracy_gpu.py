@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -407,7 +406,9 @@ def daemon_figures(env: dict[str, str], window: dict[str, Any], n_spans: int, cp
         except Exception:
             pass
         if db.exists():
-            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            from gpuos_hintd.store import read as store_read
+
+            conn = store_read.connect(db)  # spans with their signals (schema v2 packs them)
             rows = conn.execute(
                 "SELECT name, start_ns, end_ns, dev_start_ns, dev_end_ns, signals FROM spans"
             ).fetchall()

@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -218,8 +217,9 @@ class Daemon:
 
     def spans(self, pids: set[int] | None = None, after_id: int = 0) -> list[dict[str, Any]]:
         self.request("sync")
-        conn = sqlite3.connect(f"file:{self.state / 'gpuos-hint.db'}?mode=ro", uri=True)
-        conn.row_factory = sqlite3.Row
+        from gpuos_hintd.store import read as store_read
+
+        conn = store_read.connect(self.state / "gpuos-hint.db")  # spans with their signals (schema v2)
         try:
             rows = [dict(r) for r in conn.execute("SELECT * FROM spans WHERE id > ? ORDER BY id", (after_id,))]
         finally:

@@ -591,6 +591,13 @@ static PyObject *Phase_exit(Phase *self, PyObject *const *args, Py_ssize_t nargs
     PyObject *begin = PyDict_GetItemWithError(c->open, sid);
     if (begin == NULL) goto done; /* opened before a fork, in the parent: the parent reports it */
     if (PyDict_DelItem(c->open, sid) < 0) goto done;
+    if (self->device && c->device_ok) {
+        /* The end event before the end hint: push() may hand the GIL to the sender, and an event
+         * recorded after that wait would stretch the device interval. */
+        PyObject *r = PyObject_CallFunctionObjArgs(c->on_device, Py_False, sid, NULL);
+        Py_XDECREF(r);
+        PyErr_Clear();
+    }
     long long t = mono_ns();
     int failed = nargs > 0 && args[0] != Py_None;
     PyObject *ev = Py_BuildValue("(iLOOOOO)", KIND_END, t, PyTuple_GET_ITEM(cur, 4), sid, failed ? s_error : s_ok,
@@ -599,10 +606,6 @@ static PyObject *Phase_exit(Phase *self, PyObject *const *args, Py_ssize_t nargs
     int rc = push(c, ev);
     Py_DECREF(ev);
     if (rc < 0) goto done;
-    if (self->device && c->device_ok) {
-        PyObject *r = PyObject_CallFunctionObjArgs(c->on_device, Py_False, sid, NULL);
-        Py_XDECREF(r);
-    }
 done:
     PyErr_Clear();
     Py_DECREF(cur);

@@ -227,6 +227,10 @@ class Phase:
             core.current.set(cur[3])
             if core.open.pop(sid, None) is None:
                 return  # opened before a fork, in the parent: the parent reports it
+            if self.device and core.device_ok:
+                # The end event before the end hint: pushing the hint may hand the GIL to the
+                # sender, and an event recorded after that wait would stretch the device interval.
+                core.on_device(False, sid)
             t = monotonic_ns()
             ev = (KIND_END, t, cur[4], sid, "error" if exc_type else "ok", None, _edge_rusage(core, t))
             buf = core.buf
@@ -234,7 +238,5 @@ class Phase:
                 buf.append(ev)
             else:
                 core.on_slow(ev)
-            if self.device and core.device_ok:
-                core.on_device(False, sid)
         except Exception:
             pass

@@ -177,3 +177,137 @@ def _rescale_user_sys(signals: dict[str, Any], total: float, interp: float | Non
     else:
         signals["cpu_user_ns"], signals["cpu_sys_ns"] = round(total), 0
     signals["cpu_split_sampled"] = True
+
+
+# ------------------------------------------------------------------ many spans at once
+def edge_bounds_many(c0: Value, t0: int | None, c1: Value, t1: int | None, t: Any, rate: float = 1.0) -> Any:
+    """edge_bounds() for an int64 array of times ``t`` (same two readings): (lo, hi) float arrays, or None.
+
+    Time differences are taken in int64 before they become floats, as the scalar
+    version takes them in Python ints: CLOCK_MONOTONIC ns pass 2^53 after 104 days up.
+    """
+    import numpy as np
+
+    if c1 is None or t1 is None:
+        return None
+    t = np.asarray(t, dtype=np.int64)
+    c1f = float(c1)
+    to1 = (t - t1).astype(np.float64)  # t - t1 (negative before t1)
+    late = t >= t1
+    if c0 is None or t0 is None or t0 >= t1:
+        lo = np.where(late, c1f, np.maximum(c1f + rate * to1, 0.0))
+        hi = np.where(late, c1f + rate * to1, c1f)
+        return lo, hi
+    c0f = float(c0)
+    to0 = (t - t0).astype(np.float64)
+    early = t <= t0
+    lo = np.where(early, np.maximum(c0f + rate * to0, 0.0), np.where(late, c1f, np.maximum(c0f, c1f + rate * to1)))
+    hi = np.where(early, c0f, np.where(late, c1f + rate * to1, np.minimum(c1f, c0f + rate * to0)))
+    return lo, hi
+
+
+def apply_many(
+    cols: dict[str, Any],
+    duration_ns: Any,
+    gap_begin: Any,
+    gap_end: Any,
+    ru_begin: Any,
+    ru_end: Any,
+    has_ru: Any,
+    sampled_lo: Any,
+    sampled_hi: Any,
+    nthreads: Any,
+) -> dict[str, tuple[str, Any]]:
+    """apply() for many spans at once, on columns: ``cols`` maps a signal to a float array (NaN = absent).
+
+    ``gap_begin``/``gap_end`` are each edge's ``max(t_edge - t_read, 0)`` (taken in Python ints by the
+    caller: absolute ns are past float64's exact range on a long-running host), ``ru_begin``/``ru_end``
+    (n, 7) float arrays of the readings (any value where ``has_ru`` is False),
+    ``sampled_lo``/``sampled_hi`` the sampled interval (NaN where unknown), ``nthreads`` NaN
+    where unknown.  Columns are rewritten or added in place, with the same arithmetic as
+    apply(); returns {signal: ('i'|'b', rows)} for what this wrote as ints or bools (NaN = absent).
+    """
+    import numpy as np
+
+    kinds: dict[str, tuple[str, Any]] = {}
+    n = len(duration_ns)
+    nan = np.full(n, np.nan)
+
+    def put(name: str, mask: Any, values: Any, kind: str) -> None:
+        col = cols.get(name)
+        if col is None:
+            col = cols[name] = nan.copy()
+        col[mask] = np.asarray(values, dtype=np.float64)[mask] if np.ndim(values) else values
+        old = kinds.get(name)
+        kinds[name] = (kind, mask if old is None else old[1] | mask)
+
+    dur = np.maximum(np.asarray(duration_ns, dtype=np.float64), 0.0)
+    guess = cols.get("thread_cpu_ns")
+    has_ru = np.asarray(has_ru, dtype=bool)
+    # -- no readings: bound the interpolated thread CPU by the samples around the edges
+    plain = ~has_ru & (~np.isnan(guess) if guess is not None else np.zeros(n, dtype=bool))
+    if plain.any():
+        assert guess is not None
+        s_ok = ~np.isnan(sampled_lo)
+        lo, hi = np.maximum(0.0, sampled_lo), np.minimum(dur, sampled_hi)
+        use = s_ok & (lo <= hi)
+        iv_lo, iv_hi = np.where(use, lo, 0.0), np.where(use, hi, dur)
+        p = np.minimum(np.maximum(guess, iv_lo), iv_hi)
+        put("cpu_exact", plain, 0.0, "b")
+        put("thread_cpu_ns", plain, np.rint(p), "i")
+        put("thread_cpu_ns_err", plain, np.rint(np.maximum(p - iv_lo, iv_hi - p)), "i")
+    if not has_ru.any():
+        return kinds
+    m = has_ru
+    rb, re = np.asarray(ru_begin, dtype=np.float64), np.asarray(ru_end, dtype=np.float64)
+    gb, ge = np.asarray(gap_begin, dtype=np.float64), np.asarray(gap_end, dtype=np.float64)
+    put("cpu_exact", m, (gb == 0) & (ge == 0), "b")
+    d = re[:, THREAD_CPU] - rb[:, THREAD_CPU]
+    lo, hi = d - gb, d + ge
+    clamped = m & ((hi < 0) | (lo > dur))
+    ok = m & ~clamped
+    res = RUSAGE_RES_NS + 0.0  # rusage_res(p) with RUSAGE_RES_FRAC = 0
+    if RUSAGE_RES_FRAC:  # pragma: no cover - kept equal to apply() should the fraction be set
+        raise NotImplementedError("apply_many assumes RUSAGE_RES_FRAC == 0")
+    if clamped.any():
+        p = np.minimum(np.maximum(d, 0.0), dur)
+        put("cpu_reading_clamped", clamped, 1.0, "b")
+        put("thread_cpu_ns", clamped, np.rint(p), "i")
+        put("thread_cpu_ns_err", clamped, np.rint(np.abs(d - p)) + res, "i")
+    if ok.any():
+        lo2, hi2 = np.maximum(lo, 0.0), np.minimum(hi, dur)
+        p = np.minimum(np.maximum(d, lo2), hi2)
+        put("thread_cpu_ns", ok, np.rint(p), "i")
+        put("thread_cpu_ns_err", ok, np.rint(np.maximum(p - lo2, hi2 - p)) + res, "i")
+    nt = np.where(np.isnan(nthreads) | (nthreads == 0), 1.0, np.trunc(nthreads))
+    k = np.minimum(np.maximum(nt, 1.0), float(_NCPU))
+    dp = re[:, PROC_CPU] - rb[:, PROC_CPU]
+    plo, phi = np.maximum(0.0, dp - k * gb), np.minimum(k * dur, dp + k * ge)
+    bad = plo > phi
+    plo, phi = np.where(bad, 0.0, plo), np.where(bad, k * dur, phi)
+    pp = np.minimum(np.maximum(dp, plo), phi)
+    put("proc_cpu_ns", m, np.rint(pp), "i")
+    put("proc_cpu_ns_err", m, np.rint(np.maximum(pp - plo, phi - pp)), "i")
+    user, sys_ = cols.get("cpu_user_ns"), cols.get("cpu_sys_ns")
+    if user is not None or sys_ is not None:
+        u = np.nan_to_num(user) if user is not None else np.zeros(n)
+        s = np.nan_to_num(sys_) if sys_ is not None else np.zeros(n)
+        seen = np.zeros(n, dtype=bool)
+        for c in (user, sys_):
+            if c is not None:
+                seen |= ~np.isnan(c)
+        present = m & seen
+        if present.any():
+            interp = u + s
+            pos = interp > 0
+            with np.errstate(divide="ignore", invalid="ignore"):
+                f = np.where(pos, pp / np.where(pos, interp, 1.0), 0.0)
+            new_u = np.where(pos, np.rint(u * f), np.rint(pp))
+            new_s = np.where(pos, np.rint(pp - u * f), 0.0)
+            put("cpu_user_ns", present, new_u, "i")
+            put("cpu_sys_ns", present, new_s, "i")
+            put("cpu_split_sampled", present, 1.0, "b")
+    for name, item in _COUNTS:
+        put(name, m, np.maximum(re[:, item] - rb[:, item], 0.0), "i")
+    put("ru_gap_ns", m, gb + ge, "i")
+    return kinds

@@ -153,6 +153,8 @@ class HintService:
         self.metrics.update(sampler.metrics)
         self.samplers.append(SamplerState(sampler, ok, reason))
         self.correlator.set_metrics(self.metrics)
+        if self.store is not None:
+            self.store.register_metrics(self.metrics)  # the catalogue readers use instead of the samplers
         log.info("sampler", name=sampler.name, available=ok, reason=reason or None)
 
     # --------------------------------------------------------------- ingest

@@ -6,7 +6,7 @@ adds flow arrows from each host phase slice to its device slice (Perfetto draws
 them; the legacy chrome://tracing viewer is unreliable with flows, so ``chrome``
 leaves them out).  No protobuf: JSON needs no dependency.
 
-What goes in (read-only from the SQLite store, so the daemon may be down):
+What goes in (read-only from the SQLite store through store.read, so the daemon may be down):
 * one process track per client process (``process_name`` metadata: comm, pid,
   workload class), one thread track per thread that had phases;
 * phases as complete ("X") slices, args = path, status, workload class,
@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import write_atomic as write_file_atomic
+from ..store import read
 from ._common import history, parse_since, pid_arg
 
 #: Synthetic thread ids (Linux tids stay below 2**22): overlap lanes and GPU tracks.
@@ -85,33 +86,11 @@ class TraceBuilder:
         self.offsets: dict[str, int] = {}
         self.stats = {"slices": 0, "device_slices": 0, "marks": 0, "counter_points": 0}
 
-    # -- queries --------------------------------------------------------------
-    def _rows(self, sql: str, wall_col: str) -> list[sqlite3.Row]:
-        where, params = [f"{wall_col} >= ?"], [self.since]
-        if self.pid is not None:
-            where.append("pid = ?")
-            params.append(self.pid)
-        if self.uid is not None:
-            where.append(
-                "EXISTS (SELECT 1 FROM processes p WHERE p.boot_id = {t}.boot_id AND p.pid = {t}.pid "
-                "AND p.pid_start = {t}.pid_start AND p.uid = ?)".format(t=sql.split(" FROM ")[1].split()[0])
-            )
-            params.append(self.uid)
-        return self.conn.execute(sql.format(where=" AND ".join(where)), params).fetchall()
-
     def build(self) -> dict[str, Any]:
-        spans = self._rows("SELECT * FROM spans WHERE {where} ORDER BY start_ns, depth", "start_wall_ns")
-        marks = self._rows("SELECT * FROM marks WHERE {where} ORDER BY t_ns", "wall_ns")
-        samples = self._rows(
-            "SELECT boot_id, pid, pid_start, t_ns, wall_ns, signals FROM samples WHERE {where} AND tid = 0 "
-            "ORDER BY boot_id, pid, pid_start, t_ns",
-            "wall_ns",
-        )
-        procs = {
-            (r["boot_id"], r["pid"], r["pid_start"]): r
-            for r in self.conn.execute("SELECT * FROM processes")
-            if self.uid is None or r["uid"] == self.uid
-        }
+        spans = read.trace_spans(self.conn, self.since, self.pid, self.uid)
+        marks = read.trace_marks(self.conn, self.since, self.pid, self.uid)
+        samples = read.trace_process_samples(self.conn, self.since, self.pid, self.uid)
+        procs = {(r["boot_id"], r["pid"], r["pid_start"]): r for r in read.processes(self.conn, self.uid)}
         self._clock(spans, marks, samples)
         starts = [self._abs(r["boot_id"], r["start_ns"]) for r in spans]
         starts += [self._abs(r["boot_id"], r["t_ns"]) for r in marks]

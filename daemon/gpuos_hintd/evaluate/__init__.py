@@ -11,10 +11,10 @@ DESIGN section 8.  Modules, one job each:
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
+from ..store import read
 from .dataset import load_runs
 from .pipeline import evaluate
 
@@ -23,7 +23,7 @@ def evaluate_store(
     path: Path | str, since_wall_ns: int | None = None, tolerance_ms: float | None = None
 ) -> dict[str, Any]:
     """Evaluate a store file, opened read-only."""
-    conn = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
+    conn = read.connect(Path(path))
     try:
         runs = load_runs(conn, since_wall_ns)
     finally:

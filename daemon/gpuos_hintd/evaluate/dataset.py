@@ -26,12 +26,13 @@ rows only, which the daemon samples from connect to exit whatever the hints say.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from ..store import read
 
 NONE = "(none)"
 #: Gaps shorter than this between two spans of one phase are bridged (see ``timeline``).
@@ -41,11 +42,20 @@ LEVELS = ("top", "leaf", "class")
 EXCLUDED = frozenset({"gpu_energy_estimated", "amdgpu_energy_estimated", "threads_sampled"})
 
 
-def metric_kinds() -> dict[str, str]:
-    """{metric: 'counter'|'gauge'} from every sampler class the daemon knows (import failures skipped)."""
+def metric_kinds(conn: sqlite3.Connection | None = None) -> dict[str, str]:
+    """{metric: 'counter'|'gauge'}: the store's catalogue where it has one (v2), else every sampler's.
+
+    A v2 store records the kinds the daemon declared (store.read.metric_kinds); a v1 store
+    (tests/data/eval/h100_run.db) does not, so its kinds come from the sampler classes the
+    daemon knows (import failures skipped), as before.
+    """
+    if conn is not None:
+        kinds = read.metric_kinds(conn)
+        if kinds:
+            return kinds
     from ..samplers import registry
 
-    kinds: dict[str, str] = {}
+    kinds = {}
     for module in registry.KNOWN:
         try:
             classes = registry.sampler_classes(module)
@@ -87,6 +97,16 @@ class Run:
     raw: dict[str, np.ndarray]
     spans: list[Span]
     hinted: bool = True
+    #: {metric: kind} from the store's catalogue (empty for a v1 store: metric_kinds() then asks the samplers).
+    kinds: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def kinds_of(runs: Sequence[Run]) -> dict[str, str]:
+    """The metric kinds of runs read from one store: its catalogue, else the samplers' (metric_kinds)."""
+    for r in runs:
+        if r.kinds:
+            return r.kinds
+    return metric_kinds()
 
 
 @dataclasses.dataclass(slots=True)
@@ -154,30 +174,33 @@ def series_from_rows(rows: Iterable[tuple[int, Mapping[str, Any]]]) -> tuple[np.
 def load_runs(conn: sqlite3.Connection, since_wall_ns: int | None = None) -> list[Run]:
     """Every process of the store with at least 3 process-scope samples, oldest first."""
     since = since_wall_ns or 0
-    procs = conn.execute(
-        "SELECT boot_id, pid, pid_start, comm, cmdline FROM processes ORDER BY first_seen_wall_ns"
-    ).fetchall()
+    kinds = read.metric_kinds(conn)
     runs: list[Run] = []
-    for boot_id, pid, pid_start, comm, cmdline in procs:
-        rows = conn.execute(
-            "SELECT t_ns, signals FROM samples WHERE boot_id=? AND pid=? AND pid_start=? AND tid=0 AND wall_ns>=?"
-            " ORDER BY t_ns",
-            (boot_id, pid, pid_start, since),
-        ).fetchall()
+    for p in read.processes(conn):
+        boot_id, pid, pid_start, comm, cmdline = p["boot_id"], p["pid"], p["pid_start"], p["comm"], p["cmdline"]
+        rows = read.process_samples(conn, boot_id, pid, pid_start, since)
         if len(rows) < 3:
             continue
-        t, raw = series_from_rows((r[0], json.loads(r[1])) for r in rows)
+        t, raw = series_from_rows(rows)
         spans = [
-            Span(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7] or "{}"), r[8], r[9], r[10], r[11])
-            for r in conn.execute(
-                "SELECT start_ns, end_ns, name, path, depth, workload_class, tid, signals, dev_start_ns, dev_end_ns,"
-                " span_id, parent_span_id FROM spans"
-                " WHERE boot_id=? AND pid=? AND pid_start=? AND start_wall_ns>=? ORDER BY start_ns",
-                (boot_id, pid, pid_start, since),
+            Span(
+                d["start_ns"],
+                d["end_ns"],
+                d["name"],
+                d["path"],
+                d["depth"],
+                d["workload_class"],
+                d["tid"],
+                d["signals"],
+                d["dev_start_ns"],
+                d["dev_end_ns"],
+                d["span_id"],
+                d["parent_span_id"],
             )
+            for d in read.process_spans(conn, boot_id, pid, pid_start, since)
         ]
         key = f"{workload_of(cmdline, comm)}:{pid}"
-        runs.append(Run(key, workload_of(cmdline, comm), t, raw, spans, hinted=bool(spans)))
+        runs.append(Run(key, workload_of(cmdline, comm), t, raw, spans, hinted=bool(spans), kinds=kinds))
     return runs
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from . import attribution, baselines, breakdown, classify, segment
-from .dataset import LEVELS, Run, Windows, align_features, metric_kinds, transform, windows_of
+from .dataset import LEVELS, Run, Windows, align_features, kinds_of, transform, windows_of
 
 #: Windows per run in the blocked K-fold used when a workload has a single run.
 BLOCKS = 3
@@ -19,7 +19,7 @@ ATTRIBUTION_MODEL = "decision_tree"
 
 
 def build_windows(runs: Sequence[Run]) -> list[Windows]:
-    kinds = metric_kinds()
+    kinds = kinds_of(runs)
     wins = [windows_of(r, kinds) for r in runs if r.hinted and len(r.t_ns) >= 3]
     align_features(wins)
     return wins

@@ -1,113 +1,46 @@
-"""The embedded SQLite store: processes, spans, marks and samples.
+"""The store's writer: one thread owns the read-write connection (WAL, one transaction per batch).
 
-One writer thread owns the read-write connection (WAL, one transaction per
-batch); readers - `gpuos-hintctl`, exports, the evaluation - open the file
-read-only and never block it.  When a write fails (disk full, I/O error,
+Readers - `gpuos-hintctl`, exports, the evaluation - open the file read-only
+(store.read) and never block it.  When a write fails (disk full, I/O error,
 locked) nothing already queued is lost: the batch is kept, retried with
 backoff, and the failure counted and logged; only when the retry backlog is
 over its bound are the oldest *samples* shed (spans, the product, are shed
 last), and that is counted too.
+
+Spans are written compact (schema.py, codec.py): strings as ids into ``names``
+and signals packed per batch, their keys in ``layouts``.  Both id caches live
+here; ids handed out in a transaction that then fails are forgotten with it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from .errors import StoreError
+from ..errors import StoreError
+from ..model import DeviceInterval, MarkRow, Metric, ProcessRow, SampleRow, SpanRow
+from . import codec, schema
+from .codec import _plain, to_json
+from .read import _connect
+from .schema import DB_NAME, SCHEMA_VERSION
 
 log = structlog.get_logger("gpuos_hintd.store")
 
-SCHEMA_VERSION = 1
-DB_NAME = "gpuos-hint.db"
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS processes (
-    boot_id TEXT NOT NULL, pid INTEGER NOT NULL, pid_start INTEGER NOT NULL,
-    uid INTEGER, gid INTEGER, comm TEXT, cmdline TEXT, cgroup TEXT, unit TEXT,
-    workload_class TEXT, first_seen_wall_ns INTEGER, last_seen_wall_ns INTEGER,
-    exit_reason TEXT, events INTEGER DEFAULT 0, client_dropped INTEGER DEFAULT 0,
-    PRIMARY KEY (boot_id, pid, pid_start)
-);
-CREATE TABLE IF NOT EXISTS spans (
-    id INTEGER PRIMARY KEY,
-    boot_id TEXT NOT NULL, pid INTEGER NOT NULL, pid_start INTEGER NOT NULL,
-    span_id INTEGER NOT NULL, parent_span_id INTEGER NOT NULL, tid INTEGER NOT NULL,
-    name TEXT NOT NULL, path TEXT NOT NULL, depth INTEGER NOT NULL,
-    workload_class TEXT, attrs TEXT,
-    start_ns INTEGER NOT NULL, end_ns INTEGER NOT NULL, duration_ns INTEGER NOT NULL,
-    start_wall_ns INTEGER NOT NULL,
-    status TEXT NOT NULL, recovered INTEGER NOT NULL DEFAULT 0,
-    dev_start_ns INTEGER, dev_end_ns INTEGER,
-    samples INTEGER NOT NULL DEFAULT 0, estimated INTEGER NOT NULL DEFAULT 0,
-    signals TEXT NOT NULL DEFAULT '{}',
-    UNIQUE (boot_id, pid, pid_start, span_id)
-);
-CREATE INDEX IF NOT EXISTS spans_by_wall ON spans (start_wall_ns);
-CREATE INDEX IF NOT EXISTS spans_by_name ON spans (name, start_wall_ns);
-CREATE INDEX IF NOT EXISTS spans_by_pid ON spans (pid, start_wall_ns);
-CREATE TABLE IF NOT EXISTS marks (
-    id INTEGER PRIMARY KEY,
-    boot_id TEXT NOT NULL, pid INTEGER NOT NULL, pid_start INTEGER NOT NULL, tid INTEGER NOT NULL,
-    t_ns INTEGER NOT NULL, wall_ns INTEGER NOT NULL, name TEXT NOT NULL, attrs TEXT
-);
-CREATE INDEX IF NOT EXISTS marks_by_wall ON marks (wall_ns);
-CREATE TABLE IF NOT EXISTS samples (
-    boot_id TEXT NOT NULL, pid INTEGER NOT NULL, pid_start INTEGER NOT NULL, tid INTEGER NOT NULL,
-    t_ns INTEGER NOT NULL, wall_ns INTEGER NOT NULL, signals TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS samples_by_wall ON samples (wall_ns);
-CREATE INDEX IF NOT EXISTS samples_by_proc ON samples (pid, pid_start, t_ns);
-"""
-
-
-# The records live in .model; these names stay importable from here.
-from .model import DeviceInterval, MarkRow, ProcessRow, SampleRow, SpanRow  # noqa: E402
+__all__ = ["DB_NAME", "SCHEMA_VERSION", "Retention", "Store", "_plain"]
 
 _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-safe copy of an attrs/signals value: what the writer cannot store it rewrites.
-
-    bytes become text (invalid UTF-8 escaped as \\xNN), NaN and infinities become
-    null, integers outside int64 become strings, other odd types their repr.
-    The API accepts all of these, so refusing would lose a legitimate program's span.
-    """
-    if value is None or isinstance(value, bool | str):
-        return value
-    if isinstance(value, int):
-        return value if _I64_MIN <= value <= _I64_MAX else str(value)
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value).decode("utf-8", "backslashreplace")
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return repr(value)
-
-
-def _json(value: Any) -> str | None:
-    if value is None:
-        return None
-    try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError, OverflowError, RecursionError):
-        return json.dumps(_plain(value), separators=(",", ":"), allow_nan=False)
+_json = to_json
+#: Bound of each in-memory id cache (names, layouts); past it the cache starts over (the table keeps them).
+MAX_CACHED_IDS = 200_000
 
 
 def _i64(value: Any) -> Any:
@@ -117,26 +50,27 @@ def _i64(value: Any) -> Any:
     return value
 
 
-def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
-    if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0, check_same_thread=False)
-    else:
-        conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
-    conn.row_factory = sqlite3.Row
-    return conn
+class _Run(list):  # type: ignore[type-arg]
+    """Rows of one kind from consecutive items; for spans, where each item's columns are (offset, columns)."""
+
+    __slots__ = ("segments",)
 
 
-def open_readonly(state_dir: Path) -> sqlite3.Connection:
-    """A read-only connection for hintctl and exports; raises StoreError if absent."""
-    path = Path(state_dir) / DB_NAME
-    if not path.exists():
-        raise StoreError(f"no store at {path} (has the daemon run with --state-dir {state_dir}?)")
-    try:
-        conn = _connect(path, readonly=True)
-        conn.execute("SELECT 1 FROM spans LIMIT 1")
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot read {path}: {exc}") from exc
-    return conn
+def _runs(batch: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """Consecutive items of one kind joined into one list: spans are packed per batch, so bigger is cheaper."""
+    out: list[tuple[str, _Run]] = []
+    for kind, rows in batch:
+        rows = rows if isinstance(rows, list) else [rows]
+        if not (out and out[-1][0] == kind):
+            run = _Run()
+            run.segments = []
+            out.append((kind, run))
+        run = out[-1][1]
+        columns = getattr(rows, "columns", None)  # the correlator's batch (correlate.SpanBatch)
+        if columns is not None:
+            run.segments.append((len(run), columns))
+        run.extend(rows)
+    return list(out)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -162,11 +96,16 @@ class Store:
         self.path = self.state_dir / DB_NAME
         self.retention = retention or Retention()
         self.max_queue_rows = max_queue_rows
+        #: String -> names id, layout spec -> (id, Layout), id -> Layout; and what the open transaction added.
+        self._names: dict[str, int] = {}
+        self._layouts: dict[str, int] = {}
+        self._layout_by_id: dict[int, codec.Layout] = {}
+        self._fresh: list[tuple[dict[Any, Any], Any]] = []
         self._conn = self._open()
         self._watch: tuple[int, int] | None = self._identity()
         self._q: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
         self._backlog: list[tuple[str, Any]] = []
-        self.written = {"processes": 0, "spans": 0, "marks": 0, "samples": 0, "device": 0}
+        self.written = {"processes": 0, "spans": 0, "marks": 0, "samples": 0, "device": 0, "metrics": 0}
         self.write_errors = 0
         self.shed_rows = 0
         self.shed_by_kind: dict[str, int] = {}
@@ -203,12 +142,16 @@ class Store:
             conn = _connect(self.path, readonly=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(SCHEMA)
-            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if row is None:
-                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
-                raise StoreError(f"{self.path} has schema v{row[0]}, newer than this daemon's v{SCHEMA_VERSION}")
+            old = schema.migrate(conn)
+            self._has_v1 = "spans_v1" in schema.tables(conn)
+            if old > SCHEMA_VERSION:
+                raise StoreError(f"{self.path} has schema v{old}, newer than this daemon's v{SCHEMA_VERSION}")
+            if 0 < old < SCHEMA_VERSION:
+                log.info("store_migrated", path=str(self.path), from_version=old, to_version=SCHEMA_VERSION)
+            self._names.clear()
+            self._layouts.clear()
+            self._layout_by_id.clear()
+            self._fresh.clear()
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
         for suffix in ("-wal", "-shm"):
@@ -274,6 +217,10 @@ class Store:
         self.queued += 1
         self._rows_in += n
         self._q.put((kind, rows))
+
+    def register_metrics(self, metrics: Mapping[str, Metric]) -> None:
+        """Record the signal catalogue (name, unit, kind, scope, help) so readers need no sampler."""
+        self.submit("metrics", [(str(n), m.unit, m.kind, m.scope, m.help) for n, m in metrics.items()])
 
     def flush(self, timeout: float = 2.0) -> bool:
         """Wait until everything submitted so far is committed (or has failed); bounded."""
@@ -401,9 +348,9 @@ class Store:
         counts = dict.fromkeys(self.written, 0)
         try:
             conn.execute("BEGIN")
-            for kind, rows in batch:
+            for kind, rows in _runs(batch):
                 counts[kind] += getattr(self, f"_w_{kind}")(conn, rows)
-            conn.execute("COMMIT")
+            self._commit()
         except sqlite3.OperationalError as exc:  # disk full, I/O error, locked: retry later
             self._rollback()
             self.write_errors += 1
@@ -426,6 +373,19 @@ class Store:
             self._conn.execute("ROLLBACK")
         except sqlite3.Error:
             pass
+        self._forget(0)
+
+    def _forget(self, keep: int) -> None:
+        """Drop the ids handed out since mark ``keep`` of the open transaction (it was rolled back)."""
+        while len(self._fresh) > keep:
+            cache, key = self._fresh.pop()
+            value = cache.pop(key, None)
+            if cache is self._layouts and value is not None:
+                self._layout_by_id.pop(value, None)
+
+    def _commit(self) -> None:
+        self._conn.execute("COMMIT")
+        self._fresh.clear()
 
     def _write_rowwise(self, batch: Sequence[tuple[str, Any]]) -> bool:
         conn = self._conn
@@ -436,6 +396,7 @@ class Store:
                 writer = getattr(self, f"_w_{kind}")
                 for row in rows if isinstance(rows, list) else [rows]:
                     conn.execute("SAVEPOINT row")
+                    mark = len(self._fresh)
                     try:
                         counts[kind] += writer(conn, [row])
                         conn.execute("RELEASE row")
@@ -444,10 +405,11 @@ class Store:
                     except Exception as exc:
                         conn.execute("ROLLBACK TO row")
                         conn.execute("RELEASE row")
+                        self._forget(mark)
                         self.bad_rows += 1
                         if self.bad_rows <= 10 or self.bad_rows & (self.bad_rows - 1) == 0:
                             log.error("store_bad_row", kind=kind, error=f"{type(exc).__name__}: {exc}")
-            conn.execute("COMMIT")
+            self._commit()
         except sqlite3.OperationalError as exc:
             self._rollback()
             self.write_errors += 1
@@ -492,7 +454,9 @@ class Store:
         try:
             self._conn.execute("DELETE FROM samples WHERE wall_ns < ?", (wall - int(self.retention.samples_s * 1e9),))
             cut = wall - int(self.retention.spans_s * 1e9)
-            self._conn.execute("DELETE FROM spans WHERE start_wall_ns < ?", (cut,))
+            self._conn.execute("DELETE FROM span_rows WHERE start_wall_ns < ?", (cut,))
+            if self._has_v1:
+                self._conn.execute("DELETE FROM spans_v1 WHERE start_wall_ns < ?", (cut,))
             self._conn.execute("DELETE FROM marks WHERE wall_ns < ?", (cut,))
         except sqlite3.Error as exc:
             log.warning("store_prune_failed", error=str(exc))
@@ -512,63 +476,154 @@ class Store:
         )
         return len(rows)
 
+    # -- ids ------------------------------------------------------------------
+    def _name(self, conn: sqlite3.Connection, text: Any) -> int:
+        """The names id of a string (interned: each distinct string is stored once)."""
+        got = self._names.get(text)
+        if got is not None:
+            return got
+        if not isinstance(text, str):
+            raise TypeError(f"a span's name, path, class, status and boot id are strings, not {type(text).__name__}")
+        row = conn.execute("INSERT INTO names (s) VALUES (?) ON CONFLICT (s) DO NOTHING RETURNING id", (text,))
+        got_row = row.fetchone()
+        nid = got_row[0] if got_row else conn.execute("SELECT id FROM names WHERE s=?", (text,)).fetchone()[0]
+        if len(self._names) >= MAX_CACHED_IDS:
+            self._names.clear()
+        self._names[text] = nid
+        self._fresh.append((self._names, text))
+        return nid
+
+    def _layout(self, conn: sqlite3.Connection, spec: str | None) -> int | None:
+        if spec is None:
+            return None
+        got = self._layouts.get(spec)
+        if got is not None:
+            return got
+        row = conn.execute("INSERT INTO layouts (spec) VALUES (?) ON CONFLICT (spec) DO NOTHING RETURNING id", (spec,))
+        got_row = row.fetchone()
+        lid = got_row[0] if got_row else conn.execute("SELECT id FROM layouts WHERE spec=?", (spec,)).fetchone()[0]
+        if len(self._layouts) >= MAX_CACHED_IDS:
+            self._layouts.clear()
+            self._layout_by_id.clear()
+        self._layouts[spec] = lid
+        self._fresh.append((self._layouts, spec))
+        return lid
+
+    def _layout_of(self, conn: sqlite3.Connection, lid: int | None) -> codec.Layout | None:
+        if lid is None:
+            return None
+        lay = self._layout_by_id.get(lid)
+        if lay is None:
+            row = conn.execute("SELECT spec FROM layouts WHERE id=?", (lid,)).fetchone()
+            if row is None:
+                return None
+            lay = self._layout_by_id[lid] = codec.Layout(row[0])
+        return lay
+
+    # -- rows -----------------------------------------------------------------
     def _w_spans(self, conn: sqlite3.Connection, rows: list[SpanRow]) -> int:
         # A stored span is never overwritten: a second row with the same key (a reused
         # span id, a replayed batch) is ignored and counted as a conflict.  The one
         # exception is the continuation of a span this daemon closed as "interrupted"
         # at its own shutdown, recovered from the same process's heartbeat (same start
         # and name): that row completes the interrupted one.
+        packed = self._pack(rows)
+        name, layout = self._name, self._layout
+        rec, est = schema.RECOVERED, schema.ESTIMATED
+        names = self._names
+        params = []
+        for r, (spec, blob, xs) in zip(rows, packed, strict=True):
+            wc = r.workload_class
+            params.append(
+                [
+                    names.get(r.boot_id) or name(conn, r.boot_id),
+                    r.pid,
+                    r.pid_start,
+                    r.span_id,
+                    r.parent_span_id,
+                    r.tid,
+                    names.get(r.name) or name(conn, r.name),
+                    names.get(r.path) or name(conn, r.path),
+                    r.depth,
+                    None if wc is None else (names.get(wc) or name(conn, wc)),
+                    None if r.attrs is None else _json(r.attrs),
+                    r.start_ns,
+                    r.end_ns - r.start_ns,
+                    r.start_wall_ns,
+                    names.get(r.status) or name(conn, r.status),
+                    (rec if r.recovered else 0) | (est if r.estimated else 0),
+                    r.dev_start_ns,
+                    r.dev_end_ns,
+                    r.samples,
+                    None if spec is None else layout(conn, spec),
+                    blob,
+                    xs,
+                ]
+            )
+        interrupted = name(conn, "interrupted")
         before = conn.total_changes
-        conn.executemany(
-            """INSERT INTO spans (boot_id,pid,pid_start,span_id,parent_span_id,tid,name,path,
-               depth,workload_class,attrs,start_ns,end_ns,duration_ns,start_wall_ns,status,recovered,
-               dev_start_ns,dev_end_ns,samples,estimated,signals)
-               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
-               ON CONFLICT (boot_id, pid, pid_start, span_id) DO UPDATE SET
-                 parent_span_id=excluded.parent_span_id, tid=excluded.tid, name=excluded.name,
-                 path=excluded.path, depth=excluded.depth, workload_class=excluded.workload_class,
-                 attrs=excluded.attrs, start_ns=excluded.start_ns, end_ns=excluded.end_ns,
-                 duration_ns=excluded.duration_ns, start_wall_ns=excluded.start_wall_ns, status=excluded.status,
-                 recovered=excluded.recovered, dev_start_ns=excluded.dev_start_ns, dev_end_ns=excluded.dev_end_ns,
-                 samples=excluded.samples, estimated=excluded.estimated, signals=excluded.signals
-               WHERE spans.status = 'interrupted' AND excluded.recovered = 1
-                 AND excluded.start_ns = spans.start_ns AND excluded.name = spans.name""",
-            [
-                tuple(
-                    map(
-                        _i64,
-                        (
-                            r.boot_id,
-                            r.pid,
-                            r.pid_start,
-                            r.span_id,
-                            r.parent_span_id,
-                            r.tid,
-                            r.name,
-                            r.path,
-                            r.depth,
-                            r.workload_class,
-                            _json(r.attrs),
-                            r.start_ns,
-                            r.end_ns,
-                            r.duration_ns,
-                            r.start_wall_ns,
-                            r.status,
-                            int(r.recovered),
-                            r.dev_start_ns,
-                            r.dev_end_ns,
-                            r.samples,
-                            int(r.estimated),
-                            _json(r.signals) or "{}",
-                        ),
-                    )
-                )
-                for r in rows
-            ],
-        )
+        conn.execute("SAVEPOINT spans")
+        sql = self._span_sql(interrupted)
+        try:
+            try:
+                conn.executemany(sql, params)
+            except OverflowError:
+                # An int past int64 (a hostile client's timestamp after the daemon's arithmetic): clamp, as v1 did.
+                conn.execute("ROLLBACK TO spans")
+                for p, r in zip(params, rows, strict=True):
+                    start, end = _i64(r.start_ns), _i64(r.end_ns)
+                    p[1:6] = map(_i64, p[1:6])
+                    p[8] = _i64(p[8])
+                    p[11], p[12], p[13] = start, _i64(end - start), _i64(r.start_wall_ns)
+                    p[16:19] = map(_i64, p[16:19])
+                conn.executemany(sql, params)
+        except BaseException:
+            try:
+                conn.execute("ROLLBACK TO spans")
+                conn.execute("RELEASE spans")
+            except sqlite3.Error:
+                pass
+            raise
+        conn.execute("RELEASE spans")
         written = conn.total_changes - before
         self.span_conflicts += len(rows) - written
         return written
+
+    @staticmethod
+    def _pack(rows: list[SpanRow]) -> list[codec.Encoded]:
+        """Each span's signals packed: from the correlator's columns where it handed them, else from the dicts."""
+        packed: list[codec.Encoded | None] = [None] * len(rows)
+        for offset, (names, m, ints, bools, own) in getattr(rows, "segments", ()):
+            try:
+                got = codec.encode_columns(names, m, ints, bools, own)
+            except Exception as exc:  # columns that do not add up: the dicts are the truth
+                log.warning("store_columns_unusable", error=f"{type(exc).__name__}: {exc}")
+                continue
+            packed[offset : offset + len(got)] = got
+        missing = [i for i, p in enumerate(packed) if p is None]
+        if missing:
+            for i, p in zip(missing, codec.encode([rows[i].signals for i in missing]), strict=True):
+                packed[i] = p
+        return packed  # type: ignore[return-value]
+
+    @staticmethod
+    def _span_sql(interrupted: int) -> str:
+        return f"""INSERT INTO span_rows (boot,pid,pid_start,span_id,parent_span_id,tid,name,path,depth,class,attrs,
+               start_ns,dur_ns,start_wall_ns,status,flags,dev_start_ns,dev_end_ns,samples,layout,sig,xs)
+               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+               ON CONFLICT (boot, pid, pid_start, span_id) DO UPDATE SET
+                 parent_span_id=excluded.parent_span_id, tid=excluded.tid, name=excluded.name,
+                 path=excluded.path, depth=excluded.depth, class=excluded.class,
+                 attrs=excluded.attrs, start_ns=excluded.start_ns, dur_ns=excluded.dur_ns,
+                 start_wall_ns=excluded.start_wall_ns, status=excluded.status, flags=excluded.flags,
+                 dev_start_ns=excluded.dev_start_ns, dev_end_ns=excluded.dev_end_ns,
+                 samples=excluded.samples, layout=excluded.layout, sig=excluded.sig, xs=excluded.xs
+               WHERE span_rows.status = {int(interrupted)} AND (excluded.flags & {schema.RECOVERED})
+                 AND excluded.start_ns = span_rows.start_ns AND excluded.name = span_rows.name"""
+
+    def _w_metrics(self, conn: sqlite3.Connection, rows: list[tuple[str, str, str, str, str]]) -> int:
+        conn.executemany("INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?)", rows)
+        return len(rows)
 
     @staticmethod
     def _w_marks(conn: sqlite3.Connection, rows: list[MarkRow]) -> int:
@@ -592,165 +647,29 @@ class Store:
         )
         return len(rows)
 
-    @staticmethod
-    def _w_device(conn: sqlite3.Connection, rows: list[DeviceInterval]) -> int:
+    def _w_device(self, conn: sqlite3.Connection, rows: list[DeviceInterval]) -> int:
+        """A device interval that came after its span was stored: its figures merge into the span's."""
         n = 0
         for r in rows:
+            key = (_i64(r.pid), _i64(r.pid_start), _i64(r.span_id))
+            boot = self._names.get(r.boot_id)
+            if boot is None:
+                got = conn.execute("SELECT id FROM names WHERE s=?", (r.boot_id,)).fetchone()
+                if got is None:
+                    continue
+                boot = got[0]
+            old = conn.execute(
+                "SELECT id, layout, sig, xs FROM span_rows WHERE boot=? AND pid=? AND pid_start=? AND span_id=?",
+                (boot, *key),
+            ).fetchone()
+            if old is None:
+                continue
+            signals = codec.decode(self._layout_of(conn, old[1]), old[2], old[3])
+            signals.update(r.signals or {})
+            ((spec, blob, xs),) = codec.encode([signals])
             cur = conn.execute(
-                """UPDATE spans SET dev_start_ns=?, dev_end_ns=?,
-                   signals=json_patch(signals, ?) WHERE boot_id=? AND pid=? AND pid_start=? AND span_id=?""",
-                tuple(
-                    map(
-                        _i64,
-                        (
-                            r.dev_start_ns,
-                            r.dev_end_ns,
-                            _json(r.signals or {}),
-                            r.boot_id,
-                            r.pid,
-                            r.pid_start,
-                            r.span_id,
-                        ),
-                    )
-                ),
+                "UPDATE span_rows SET dev_start_ns=?, dev_end_ns=?, layout=?, sig=?, xs=? WHERE id=?",
+                (_i64(r.dev_start_ns), _i64(r.dev_end_ns), self._layout(conn, spec), blob, xs, old[0]),
             )
             n += cur.rowcount
         return n
-
-
-# ---------------------------------------------------------------- read side
-@dataclasses.dataclass(frozen=True, slots=True)
-class SpanQuery:
-    pid: int | None = None
-    name: str | None = None
-    since_wall_ns: int | None = None
-    status: str | None = None
-    limit: int = 50
-    uid: int | None = None  # only this uid's processes (what a non-root caller may see)
-
-
-def query_spans(conn: sqlite3.Connection, q: SpanQuery) -> list[dict[str, Any]]:
-    where, args = ["1=1"], []
-    if q.uid is not None:
-        where.append("p.uid = ?")
-        args.append(q.uid)
-    if q.pid is not None:
-        where.append("s.pid = ?")
-        args.append(q.pid)
-    if q.name is not None:
-        where.append("(s.name = ? OR s.path = ?)")
-        args += [q.name, q.name]
-    if q.since_wall_ns is not None:
-        where.append("s.start_wall_ns >= ?")
-        args.append(q.since_wall_ns)
-    if q.status is not None:
-        where.append("s.status = ?")
-        args.append(q.status)
-    args.append(q.limit)
-    rows = conn.execute(
-        f"""SELECT s.*, p.comm FROM spans s LEFT JOIN processes p
-            ON p.boot_id=s.boot_id AND p.pid=s.pid AND p.pid_start=s.pid_start
-            WHERE {" AND ".join(where)} ORDER BY s.start_wall_ns DESC, s.id DESC LIMIT ?""",
-        args,
-    ).fetchall()
-    return [_span_dict(r) for r in rows]
-
-
-def _span_dict(row: sqlite3.Row) -> dict[str, Any]:
-    d = dict(row)
-    d["attrs"] = json.loads(d["attrs"]) if d.get("attrs") else None
-    d["signals"] = json.loads(d["signals"]) if d.get("signals") else {}
-    d["recovered"] = bool(d["recovered"])
-    d["estimated"] = bool(d["estimated"])
-    return d
-
-
-#: Signals summarised per phase name by `gpuos-hintctl phases`: (signal, how).
-PHASE_SUMMARY_SIGNALS: tuple[tuple[str, str], ...] = (
-    ("cpu_pct", "avg"),
-    ("thread_cpu_ns", "avg"),
-    ("ctx_vol", "avg"),
-    ("run_delay_ns", "avg"),
-    ("io_syscr", "avg"),
-    ("gpu_util_pct_mean", "avg"),
-    ("gpu_power_mw_mean", "avg"),
-    ("gpu_energy_j", "sum"),
-)
-
-
-def phase_energy_marks(
-    conn: sqlite3.Connection, since_wall_ns: int | None = None, uid: int | None = None
-) -> dict[tuple[int, int], list[Any]]:
-    """The per-phase energy statistics the daemon wrote (``__phase_energy__`` marks), per process."""
-    where, args = "name='__phase_energy__' AND wall_ns >= ?", [since_wall_ns or 0]
-    if uid is not None:
-        where += """ AND EXISTS (SELECT 1 FROM processes p WHERE p.boot_id=marks.boot_id AND p.pid=marks.pid
-                     AND p.pid_start=marks.pid_start AND p.uid=?)"""
-        args.append(uid)
-    out: dict[tuple[int, int], list[Any]] = {}
-    for pid, pst, attrs in conn.execute(f"SELECT pid, pid_start, attrs FROM marks WHERE {where} ORDER BY id", args):
-        try:
-            out.setdefault((pid, pst), []).append(json.loads(attrs))
-        except (TypeError, ValueError):
-            continue
-    return out
-
-
-def phase_energy_fits(
-    conn: sqlite3.Connection, since_wall_ns: int | None = None, resamples: int = 200, uid: int | None = None
-) -> dict[tuple[int, int], dict[str, dict[str, Any]]]:
-    """Per process: the per-phase power fit (NNLS + bootstrap CI) over its __phase_energy__ marks."""
-    from .phase_energy import fit_marks  # the offline half of phase_energy: pure arithmetic
-
-    return {key: fit_marks(marks, resamples) for key, marks in phase_energy_marks(conn, since_wall_ns, uid).items()}
-
-
-def best_phase_fits(by_proc: dict[tuple[int, int], dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """Per phase path: the fit of the process that saw it in the most windows."""
-    best: dict[str, dict[str, Any]] = {}
-    for (pid, _pst), fits in by_proc.items():
-        for path, f in fits.items():
-            if path.startswith("("):
-                continue  # (unhinted), (other phases): shown only in --json through the paths
-            if path not in best or f["windows"] > best[path]["windows"]:
-                best[path] = {**f, "pid": pid}
-    return best
-
-
-def phase_table(
-    conn: sqlite3.Connection, since_wall_ns: int | None = None, uid: int | None = None
-) -> list[dict[str, Any]]:
-    """What `gpuos-hintctl phases` shows: phase_summary plus each phase's energy fit (of one uid, if given)."""
-    rows = phase_summary(conn, since_wall_ns, uid)
-    fits = best_phase_fits(phase_energy_fits(conn, since_wall_ns, uid=uid))
-    for r in rows:
-        if r["name"] in fits:
-            r["energy_fit"] = fits[r["name"]]
-    return rows
-
-
-def phase_summary(
-    conn: sqlite3.Connection, since_wall_ns: int | None = None, uid: int | None = None
-) -> list[dict[str, Any]]:
-    """Per phase path: count, duration stats and the mean/sum of key signals (of one uid, if given)."""
-    sig = ", ".join(f"{how}(json_extract(signals, '$.{name}')) AS {name}" for name, how in PHASE_SUMMARY_SIGNALS)
-    where, args = "start_wall_ns >= ?", [since_wall_ns or 0]
-    if uid is not None:
-        where += """ AND EXISTS (SELECT 1 FROM processes p WHERE p.boot_id=spans.boot_id AND p.pid=spans.pid
-                     AND p.pid_start=spans.pid_start AND p.uid=?)"""
-        args.append(uid)
-    rows = conn.execute(
-        f"""SELECT path AS name, workload_class, count(*) AS count,
-                   sum(status='abandoned') AS abandoned, avg(duration_ns) AS mean_ns,
-                   min(duration_ns) AS min_ns, max(duration_ns) AS max_ns, sum(duration_ns) AS total_ns,
-                   avg(dev_end_ns - dev_start_ns) AS dev_mean_ns, count(dev_start_ns) AS dev_count,
-                   sum(json_extract(signals, '$.thread_cpu_ns')) AS thread_cpu_total_ns,
-                   sum(json_extract(signals, '$.thread_cpu_ns_err')) AS thread_cpu_total_err_ns,
-                   sum(json_extract(signals, '$.cpu_exact') = 1) AS cpu_exact_spans,
-                   sum(json_extract(signals, '$.gpu_energy_err_j')) AS gpu_energy_err_j,
-                   sum(json_extract(signals, '$.gpu_energy_subres') = 1) AS gpu_energy_subres_spans,
-                   {sig}
-            FROM spans WHERE {where} GROUP BY path, workload_class ORDER BY min(start_ns)""",
-        args,
-    ).fetchall()
-    return [dict(r) for r in rows]
