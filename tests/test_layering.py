@@ -17,8 +17,6 @@ from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parent.parent
 DAEMON = REPO / "daemon"
 CLIENT = REPO / "client"
@@ -341,11 +339,6 @@ def test_the_cli_reaches_the_daemon_only_through_control_and_the_store():
     assert not offences, "the CLI imports the live daemon:\n" + "\n".join(offences)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="pending the store/ read API (issue 10): history.py (the daemon's `export` control op) imports "
-    "the trace builder from cli/export.py; it moves out of cli/ (e.g. to export/trace.py) with its SQL",
-)
 def test_nothing_outside_the_cli_imports_it():
     importers = [v for v in modules() if not is_in(v, "cli")]
     offences = _offences(

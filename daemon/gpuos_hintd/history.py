@@ -79,7 +79,7 @@ def op_phases(service: Any, req: dict[str, Any], uid: int | None) -> list[dict[s
 
 
 def op_export(service: Any, req: dict[str, Any], uid: int | None) -> dict[str, Any]:
-    from .cli.export import build_trace  # the same builder hintctl uses on a store it can read
+    from .export.trace import build_trace  # the same builder hintctl uses on a store it can read
 
     fmt = _opt_str(req, "format", 16) or "perfetto"
     if fmt not in ("perfetto", "chrome"):
