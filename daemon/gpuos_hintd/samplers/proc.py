@@ -152,6 +152,8 @@ class _ThreadMemo:
 
 class ProcSampler(Sampler):
     name: ClassVar[str] = "proc"
+    #: Every ProcSample (and its dicts) is new per call: sampling.sample_all may merge into it.
+    fresh_results: ClassVar[bool] = True
     metrics: ClassVar[Mapping[str, Metric]] = {
         "cpu_user_ns": Metric("ns", "counter", "process", "user CPU time of all threads"),
         "cpu_sys_ns": Metric("ns", "counter", "process", "system CPU time of all threads"),
