@@ -35,6 +35,7 @@ for line in sys.stdin:
 def child():
     p = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "ready"
+    wait_blocked(p.pid)
     yield p
     p.kill()
     p.wait()
@@ -44,6 +45,21 @@ def poke(p: subprocess.Popen[str], cmd: str = "b") -> None:
     p.stdin.write(cmd + "\n")
     p.stdin.flush()
     assert p.stdout.readline().strip() == "ok"
+    wait_blocked(p.pid)
+
+
+def wait_blocked(pid: int) -> None:
+    """Until the child sleeps on stdin again (it may still run for a moment after answering)."""
+    deadline = time.monotonic() + 10
+    last = None
+    while time.monotonic() < deadline:
+        state = procfs.read_stat(procfs.PROCFS, pid, pid)["state"]
+        sched = procfs.read_schedstat(procfs.PROCFS, pid, pid)
+        if state == "S" and sched == last:
+            return
+        last = sched
+        time.sleep(0.01)
+    raise AssertionError("child did not block")
 
 
 def target(pid: int) -> Target:

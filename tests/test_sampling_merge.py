@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
+from typing import ClassVar
 
 from gpuos_hintd.model import Metric, ProcKey, ProcSample, Target
 from gpuos_hintd.samplers.base import Sampler
@@ -15,7 +16,7 @@ class Cached(Sampler):
     """Returns the same ProcSample every call (as a sampler holding its last values might)."""
 
     name = "cached"
-    metrics = {"a": Metric("x", "gauge", "process", "a")}
+    metrics: ClassVar[Mapping[str, Metric]] = {"a": Metric("x", "gauge", "process", "a")}
 
     def __init__(self) -> None:
         self.ps = ProcSample({"a": 1}, {7: {"ta": 1}})
