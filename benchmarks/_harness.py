@@ -41,12 +41,18 @@ def start_daemon(
     args: Sequence[str] = ("--log-level", "warning"),
     log: Path | None = None,
     timeout_s: float = 15.0,
+    cpus: set[int] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start `gpuos-hintd` with env (see daemon_env) and wait until it answers a ping."""
+    """Start `gpuos-hintd` with env (see daemon_env) and wait until it answers a ping.
+
+    cpus: pin the daemon to these CPUs before exec, so every thread it starts inherits them."""
     from gpuos_hintd.control import request
 
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - lives as long as the daemon
-    proc = subprocess.Popen([sys.executable, "-m", "gpuos_hintd.main", *args], env=env, stdout=out, stderr=out)
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpuos_hintd.main", *args], env=env, stdout=out, stderr=out, preexec_fn=pin
+    )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
