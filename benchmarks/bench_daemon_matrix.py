@@ -14,7 +14,7 @@ after --settle s the harness reads, from /proc and the daemon's status:
                        such a cell is flagged `senders_fell_behind`, and its CPU figure is for the
                        load actually offered
   delivery             every client's acknowledged `delivered` == handed, 0 drops/undelivered/
-                       rejected, and the daemon's event counter >= what the clients handed over;
+                       rejected, and the daemon's event counter >= what was acknowledged;
                        otherwise the cell is `valid: false` with the reasons
   drain                SIGTERM at the end: how long the daemon took to drain and exit (bounded,
                        SIGKILL past --drain-timeout; recorded, never an exception)
@@ -58,14 +58,14 @@ from _harness import (
 def run_cell(n: int, rate: float, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
-        env = daemon_env(tmp, base=source_env(args.src))
+        env = daemon_env(tmp, base=source_env(args.src), config_text=args.daemon_config.replace("\\n", "\n") or None)
         daemon = start_daemon(env, ("--log-level", "error", "--sample-hz", str(args.sample_hz)), log=tmp / "d.log")
         ctl = env["GPUOS_HINT_CONTROL"]
         go = tmp / "go"
         kids: list[Any] = []
         try:
             t_start = time.monotonic()
-            kids = start_phase_clients(n, rate, args.settle + args.window + 0.5, env, go)
+            kids = start_phase_clients(n, rate, args.settle + args.window + 0.5, env, go, flush_s=args.flush_timeout)
             startup_s = time.monotonic() - t_start
             go.touch()
             time.sleep(args.settle)
@@ -78,11 +78,11 @@ def run_cell(n: int, rate: float, args: argparse.Namespace) -> dict[str, Any]:
             st2 = None
             events_before = None
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:  # bounded: until the daemon counted every event
+            while time.monotonic() < deadline:  # bounded: until the daemon's count covers every acknowledged event
                 st2 = safe_request(ctl, "status", timeout_s=10)
                 events_before = status_counter(st2, "events")
-                handed = sum(r.get("stats", {}).get("handed") or 0 for r in results)
-                if events_before is not None and events_before >= handed:
+                acked = sum(r.get("stats", {}).get("delivered") or 0 for r in results)
+                if events_before is not None and events_before >= acked:
                     break
                 time.sleep(0.3)
         finally:
@@ -140,6 +140,8 @@ def main() -> int:
     ap.add_argument("--drain-timeout", type=float, default=60.0, help="s the daemon may take to exit on SIGTERM")
     ap.add_argument("--budget-min", type=float, default=12.0, help="stop starting cells after this many minutes")
     ap.add_argument("--quick", action="store_true", help="CI smoke: 1,4 clients x 10,100 Hz, 2 s windows")
+    ap.add_argument("--flush-timeout", type=float, default=30.0, help="s each client waits for its last acks")
+    ap.add_argument("--daemon-config", default="", help="extra daemon config (TOML, \\n between lines)")
     ap.add_argument("--src", help="run daemon and clients from this source tree (DIR/daemon, DIR/client)")
     ap.add_argument("--out", default=str(RESULTS / "daemon_matrix.json"))
     args = ap.parse_args()

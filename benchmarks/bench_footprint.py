@@ -89,10 +89,11 @@ def run_once(src: str | None, args: argparse.Namespace, daemon_on: bool = True) 
             events = None
             if daemon is not None:
                 deadline = time.monotonic() + 20
-                handed = sum(r.get("stats", {}).get("handed") or 0 for r in results)
+                acked = sum(r.get("stats", {}).get("delivered") or 0 for r in results)
                 while time.monotonic() < deadline:
-                    events = status_counter(safe_request(ctl, "status", timeout_s=10), "events")
-                    if events is not None and events >= handed:
+                    st2 = safe_request(ctl, "status", timeout_s=10)
+                    events = status_counter(st2, "events")
+                    if events is not None and events >= acked:
                         break
                     time.sleep(0.3)
         finally:

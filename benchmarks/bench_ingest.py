@@ -422,7 +422,10 @@ def main() -> int:
     ap.add_argument("--out", default=str(RESULTS / "ingest.json"))
     args = ap.parse_args()
     if args.quick:
-        args.batches, args.senders, args.events_per_sender, args.window = 120, "1,2", 40_000, 1.0
+        quick = {"batches": 120, "senders": "1,2", "events_per_sender": 40_000, "window": 1.0}
+        for k, v in quick.items():  # what the command line left at its default
+            if getattr(args, k) == ap.get_default(k):
+                setattr(args, k, v)
     cpu = args.cpu if args.cpu != -2 else sorted(os.sched_getaffinity(0))[-1]
     t_begin = time.monotonic()
 
