@@ -40,6 +40,7 @@ What one tick costs, and why it is cheap (issue 10, "footprint"):
 from __future__ import annotations
 
 import os
+import resource
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import ClassVar
@@ -179,10 +180,16 @@ class ProcSampler(Sampler):
         self,
         procfs_root: Path = procfs.PROCFS,
         reuse_fds: bool | None = None,
-        max_fds: int = 1024,
+        max_fds: int | None = None,
         idle_close_s: float = 5.0,
     ) -> None:
-        """reuse_fds: hold fds and pread them (default: only on the real /proc, see the module doc)."""
+        """reuse_fds: hold fds and pread them (default: only on the real /proc, see the module doc).
+
+        max_fds: at most this many held (default: 1024, or an eighth of the soft RLIMIT_NOFILE when
+        that is smaller, so the hint socket's connections keep their share of the fd limit)."""
+        if max_fds is None:
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            max_fds = 1024 if soft == resource.RLIM_INFINITY else max(0, min(1024, soft // 8))
         self.procfs = procfs_root
         self._root = str(procfs_root)
         reuse = str(procfs_root) == "/proc" if reuse_fds is None else reuse_fds
