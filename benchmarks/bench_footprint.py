@@ -74,7 +74,10 @@ def run_once(src: str | None, args: argparse.Namespace, daemon_on: bool = True) 
                 daemon = start_daemon(
                     env, ("--log-level", "error", "--sample-hz", str(args.sample_hz)), log=tmp / "d.log"
                 )
-            kids = start_phase_clients(args.clients, args.phase_hz, seconds, env, go)
+            # With no daemon nothing is ever acknowledged: do not wait for it at the end.
+            kids = start_phase_clients(
+                args.clients, args.phase_hz, seconds, env, go, flush_s=30.0 if daemon_on else 0.5
+            )
             go.touch()
             time.sleep(args.settle)
             ctl = env["GPUOS_HINT_CONTROL"]
