@@ -63,7 +63,8 @@ DEFAULT_BEFORE = "7b3ad84"
 def run_once(src: str | None, args: argparse.Namespace, daemon_on: bool = True) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
-        env = daemon_env(tmp, base=source_env(src))
+        conf = args.daemon_config.replace("\\n", "\n") or None
+        env = daemon_env(tmp, base=source_env(src), config_text=conf)
         go = tmp / "go"
         seconds = args.settle + args.window + 0.5
         daemon = None
@@ -145,6 +146,11 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3, help="(before, after) pairs, order alternating")
     ap.add_argument("--sample-hz", type=float, default=10.0)
     ap.add_argument("--before-ref", default=DEFAULT_BEFORE, help="git ref of the 'before' tree, or 'none'")
+    ap.add_argument(
+        "--daemon-config",
+        default="",
+        help='extra daemon config (TOML, \\n between lines), e.g. disable_samplers = ["maps"]',
+    )
     ap.add_argument("--src", help="the 'after' tree (DIR/daemon, DIR/client); default this checkout")
     ap.add_argument("--no-baseline", action="store_true", help="skip the clients-without-daemon run")
     ap.add_argument("--target-cpu-pct", type=float, default=1.5)
