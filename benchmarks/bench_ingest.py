@@ -255,7 +255,7 @@ def run_inproc(batches: int, max_open: int, src: str | None, hz: float, cpu: int
         timeout=600,
     )
     if out.returncode != 0:
-        raise SystemExit(f"in-process child failed:\n{out.stderr[-3000:]}")
+        raise SystemExit(f"in-process child failed (rc {out.returncode}):\n{out.stderr[-3000:]}\n{out.stdout[-1000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
