@@ -41,12 +41,18 @@ def start_daemon(
     args: Sequence[str] = ("--log-level", "warning"),
     log: Path | None = None,
     timeout_s: float = 15.0,
+    cpus: set[int] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start `gpuos-hintd` with env (see daemon_env) and wait until it answers a ping."""
+    """Start `gpuos-hintd` with env (see daemon_env) and wait until it answers a ping.
+
+    cpus: pin the daemon to these CPUs before exec, so every thread it starts inherits them."""
     from gpuos_hintd.control import request
 
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - lives as long as the daemon
-    proc = subprocess.Popen([sys.executable, "-m", "gpuos_hintd.main", *args], env=env, stdout=out, stderr=out)
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpuos_hintd.main", *args], env=env, stdout=out, stderr=out, preexec_fn=pin
+    )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -433,3 +439,308 @@ def run_child(
     if res is None or proc.returncode != 0:
         raise RuntimeError(f"child failed (rc {proc.returncode}):\n{(err or '')[-3000:]}")
     return res
+
+
+# ---------------------------------------------------------------- daemon benchmarks (issue 10)
+# What bench_footprint, bench_daemon_matrix and bench_ingest share: a daemon from a chosen source
+# tree whose CPU and RSS are read from /proc, phase clients at a set rate, bounded waits everywhere
+# (a daemon draining a backlog on SIGTERM is timed, never an exception), and the delivery check.
+
+TCK = os.sysconf("SC_CLK_TCK")
+
+
+def source_env(src: str | Path | None, base: dict[str, str] | None = None) -> dict[str, str]:
+    """os.environ with PYTHONPATH at src/daemon:src/client (the tree under test), or unchanged."""
+    env = dict(base or os.environ)
+    if src:
+        env["PYTHONPATH"] = f"{src}/daemon:{src}/client"
+    return env
+
+
+def export_tree(ref: str, dest: Path) -> Path:
+    """`git archive` of daemon/ and client/ at ref into dest (a "before" tree for the same run)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    arch = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", ref, "daemon", "client"], capture_output=True, timeout=120
+    )
+    if arch.returncode != 0:
+        raise SystemExit(f"git archive {ref}: {arch.stderr.decode(errors='replace')[-500:]}")
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=arch.stdout, check=True, timeout=120)
+    return dest
+
+
+def git_rev(ref: str = "HEAD") -> str | None:
+    out = subprocess.run(["git", "-C", str(REPO), "rev-parse", ref], capture_output=True, text=True, timeout=30)
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def proc_status_kb(pid: int, field: str) -> int | None:
+    """A "Vm..." line of /proc/PID/status in kB (VmRSS, VmHWM), None if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(field.encode() + b":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def host_cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine from /proc/stat: how loaded it was meanwhile."""
+    with open("/proc/stat", "rb") as f:
+        parts = [int(x) for x in f.readline().split()[1:]]
+    idle = parts[3] + (parts[4] if len(parts) > 4 else 0)
+    return sum(parts) - idle, sum(parts)
+
+
+class Window:
+    """CPU of some processes and of the machine over a wall-clock window, plus RSS sampled in it.
+
+    start() / stop(); rss_mb is polled by a thread at 5 Hz for the daemon pid (peak and end)."""
+
+    def __init__(self, daemon_pid: int, other_pids: Sequence[int] = ()) -> None:
+        self.pid = daemon_pid
+        self.others = list(other_pids)
+        self.rss_peak_kb = 0
+        self._stop = False
+        self._thread: Any = None
+
+    def _cpu(self, pid: int) -> float | None:
+        try:
+            return proc_cpu_s(pid)
+        except OSError:
+            return None
+
+    def _poll(self) -> None:
+        while not self._stop:
+            kb = proc_status_kb(self.pid, "VmRSS")
+            if kb:
+                self.rss_peak_kb = max(self.rss_peak_kb, kb)
+            time.sleep(0.2)
+
+    def start(self) -> Window:
+        import threading
+
+        self.t0 = time.monotonic()
+        self.load0 = load_average()
+        self.host0 = host_cpu_jiffies()
+        self.d0 = self._cpu(self.pid)
+        self.o0 = [self._cpu(p) for p in self.others]
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict[str, Any]:
+        d1 = self._cpu(self.pid)
+        o1 = [self._cpu(p) for p in self.others]
+        host1 = host_cpu_jiffies()
+        dt = time.monotonic() - self.t0
+        self._stop = True
+        self._thread.join(2)
+        rss_end = proc_status_kb(self.pid, "VmRSS")
+        hwm = proc_status_kb(self.pid, "VmHWM")
+        others = sum(b - a for a, b in zip(self.o0, o1, strict=True) if a is not None and b is not None)
+        busy, total = host1[0] - self.host0[0], host1[1] - self.host0[1]
+        return {
+            "window_s": round(dt, 3),
+            "daemon_cpu_pct": None if self.d0 is None or d1 is None else round(100 * (d1 - self.d0) / dt, 3),
+            "others_cpu_pct": round(100 * others / dt, 3),
+            "daemon_rss_end_mb": None if rss_end is None else round(rss_end / 1024, 1),
+            "daemon_rss_peak_mb": round(max(self.rss_peak_kb, rss_end or 0) / 1024, 1),
+            "daemon_rss_hwm_mb": None if hwm is None else round(hwm / 1024, 1),
+            "host_busy_pct_of_all_cores": round(100 * busy / total, 1) if total else None,
+            "loadavg_start": self.load0,
+            "loadavg_end": load_average(),
+        }
+
+
+def stop_daemon(proc: subprocess.Popen[bytes], drain_timeout_s: float = 60.0) -> dict[str, Any]:
+    """SIGTERM, then wait (bounded) while it drains; SIGKILL past the bound.  Never raises."""
+    if proc.poll() is not None:
+        return {"rc": proc.returncode, "drain_s": 0.0, "killed": False, "already_exited": True}
+    t0 = time.monotonic()
+    proc.terminate()
+    try:
+        rc = proc.wait(drain_timeout_s)
+        return {"rc": rc, "drain_s": round(time.monotonic() - t0, 3), "killed": False}
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        return {"rc": proc.returncode, "drain_s": round(time.monotonic() - t0, 3), "killed": True}
+
+
+def safe_request(control: str, op: str, timeout_s: float = 5.0, **args: Any) -> Any:
+    """A control request that returns None instead of raising (a busy daemon may not answer in time)."""
+    from gpuos_hintd.control import request
+
+    try:
+        return request(control, op, timeout_s=timeout_s, **args)
+    except Exception:
+        return None
+
+
+def status_counter(st: dict[str, Any] | None, name: str) -> int | None:
+    """A daemon status counter (status["counters"][name]), None when absent or no status."""
+    if not st:
+        return None
+    v = (st.get("counters") or {}).get(name)
+    return int(v) if isinstance(v, int | float) else None
+
+
+def sampler_ticks(st0: dict[str, Any] | None, st1: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Per available sampler: ticks and ms spent between two status replies."""
+    if not st0 or not st1:
+        return {}
+    a = {s["name"]: s for s in st0.get("samplers", [])}
+    out = {}
+    for s in st1.get("samplers", []):
+        if not s.get("available"):
+            continue
+        p = a.get(s["name"], {})
+        ticks = s.get("ticks", 0) - p.get("ticks", 0)
+        spent = s.get("total_ms", 0.0) - p.get("total_ms", 0.0) if "total_ms" in s else None
+        out[s["name"]] = {
+            "ticks": ticks,
+            "ms_spent": None if spent is None else round(spent, 2),
+            "ms_per_tick": round(spent / ticks, 4) if spent is not None and ticks else None,
+        }
+    return out
+
+
+#: A hinting process: an outer phase held open for the whole run, and inside it short phases at
+#: --rate Hz on a deadline schedule (a late phase does not make the next ones burst).  It waits for
+#: a go-file so that all start together, optionally pins itself to a CPU, and at the end flushes and
+#: prints how many phases it made and its client stats.
+PHASE_CLIENT = r"""
+import json, os, sys, time
+rate, seconds, go = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+cpu = int(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[4] != "-" else None
+flush_s = float(sys.argv[5]) if len(sys.argv) > 5 else 30.0
+if cpu is not None:
+    os.sched_setaffinity(0, {cpu})
+import gpuos_client as h
+print("ready", flush=True)
+t_wait = time.monotonic() + 120
+while not os.path.exists(go) and time.monotonic() < t_wait:
+    time.sleep(0.005)
+period = 1.0 / rate
+n = late = 0
+with h.phase("serve", role="bench"):
+    t0 = time.monotonic(); nxt = t0; end = t0 + seconds
+    while True:
+        now = time.monotonic()
+        if now >= end:
+            break
+        with h.phase("request"):
+            pass
+        n += 1
+        nxt += period
+        d = nxt - time.monotonic()
+        if d > 0:
+            time.sleep(d)
+        elif d < -0.5:  # far behind: re-anchor instead of bursting to catch up
+            late += 1
+            nxt = time.monotonic()
+    elapsed = time.monotonic() - t0
+ok = h.flush(flush_s)
+print("RESULT " + json.dumps({"pid": os.getpid(), "phases": n, "elapsed_s": elapsed, "late": late,
+                             "flushed": ok, "stats": h.stats()}), flush=True)
+os._exit(0)  # the result is out; no exit-time flush (a refused client would retry it for long)
+"""
+
+
+def start_phase_clients(
+    n: int,
+    rate_hz: float,
+    seconds: float,
+    env: dict[str, str],
+    go: Path,
+    pin: Sequence[int] | None = None,
+    flush_s: float = 30.0,
+) -> list[subprocess.Popen[str]]:
+    """n PHASE_CLIENT processes, each ready (imported, waiting for go) when this returns.
+
+    pin: CPUs to pin the clients to, round robin (None: not pinned); flush_s: how long each waits at
+    the end for the daemon's acks of what it still has (what stays unanswered counts undelivered)."""
+    kids = []
+    for i in range(n):
+        cpu = str(pin[i % len(pin)]) if pin else "-"
+        kids.append(
+            subprocess.Popen(
+                [sys.executable, "-c", PHASE_CLIENT, str(rate_hz), str(seconds), str(go), cpu, str(flush_s)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    for k in kids:
+        assert k.stdout is not None
+        line = k.stdout.readline().strip()
+        if line != "ready":
+            for x in kids:
+                x.kill()
+            err = k.stderr.read() if k.stderr else ""
+            raise SystemExit(f"client failed to start: {line!r}\n{err[-2000:]}")
+    return kids
+
+
+def collect_clients(kids: Sequence[subprocess.Popen[str]], timeout_s: float) -> list[dict[str, Any]]:
+    """Each client's RESULT (bounded: a client past the deadline is killed and reported as such)."""
+    deadline = time.monotonic() + timeout_s
+    out = []
+    for k in kids:
+        try:
+            so, se = k.communicate(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            k.kill()
+            so, se = k.communicate()
+            out.append({"pid": k.pid, "error": "timed out", "stderr": (se or "")[-500:]})
+            continue
+        res = [ln for ln in (so or "").splitlines() if ln.startswith("RESULT ")]
+        if not res:
+            out.append({"pid": k.pid, "error": f"rc {k.returncode}", "stderr": (se or "")[-500:]})
+        else:
+            out.append(json.loads(res[-1][7:]))
+    return out
+
+
+def client_delivery(results: Sequence[dict[str, Any]], daemon_events: int | None = None) -> dict[str, Any]:
+    """Every event delivered?  From each client's acknowledged counters (docs/protocol.md: delivered =
+    events the daemon answered ok), and, when given, the daemon's own count of events accepted."""
+    problems: list[str] = []
+    handed = delivered = 0
+    phases = 0
+    for r in results:
+        if "error" in r:
+            problems.append(f"client {r['pid']}: {r['error']}")
+            continue
+        phases += r["phases"]
+        s = r["stats"]
+        c = client_counts(s)
+        handed += c["sent"] or 0
+        delivered += int(s.get("delivered") or 0)
+        if c["dropped"]:
+            problems.append(f"client {r['pid']} dropped {c['dropped']} ({s.get('dropped_by_reason')})")
+        if c["undelivered"]:
+            problems.append(f"client {r['pid']}: {c['undelivered']} undelivered")
+        if c["rejected"]:
+            problems.append(f"client {r['pid']}: {c['rejected']} rejected ({s.get('rejected_by_reason')})")
+        if "delivered" not in s:
+            problems.append(f"client {r['pid']} reports no delivered counter")
+    if delivered != handed:
+        problems.append(f"clients handed {handed} events, {delivered} acknowledged")
+    if daemon_events is not None and daemon_events < delivered:
+        problems.append(f"daemon counted {daemon_events} events, {delivered} acknowledged to the clients")
+    return {
+        "phases": phases,
+        "events_handed": handed,
+        "events_delivered": delivered,
+        "daemon_events": daemon_events,
+        "valid": not problems,
+        "problems": problems[:20],
+    }

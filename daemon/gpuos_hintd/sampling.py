@@ -53,6 +53,7 @@ class SampleResult:
 def sample_all(states: Sequence[SamplerState], targets: Sequence[Target], now: int) -> dict[ProcKey, ProcSample]:
     """Run every available sampler once and merge their per-process results."""
     merged: dict[ProcKey, ProcSample] = {}
+    owned: set[ProcKey] = set()  # keys whose ProcSample is our own copy (safe to update)
     for st in states:
         if not st.available:
             continue
@@ -74,15 +75,24 @@ def sample_all(states: Sequence[SamplerState], targets: Sequence[Target], now: i
             st.max_ms = max(st.max_ms, st.last_ms)
             st.total_ms += st.last_ms
             st.ticks += 1
+        fresh = getattr(st.sampler, "fresh_results", False)
         for key, ps in result.items():
             m = merged.get(key)
             if m is None:
-                merged[key] = ProcSample(dict(ps.values), {t: dict(v) for t, v in ps.threads.items()}, dict(ps.series))
-            else:
-                m.values.update(ps.values)
-                for tid, vals in ps.threads.items():
-                    m.threads.setdefault(tid, {}).update(vals)
-                m.series.update(ps.series)
+                # The first sampler's result is taken as it is; it is copied only when a second
+                # one merges into it, unless the sampler built it for this call alone
+                # (``fresh_results``), so a sampler's own (cached) dicts are never changed.
+                merged[key] = ps
+                if fresh:
+                    owned.add(key)
+                continue
+            if key not in owned:
+                owned.add(key)
+                m = merged[key] = ProcSample(dict(m.values), {t: dict(v) for t, v in m.threads.items()}, dict(m.series))
+            m.values.update(ps.values)
+            for tid, vals in ps.threads.items():
+                m.threads.setdefault(tid, {}).update(vals)
+            m.series.update(ps.series)
     return merged
 
 
