@@ -3,8 +3,8 @@
 Process-scope values come from /proc/PID/{stat,io}; thread-scope values (for
 the threads that opened phases) from /proc/PID/task/TID/{schedstat,stat,
 status}.  Raw files, because psutil would read the same files several times
-per tick for these fields; psutil is used where it adds value (command lines
-and cgroups for `status`, in clients.py, read once per client).
+per tick for these fields; command lines and cgroups for `status` are read once
+per client, also raw (clients.py), so the daemon does not need psutil at all.
 
 Why both scopes: a phase runs on one thread, so its CPU time, context
 switches and run-queue delay are that thread's; but GPU programs do work in
