@@ -68,6 +68,20 @@ REPLY_RESYNC: Final = "resync"  # "I don't know you (restart?): send hello+heart
 #: Answer to every batch from an admitted client: {"op","seq","ok","bad","why"?}: events
 #: accepted and refused.  The client's "delivered" count is the sum of "ok".
 REPLY_ACK: Final = "ack"
+#: Capabilities the daemon announces in its welcome.
+DAEMON_CAPS: Final = ("device_marks",)
+#: Mark name of a span's device interval (client/gpuos_client/device.py sends it):
+#: attrs {"span", "dev_begin_ns", "dev_end_ns"}.
+DEVICE_MARK: Final = "__device__"
+
+# --- control socket (hintctl -> daemon, REQ -> ROUTER), a msgpack map each way ---
+#: Request: {"op": <name>, **args}.  Reply: {"ok": true, "result": ...} or
+#: {"ok": false, "error": "<text>"}.  The core ops are below; daemon modules add more
+#: (e.g. history queries), and an unknown op is answered with the list of known ones.
+OP_PING: Final = "ping"
+OP_STATUS: Final = "status"
+OP_SYNC: Final = "sync"
+MAX_CONTROL_REQUEST_BYTES: Final = 65536
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -129,6 +143,71 @@ def encode_reply(reply: Mapping[str, Any]) -> bytes:
     import msgpack
 
     return msgpack.packb(dict(reply), use_bin_type=True)
+
+
+def encode_welcome(daemon_version: str) -> bytes:
+    """The daemon's answer to a hello: protocol version, daemon version, capabilities."""
+    return encode_reply({"op": REPLY_WELCOME, "v": VERSION, "daemon": daemon_version, "caps": list(DAEMON_CAPS)})
+
+
+_RESYNC: bytes | None = None
+
+
+def encode_resync() -> bytes:
+    """ "I don't know you (did I restart?): send hello and a heartbeat" (the same bytes every time)."""
+    global _RESYNC
+    if _RESYNC is None:
+        _RESYNC = encode_reply({"op": REPLY_RESYNC})
+    return _RESYNC
+
+
+def encode_ack(seq: int, ok: int, bad: int, why: str | None = None) -> bytes:
+    """The answer to every batch: events accepted (``ok``) and refused (``bad``, the last ``why``)."""
+    ack: dict[str, Any] = {"op": REPLY_ACK, "seq": seq, "ok": ok, "bad": bad}
+    if why is not None:
+        ack["why"] = why
+    return encode_reply(ack)
+
+
+def encode_control_request(op: str, **args: Any) -> bytes:
+    """Pack one control request (gpuos-hintctl, tests, a second daemon's liveness ping)."""
+    import msgpack
+
+    return msgpack.packb({**args, "op": op}, use_bin_type=True)
+
+
+def decode_control_request(data: bytes) -> dict[str, Any] | None:
+    """Unpack a control request; None unless it is a bounded map with a str "op".
+
+    Whether the op is known is the server's business (it answers with the list).
+    """
+    import msgpack
+
+    if len(data) > MAX_CONTROL_REQUEST_BYTES:
+        return None
+    try:
+        req = msgpack.unpackb(data, raw=False, max_map_len=64, max_array_len=1024, max_str_len=4096, max_bin_len=4096)
+    except Exception:
+        return None
+    return req if isinstance(req, dict) and isinstance(req.get("op"), str) else None
+
+
+def encode_control_reply(ok: bool, result: Any = None, error: str | None = None) -> bytes:
+    """Pack the control envelope; values msgpack cannot pack become their str() (paths etc.)."""
+    import msgpack
+
+    reply: dict[str, Any] = {"ok": True, "result": result} if ok else {"ok": False, "error": str(error)}
+    return msgpack.packb(reply, default=str, use_bin_type=True)
+
+
+def decode_control_reply(data: bytes) -> dict[str, Any]:
+    """Unpack a control reply (from the daemon: trusted to be a map, but checked)."""
+    import msgpack
+
+    reply = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    if not isinstance(reply, dict):
+        raise ProtocolError("malformed", f"control reply is {type(reply).__name__}, not a map")
+    return reply
 
 
 def decode_reply(data: bytes) -> dict[str, Any] | None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import msgpack
 import zmq
+from gpuos_client import protocol as P
 
 from .errors import GpuosError
 
@@ -33,13 +33,13 @@ def request(endpoint: str, op: str, timeout_s: float = 2.0, **args: Any) -> Any:
     sock.setsockopt(zmq.LINGER, 0)
     try:
         sock.connect(endpoint)
-        sock.send(msgpack.packb({"op": op, **args}))
+        sock.send(P.encode_control_request(op, **args))
         if not sock.poll(int(timeout_s * 1000)):
             raise DaemonUnavailable(
                 f"no gpuos-hintd answered on {endpoint} within {timeout_s:g}s "
                 "(is it running? start it with `gpuos-hintd` or `systemctl start gpuos-hintd`)"
             )
-        reply = msgpack.unpackb(sock.recv(), raw=False, strict_map_key=False)
+        reply = P.decode_control_reply(sock.recv())
     finally:
         sock.close()
     if not reply.get("ok"):

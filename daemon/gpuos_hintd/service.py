@@ -32,7 +32,6 @@ from .store import Store
 
 log = structlog.get_logger("gpuos_hintd.service")
 
-DEVICE_MARK = "__device__"
 RECENT_EXITED = 32
 #: Keys of reaped clients remembered, so a late batch of an exited process is refused
 #: (counted once) instead of re-creating the client at every reap cycle.
@@ -158,7 +157,7 @@ class HintService:
         try:
             return self._ingest(data, peer, routing_id)
         except Exception as exc:
-            self._reject("internal_error", f"{type(exc).__name__}: {exc}", peer, n=1, exc=exc)
+            self.reject("internal_error", f"{type(exc).__name__}: {exc}", peer, n=1, exc=exc)
             return []
 
     def _ingest(self, data: bytes, peer: tuple[int, int, int] | None, routing_id: bytes) -> list[bytes]:
@@ -166,16 +165,15 @@ class HintService:
         try:
             batch = P.decode_batch(data, self.limits)
         except P.ProtocolError as exc:
-            self._reject(exc.reason, exc.detail, peer, n=1)
+            self.reject(exc.reason, exc.detail, peer, n=1)
             return []
         try:
             client = self._admit(batch, peer, routing_id)
         except (P.ProtocolError, Rejected) as exc:
-            self._reject(exc.reason, exc.detail, peer, n=1)
+            self.reject(exc.reason, exc.detail, peer, n=1)
             # The sender learns that (and why) its events were refused: its stats count them as
             # rejected by reason ("too_many_clients_for_uid" instead of nothing).
-            ack = {"op": P.REPLY_ACK, "seq": batch.seq, "ok": 0, "bad": len(batch.events), "why": exc.reason}
-            return [P.encode_reply(ack)]
+            return [P.encode_ack(batch.seq, 0, len(batch.events), exc.reason)]
         replies: list[bytes] = []
         if batch.seq != client.last_seq + 1 and client.last_seq:
             client.seq_gaps += 1
@@ -194,11 +192,11 @@ class HintService:
                 check_fields(kind, ev, limits)
                 out = handlers[kind](client, ev, t_ns, tid)
             except (P.ProtocolError, Rejected) as exc:
-                self._reject(exc.reason, exc.detail, peer, n=1, unit="event")
+                self.reject(exc.reason, exc.detail, peer, n=1, unit="event")
                 why = exc.reason
                 continue
             except Exception as exc:  # a bug reached by this event: count it, keep the rest
-                self._reject("internal_error", f"{type(exc).__name__}: {exc}", peer, n=1, unit="event", exc=exc)
+                self.reject("internal_error", f"{type(exc).__name__}: {exc}", peer, n=1, unit="event", exc=exc)
                 continue
             nev += 1
             if out:
@@ -212,12 +210,9 @@ class HintService:
             self._sample_now(due)
         if client.hello is None and client.batches == 1:
             # A client we never greeted: the daemon restarted under it.  Ask it to resync.
-            replies.append(P.encode_reply({"op": P.REPLY_RESYNC}))
+            replies.append(P.encode_resync())
             self.counters["resync_requests"] += 1
-        ack = {"op": P.REPLY_ACK, "seq": batch.seq, "ok": nev, "bad": len(batch.events) - nev}
-        if why is not None:
-            ack["why"] = why
-        replies.append(P.encode_reply(ack))
+        replies.append(P.encode_ack(batch.seq, nev, len(batch.events) - nev, why))
         return replies
 
     def _admit(self, batch: P.Batch, peer: tuple[int, int, int] | None, routing_id: bytes) -> Client:
@@ -297,15 +292,20 @@ class HintService:
         self._baseline_due.append(client)
         return client
 
-    def _reject(
+    def reject(
         self,
         reason: str,
         detail: str,
-        peer: tuple[int, int, int] | None,
-        n: int,
+        peer: tuple[int, int, int] | None = None,
+        n: int = 1,
         unit: str = "message",
         exc: BaseException | None = None,
     ) -> None:
+        """Count ``n`` refused units under ``reason`` and log it (the first 10, then at powers of two).
+
+        Public: the server refuses frames and connections through it, so every
+        refusal in the daemon lands in one counter with one log policy.
+        """
         self.rejected[reason] += n
         total = self.rejected[reason]
         if total <= 10 or total & (total - 1) == 0:  # log the first 10, then at powers of two
@@ -325,8 +325,7 @@ class HintService:
     # ------------------------------------------------------------ handlers
     def _on_hello(self, c: Client, ev: list[Any], t: int, tid: int) -> list[bytes]:
         c.hello = _bounded_hello(ev[3], self.limits.max_hello_bytes)
-        caps = {"op": P.REPLY_WELCOME, "v": P.VERSION, "daemon": __version__, "caps": ["device_marks"]}
-        return [P.encode_reply(caps)]
+        return [P.encode_welcome(__version__)]
 
     def _on_begin(self, c: Client, ev: list[Any], t: int, tid: int) -> None:
         corr = self.correlator
@@ -416,7 +415,7 @@ class HintService:
 
     def _on_mark(self, c: Client, ev: list[Any], t: int, tid: int) -> None:
         name, attrs = ev[3], ev[4]
-        if name == DEVICE_MARK and attrs:
+        if name == P.DEVICE_MARK and attrs:
             self._device_interval(c, attrs)
             return
         self._marks.append(MarkRow(self.boot_id, c.key.pid, c.key.start, tid, t, self._wall(c, t), name, attrs))
@@ -466,7 +465,7 @@ class HintService:
                 try:
                     self._open_span(c, span_id, parent_id, stid, t_begin, name, cls, attrs, recovered=True)
                 except Rejected as exc:
-                    self._reject(exc.reason, exc.detail, None, n=1, unit="recovered span")
+                    self.reject(exc.reason, exc.detail, None, n=1, unit="recovered span")
                     continue
                 self.counters["spans_recovered"] += 1
         # Spans the daemon holds open that the client no longer has lost their end
