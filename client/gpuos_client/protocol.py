@@ -19,7 +19,7 @@ Why this shape
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 VERSION: Final = 1
@@ -406,6 +406,31 @@ def check_fields(kind: int, ev: Sequence[Any], limits: Limits = LIMITS) -> None:
     elif kind == HELLO:
         if not isinstance(ev[3], Mapping):
             raise ProtocolError("bad_event", "hello info is not a map")
+
+
+#: Per-event verdicts of check_events_fast: an event's kind (it is valid), or ASK_PYTHON.
+ASK_PYTHON: Final = 255
+
+
+def fast_checker() -> Callable[[list[Any], Limits], bytes] | None:
+    """The compiled batch checker (gpuos_client._cproto), or None where it is not built.
+
+    ``checker(events, limits)`` returns one byte per event: the kind of a phase_begin,
+    phase_end or mark that :func:`check_event` and :func:`check_fields` accept, or
+    ASK_PYTHON for every other event, which the caller then checks (and refuses, with
+    the reason and detail) through those two functions.  So the compiled part can only
+    make accepting faster; what is refused, and why, is decided here in Python.
+    """
+    try:
+        from . import _cproto
+    except ImportError:
+        return None
+    check = _cproto.check_events
+
+    def checker(events: list[Any], limits: Limits = LIMITS) -> bytes:
+        return check(events, limits.max_name_len, limits.max_attrs, limits.max_attr_key_len, limits.max_attr_value_len)
+
+    return checker
 
 
 def parse_peer_address(value: str | None) -> tuple[int, int, int] | None:

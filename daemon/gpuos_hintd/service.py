@@ -33,6 +33,8 @@ from .store import Store
 log = structlog.get_logger("gpuos_hintd.service")
 
 RECENT_EXITED = 32
+#: GPUOS_HINTD_PURE=1: check events in Python only, even where the compiled checker is built.
+ENV_PURE = "GPUOS_HINTD_PURE"
 #: Keys of reaped clients remembered, so a late batch of an exited process is refused
 #: (counted once) instead of re-creating the client at every reap cycle.
 REAPED_MEMORY = 4096
@@ -109,6 +111,10 @@ class HintService:
             P.BYE: self._on_bye,
         }
         self._marks: list[MarkRow] = []
+        #: The compiled per-event checker (gpuos_client._cproto), unless GPUOS_HINTD_PURE=1 or not built.
+        self._fast_check = None if os.environ.get(ENV_PURE) == "1" else P.fast_checker()
+        #: wall - monotonic clock, read once per message: a span's wall start is its t plus this.
+        self._wall_offset_ns = time.time_ns() - time.monotonic_ns()
         self._baseline_due: list[Client] = []
         # Samples go to the store at most store_samples_hz (the correlator uses every one):
         # ~0.75 KB per process and tick would be ~10 GB a day for 16 processes at 10 Hz.
@@ -181,16 +187,26 @@ class HintService:
         client.batches += 1
         client.client_dropped = max(client.client_dropped, batch.dropped)
         client.last_seen_mono_ns = time.monotonic_ns()
+        events = batch.events
+        # The compiled checker vets the common events of the whole batch in one call; what it
+        # does not vouch for (ASK_PYTHON) is checked, and refused by reason, in protocol.py.
+        verdicts = self._fast_check(events, self.limits) if self._fast_check is not None else None
         handlers = self._handlers
-        check_fields = P.check_fields
+        check_event, check_fields = P.check_event, P.check_fields
         limits = self.limits
+        ask = P.ASK_PYTHON
+        self._wall_offset_ns = time.time_ns() - time.monotonic_ns()
         nev = 0
         why = None
-        for ev in batch.events:
+        for i, ev in enumerate(events):
             try:
-                kind, t_ns, tid = P.check_event(ev, limits)
-                check_fields(kind, ev, limits)
-                out = handlers[kind](client, ev, t_ns, tid)
+                kind = verdicts[i] if verdicts is not None else ask
+                if kind != ask:
+                    out = handlers[kind](client, ev, ev[1], ev[2])
+                else:
+                    kind, t_ns, tid = check_event(ev, limits)
+                    check_fields(kind, ev, limits)
+                    out = handlers[kind](client, ev, t_ns, tid)
             except (P.ProtocolError, Rejected) as exc:
                 self.reject(exc.reason, exc.detail, peer, n=1, unit="event")
                 why = exc.reason
@@ -373,7 +389,7 @@ class HintService:
             attrs=attrs,
             start_ns=t,
             end_ns=t,
-            start_wall_ns=self._wall(c, t),
+            start_wall_ns=t + self._wall_offset_ns,
             status="open",
             recovered=recovered,
         )
@@ -418,7 +434,7 @@ class HintService:
         if name == P.DEVICE_MARK and attrs:
             self._device_interval(c, attrs)
             return
-        self._marks.append(MarkRow(self.boot_id, c.key.pid, c.key.start, tid, t, self._wall(c, t), name, attrs))
+        self._marks.append(MarkRow(self.boot_id, c.key.pid, c.key.start, tid, t, t + self._wall_offset_ns, name, attrs))
 
     def _device_interval(self, c: Client, attrs: dict[str, Any]) -> None:
         span_id, begin, end = attrs.get("span"), attrs.get("dev_begin_ns"), attrs.get("dev_end_ns")
@@ -439,9 +455,8 @@ class HintService:
     def _on_class(self, c: Client, ev: list[Any], t: int, tid: int) -> None:
         c.workload_class = ev[3]
         self._procs_dirty.add(c.key)
-        self._marks.append(
-            MarkRow(self.boot_id, c.key.pid, c.key.start, tid, t, self._wall(c, t), "__class__", {"class": ev[3]})
-        )
+        wall = t + self._wall_offset_ns
+        self._marks.append(MarkRow(self.boot_id, c.key.pid, c.key.start, tid, t, wall, "__class__", {"class": ev[3]}))
 
     def _on_heartbeat(self, c: Client, ev: list[Any], t: int, tid: int) -> None:
         c.last_heartbeat_mono_ns = time.monotonic_ns()
