@@ -46,7 +46,7 @@ from gpuos_hintd.service import HintService
 from gpuos_hintd.store import Store
 from gpuos_hintd.samplers import registry
 
-nb, inner, sustained = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
+nb, inner, sustained, tune = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4] == "1"
 
 def start_ticks(pid):
     data = open(f"/proc/{pid}/stat", "rb").read()
@@ -84,6 +84,9 @@ with tempfile.TemporaryDirectory() as td:
     svc = HintService(cfg, Store(Path(td)), registry.build() if sustained else [])
     if sustained:
         svc.tick(); svc.apply_samples()
+    if tune:  # what Server.run() does before its loop
+        from gpuos_hintd.server import tune_gc
+        tune_gc()
     passes = []; nev = 0; sid = 0; seq = 0
     for i in range(inner + 1):
         batches, sid = make_batches(nb, sid, seq); seq += len(batches)
@@ -110,7 +113,9 @@ with tempfile.TemporaryDirectory() as td:
         "passes": passes,
         "counters": dict(svc.counters),
         "rejected": dict(svc.rejected),
-        "compiled": getattr(sys.modules.get("gpuos_hintd._ingest_fast"), "__file__", None),
+        "compiled": getattr(svc, "_fast_check", None) is not None,
+        "gc_threshold": gc.get_threshold(),
+        "events_sent": (inner + 1) * 256 * nb,
     }
     if sustained:
         out["store_written"] = svc.store.health()["written"]
@@ -119,11 +124,11 @@ print(json.dumps(out))
 """
 
 
-def run_child(src: Path, env_extra: dict[str, str], nb: int, inner: int, sustained: bool) -> dict:
+def run_child(src: Path, env_extra: dict[str, str], nb: int, inner: int, sustained: bool, gc: bool) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPUOS_")}
     env["PYTHONPATH"] = f"{src / 'client'}:{src / 'daemon'}"
     env.update(env_extra)
-    cmd = [sys.executable, "-c", CHILD, str(nb), str(inner), "1" if sustained else "0"]
+    cmd = [sys.executable, "-c", CHILD, str(nb), str(inner), "1" if sustained else "0", "1" if gc else "0"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
     if out.returncode:
         raise RuntimeError(f"child failed: {out.stderr[-2000:]}")
@@ -139,23 +144,23 @@ def main() -> int:
     ap.add_argument("--sustained", action="store_true", help="also with samplers ticking and the store")
     ap.add_argument("--out", type=Path, default=RESULTS / "ingest_path.json")
     args = ap.parse_args()
-    options: dict[str, tuple[Path, dict[str, str], bool]] = {}
-    if args.base:
-        options["base: ingest"] = (args.base, {}, False)
-    options["pure python: ingest"] = (REPO, {"GPUOS_HINTD_PURE": "1"}, False)
-    options["compiled: ingest"] = (REPO, {}, False)
-    if args.sustained:
+    options: dict[str, tuple[Path, dict[str, str], bool, bool]] = {}
+    pure, compiled = {"GPUOS_HINTD_PURE": "1"}, {}
+    for mode in ["ingest", "sustained"] if args.sustained else ["ingest"]:
+        sus = mode == "sustained"
         if args.base:
-            options["base: sustained"] = (args.base, {}, True)
-        options["pure python: sustained"] = (REPO, {"GPUOS_HINTD_PURE": "1"}, True)
-        options["compiled: sustained"] = (REPO, {}, True)
+            options[f"base: {mode}"] = (args.base, {}, sus, False)
+        options[f"pure python: {mode}"] = (REPO, pure, sus, False)
+        options[f"pure python + gc tuning: {mode}"] = (REPO, pure, sus, True)
+        options[f"compiled checker: {mode}"] = (REPO, compiled, sus, False)
+        options[f"compiled checker + gc tuning: {mode}"] = (REPO, compiled, sus, True)
     runs: dict[str, list[dict]] = {k: [] for k in options}
     for r in range(args.repeats):
-        for name, (src, env, sus) in options.items():
-            res = run_child(src, env, args.batches, args.inner, sus)
+        for name, (src, env, sus, gc) in options.items():
+            res = run_child(src, env, args.batches, args.inner, sus, gc)
             runs[name].append(res)
             best = min(p["s"] / p["events"] for p in res["passes"]) * 1e6
-            print(f"round {r + 1} {name:28s} {best:.3f} us/event  compiled={res['compiled']}", flush=True)
+            print(f"round {r + 1} {name:44s} {best:.3f} us/event  compiled={res['compiled']}", flush=True)
     summary = {}
     for name, rs in runs.items():
         us = [p["s"] / p["events"] * 1e6 for r in rs for p in r["passes"]]
@@ -172,8 +177,11 @@ def main() -> int:
             "timed_passes": len(us),
             "children": len(rs),
             "compiled_module": last["compiled"],
+            "source": "base tree (--base)" if name.startswith("base") else "this tree",
             "rejected": last["rejected"],
             "events_accepted_last_child": accepted,
+            "every_event_accepted": accepted == last["events_sent"] and not last["rejected"],
+            "gc_threshold": last["gc_threshold"],
             "store_written_last_child": last.get("store_written"),
         }
         print(
