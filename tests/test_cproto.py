@@ -1,4 +1,5 @@
-"""The compiled per-event checker is a conservative twin of protocol.check_event/check_fields.
+"""The batch checkers (compiled, and its pure-Python twin) are conservative twins of
+protocol.check_event/check_fields.
 
 It may only say "valid" (the event's kind) for an event the Python checker accepts;
 everything else must come back ASK_PYTHON, so that refusals and their reasons stay
@@ -12,11 +13,20 @@ import math
 
 import pytest
 from gpuos_client import protocol as P
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-CHECK = P.fast_checker()
-pytestmark = pytest.mark.skipif(CHECK is None, reason="gpuos_client._cproto is not built (no C compiler)")
+_COMPILED = P.fast_checker()
+
+
+@pytest.fixture(params=["compiled", "python"])
+def check(request):
+    if request.param == "python":
+        return P.check_events_py
+    if _COMPILED is None:
+        pytest.skip("gpuos_client._cproto is not built (no C compiler at install time)")
+    return _COMPILED
+
 
 U63 = (1 << 63) - 1
 RU = [100, 5_000_000, 6_000_000, 12, 3, 4000, 0]
@@ -41,8 +51,8 @@ def python_verdict(ev) -> int:
     return kind
 
 
-def test_ordinary_events_are_vouched_for_in_c() -> None:
-    assert list(CHECK(VALID)) == [python_verdict(ev) for ev in VALID] == [1, 1, 1, 2, 2, 3, 3, 2]
+def test_ordinary_events_are_vouched_for(check) -> None:
+    assert list(check(VALID)) == [python_verdict(ev) for ev in VALID] == [1, 1, 1, 2, 2, 3, 3, 2]
 
 
 HOSTILE = [
@@ -80,8 +90,8 @@ HOSTILE = [
 ]
 
 
-def test_hostile_events_are_left_to_python() -> None:
-    for ev, verdict in zip(HOSTILE, CHECK(HOSTILE), strict=True):
+def test_hostile_events_are_left_to_python(check) -> None:
+    for ev, verdict in zip(HOSTILE, check(HOSTILE), strict=True):
         py = python_verdict(ev)
         assert verdict == P.ASK_PYTHON or verdict == py, ev
         if py == -1:
@@ -105,9 +115,9 @@ _event = (
 )
 
 
-@settings(max_examples=600, deadline=None)
-@given(st.lists(_event, max_size=6))
-def test_c_vouches_only_for_what_python_accepts(events) -> None:
-    for ev, verdict in zip(events, CHECK(events), strict=True):
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=st.lists(_event, max_size=6))
+def test_vouches_only_for_what_the_full_checks_accept(check, events) -> None:
+    for ev, verdict in zip(events, check(events), strict=True):
         if verdict != P.ASK_PYTHON:
             assert verdict == python_verdict(ev), ev

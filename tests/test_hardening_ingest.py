@@ -39,7 +39,7 @@ def svc(request, tmp_path, monkeypatch):
         if P.fast_checker() is None:
             pytest.skip("gpuos_client._cproto is not built (no C compiler at install time)")
     s = HintService(Config(state_dir=tmp_path), store=None)
-    assert (s._fast_check is None) == (request.param == "pure")
+    assert s.compiled_checker == (request.param == "compiled")
     yield s
     s.worker.close()
 

@@ -111,8 +111,11 @@ class HintService:
             P.BYE: self._on_bye,
         }
         self._marks: list[MarkRow] = []
-        #: The compiled per-event checker (gpuos_client._cproto), unless GPUOS_HINTD_PURE=1 or not built.
-        self._fast_check = None if os.environ.get(ENV_PURE) == "1" else P.fast_checker()
+        #: The batch checker that vouches for the common events: the compiled one
+        #: (gpuos_client._cproto), or its pure-Python twin without it or with GPUOS_HINTD_PURE=1.
+        compiled = None if os.environ.get(ENV_PURE) == "1" else P.fast_checker()
+        self._fast_check: Callable[[list[Any], P.Limits], bytes | bytearray] = compiled or P.check_events_py
+        self.compiled_checker = compiled is not None
         #: wall - monotonic clock, read once per message: a span's wall start is its t plus this.
         self._wall_offset_ns = time.time_ns() - time.monotonic_ns()
         self._baseline_due: list[Client] = []
@@ -188,9 +191,9 @@ class HintService:
         client.client_dropped = max(client.client_dropped, batch.dropped)
         client.last_seen_mono_ns = time.monotonic_ns()
         events = batch.events
-        # The compiled checker vets the common events of the whole batch in one call; what it
-        # does not vouch for (ASK_PYTHON) is checked, and refused by reason, in protocol.py.
-        verdicts = self._fast_check(events, self.limits) if self._fast_check is not None else None
+        # One call vets the common events of the whole batch; what it does not vouch for
+        # (ASK_PYTHON) is checked, and refused by reason, by protocol.check_event/check_fields.
+        verdicts = self._fast_check(events, self.limits)
         handlers = self._handlers
         check_event, check_fields = P.check_event, P.check_fields
         limits = self.limits
@@ -200,7 +203,7 @@ class HintService:
         why = None
         for i, ev in enumerate(events):
             try:
-                kind = verdicts[i] if verdicts is not None else ask
+                kind = verdicts[i]
                 if kind != ask:
                     out = handlers[kind](client, ev, ev[1], ev[2])
                 else:
