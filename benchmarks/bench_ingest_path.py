@@ -113,7 +113,7 @@ with tempfile.TemporaryDirectory() as td:
         "passes": passes,
         "counters": dict(svc.counters),
         "rejected": dict(svc.rejected),
-        "compiled": getattr(svc, "_fast_check", None) is not None,
+        "compiled": getattr(svc, "compiled_checker", False),
         "gc_threshold": gc.get_threshold(),
         "events_sent": (inner + 1) * 256 * nb,
     }

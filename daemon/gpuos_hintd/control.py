@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import msgpack
 import zmq
-from gpuos_client import protocol as P
 
 from .errors import GpuosError
 
@@ -17,6 +17,10 @@ class DaemonUnavailable(GpuosError):
 
 def request(endpoint: str, op: str, timeout_s: float = 2.0, **args: Any) -> Any:
     """Send one request, wait (bounded) for its reply; return its result.
+
+    The envelope is protocol.encode_control_request/decode_control_reply's, written out
+    here: importing gpuos_client (even .protocol) reads the client's environment and may
+    start its runtime, and scripts call this before they point the client at a daemon.
 
     An ipc:// endpoint whose socket file does not exist fails at once: zmq would
     connect lazily and wait out the whole timeout for a daemon that is not there.
@@ -33,13 +37,13 @@ def request(endpoint: str, op: str, timeout_s: float = 2.0, **args: Any) -> Any:
     sock.setsockopt(zmq.LINGER, 0)
     try:
         sock.connect(endpoint)
-        sock.send(P.encode_control_request(op, **args))
+        sock.send(msgpack.packb({"op": op, **args}))
         if not sock.poll(int(timeout_s * 1000)):
             raise DaemonUnavailable(
                 f"no gpuos-hintd answered on {endpoint} within {timeout_s:g}s "
                 "(is it running? start it with `gpuos-hintd` or `systemctl start gpuos-hintd`)"
             )
-        reply = P.decode_control_reply(sock.recv())
+        reply = msgpack.unpackb(sock.recv(), raw=False, strict_map_key=False)
     finally:
         sock.close()
     if not reply.get("ok"):
