@@ -1,8 +1,9 @@
-"""Build the optional C hot path of the client (gpuos_client._cphase).
+"""Build the optional C parts: the client's hot path (gpuos_client._cphase) and the
+daemon's per-event validation of the protocol (gpuos_client._cproto).
 
-Everything else is declared in pyproject.toml.  The extension is optional:
-where no C compiler or Python headers exist, the build goes on without it and
-the client uses its pure-Python twin (gpuos_client/_phase_py.py).
+Everything else is declared in pyproject.toml.  Both extensions are optional:
+where no C compiler or Python headers exist, the build goes on without them and
+the pure-Python twins are used (gpuos_client/_phase_py.py, protocol.check_event).
 """
 
 from setuptools import Extension, setup
@@ -14,6 +15,12 @@ setup(
             ["gpuos_client/_cphase.c"],
             optional=True,
             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-missing-field-initializers"],
-        )
+        ),
+        Extension(
+            "gpuos_client._cproto",
+            ["gpuos_client/_cproto.c"],
+            optional=True,
+            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-missing-field-initializers"],
+        ),
     ]
 )

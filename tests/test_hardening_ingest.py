@@ -29,9 +29,17 @@ def batch(events, pid=PID, pst=PST, seq=1):
     return P.encode_batch(pid, pst, seq, 0, events)
 
 
-@pytest.fixture
-def svc(tmp_path):
+@pytest.fixture(params=["compiled", "pure"])
+def svc(request, tmp_path, monkeypatch):
+    """Every test here runs on both per-event checkers: the compiled one and the pure-Python one."""
+    if request.param == "pure":
+        monkeypatch.setenv("GPUOS_HINTD_PURE", "1")
+    else:
+        monkeypatch.delenv("GPUOS_HINTD_PURE", raising=False)
+        if P.fast_checker() is None:
+            pytest.skip("gpuos_client._cproto is not built (no C compiler at install time)")
     s = HintService(Config(state_dir=tmp_path), store=None)
+    assert s.compiled_checker == (request.param == "compiled")
     yield s
     s.worker.close()
 

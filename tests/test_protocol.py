@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgpack
 import pytest
 from gpuos_client import protocol as P
@@ -163,3 +165,31 @@ def test_event_checks_never_raise_anything_but_protocol_error(events):
             P.check_fields(kind, ev)
         except P.ProtocolError:
             pass
+
+
+def test_replies_are_encoded_by_the_protocol_and_decoded_by_the_client() -> None:
+    welcome = P.decode_reply(P.encode_welcome("9.9"))
+    assert welcome == {"op": P.REPLY_WELCOME, "v": P.VERSION, "daemon": "9.9", "caps": list(P.DAEMON_CAPS)}
+    assert P.decode_reply(P.encode_resync()) == {"op": P.REPLY_RESYNC}
+    assert P.decode_reply(P.encode_ack(7, 250, 6, "bad_name")) == {
+        "op": P.REPLY_ACK,
+        "seq": 7,
+        "ok": 250,
+        "bad": 6,
+        "why": "bad_name",
+    }
+    assert "why" not in P.decode_reply(P.encode_ack(8, 256, 0))
+
+
+def test_control_envelope_round_trips_and_refuses_what_is_not_a_request() -> None:
+    req = P.decode_control_request(P.encode_control_request(P.OP_SYNC, timeout=1.5))
+    assert req == {"op": P.OP_SYNC, "timeout": 1.5}
+    for bad in (b"", b"\xc1", P.encode_reply({"x": 1}), b"\x91\x01", b"\x80" * (P.MAX_CONTROL_REQUEST_BYTES + 1)):
+        assert P.decode_control_request(bad) is None
+    assert P.decode_control_reply(P.encode_control_reply(True, {"p": Path("/x")})) == {
+        "ok": True,
+        "result": {"p": "/x"},
+    }
+    assert P.decode_control_reply(P.encode_control_reply(False, error="no")) == {"ok": False, "error": "no"}
+    with pytest.raises(P.ProtocolError):
+        P.decode_control_reply(b"\x01")

@@ -30,7 +30,7 @@ from typing import Any
 from . import _runtime
 from . import protocol as P
 
-DEVICE_MARK = "__device__"
+DEVICE_MARK = P.DEVICE_MARK  # the wire owns the name (protocol.py)
 _ANCHOR_REFRESH_S = 1.0  # cheap (microseconds), so the clocks never drift apart
 _MAX_PENDING = 4096
 

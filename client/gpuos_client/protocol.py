@@ -19,7 +19,7 @@ Why this shape
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 VERSION: Final = 1
@@ -68,6 +68,20 @@ REPLY_RESYNC: Final = "resync"  # "I don't know you (restart?): send hello+heart
 #: Answer to every batch from an admitted client: {"op","seq","ok","bad","why"?}: events
 #: accepted and refused.  The client's "delivered" count is the sum of "ok".
 REPLY_ACK: Final = "ack"
+#: Capabilities the daemon announces in its welcome.
+DAEMON_CAPS: Final = ("device_marks",)
+#: Mark name of a span's device interval (client/gpuos_client/device.py sends it):
+#: attrs {"span", "dev_begin_ns", "dev_end_ns"}.
+DEVICE_MARK: Final = "__device__"
+
+# --- control socket (hintctl -> daemon, REQ -> ROUTER), a msgpack map each way ---
+#: Request: {"op": <name>, **args}.  Reply: {"ok": true, "result": ...} or
+#: {"ok": false, "error": "<text>"}.  The core ops are below; daemon modules add more
+#: (e.g. history queries), and an unknown op is answered with the list of known ones.
+OP_PING: Final = "ping"
+OP_STATUS: Final = "status"
+OP_SYNC: Final = "sync"
+MAX_CONTROL_REQUEST_BYTES: Final = 65536
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -129,6 +143,71 @@ def encode_reply(reply: Mapping[str, Any]) -> bytes:
     import msgpack
 
     return msgpack.packb(dict(reply), use_bin_type=True)
+
+
+def encode_welcome(daemon_version: str) -> bytes:
+    """The daemon's answer to a hello: protocol version, daemon version, capabilities."""
+    return encode_reply({"op": REPLY_WELCOME, "v": VERSION, "daemon": daemon_version, "caps": list(DAEMON_CAPS)})
+
+
+_RESYNC: bytes | None = None
+
+
+def encode_resync() -> bytes:
+    """ "I don't know you (did I restart?): send hello and a heartbeat" (the same bytes every time)."""
+    global _RESYNC
+    if _RESYNC is None:
+        _RESYNC = encode_reply({"op": REPLY_RESYNC})
+    return _RESYNC
+
+
+def encode_ack(seq: int, ok: int, bad: int, why: str | None = None) -> bytes:
+    """The answer to every batch: events accepted (``ok``) and refused (``bad``, the last ``why``)."""
+    ack: dict[str, Any] = {"op": REPLY_ACK, "seq": seq, "ok": ok, "bad": bad}
+    if why is not None:
+        ack["why"] = why
+    return encode_reply(ack)
+
+
+def encode_control_request(op: str, **args: Any) -> bytes:
+    """Pack one control request (gpuos-hintctl, tests, a second daemon's liveness ping)."""
+    import msgpack
+
+    return msgpack.packb({**args, "op": op}, use_bin_type=True)
+
+
+def decode_control_request(data: bytes) -> dict[str, Any] | None:
+    """Unpack a control request; None unless it is a bounded map with a str "op".
+
+    Whether the op is known is the server's business (it answers with the list).
+    """
+    import msgpack
+
+    if len(data) > MAX_CONTROL_REQUEST_BYTES:
+        return None
+    try:
+        req = msgpack.unpackb(data, raw=False, max_map_len=64, max_array_len=1024, max_str_len=4096, max_bin_len=4096)
+    except Exception:
+        return None
+    return req if isinstance(req, dict) and isinstance(req.get("op"), str) else None
+
+
+def encode_control_reply(ok: bool, result: Any = None, error: str | None = None) -> bytes:
+    """Pack the control envelope; values msgpack cannot pack become their str() (paths etc.)."""
+    import msgpack
+
+    reply: dict[str, Any] = {"ok": True, "result": result} if ok else {"ok": False, "error": str(error)}
+    return msgpack.packb(reply, default=str, use_bin_type=True)
+
+
+def decode_control_reply(data: bytes) -> dict[str, Any]:
+    """Unpack a control reply (from the daemon: trusted to be a map, but checked)."""
+    import msgpack
+
+    reply = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    if not isinstance(reply, dict):
+        raise ProtocolError("malformed", f"control reply is {type(reply).__name__}, not a map")
+    return reply
 
 
 def decode_reply(data: bytes) -> dict[str, Any] | None:
@@ -327,6 +406,120 @@ def check_fields(kind: int, ev: Sequence[Any], limits: Limits = LIMITS) -> None:
     elif kind == HELLO:
         if not isinstance(ev[3], Mapping):
             raise ProtocolError("bad_event", "hello info is not a map")
+
+
+#: Per-event verdicts of check_events_fast: an event's kind (it is valid), or ASK_PYTHON.
+ASK_PYTHON: Final = 255
+
+
+def fast_checker() -> Callable[[list[Any], Limits], bytes] | None:
+    """The compiled batch checker (gpuos_client._cproto), or None where it is not built.
+
+    ``checker(events, limits)`` returns one byte per event: the kind of a phase_begin,
+    phase_end or mark that :func:`check_event` and :func:`check_fields` accept, or
+    ASK_PYTHON for every other event, which the caller then checks (and refuses, with
+    the reason and detail) through those two functions.  So the compiled part can only
+    make accepting faster; what is refused, and why, is decided here in Python.
+    """
+    try:
+        from . import _cproto  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    check = _cproto.check_events
+
+    def checker(events: list[Any], limits: Limits = LIMITS) -> bytes:
+        return check(events, limits.max_name_len, limits.max_attrs, limits.max_attr_key_len, limits.max_attr_value_len)
+
+    return checker
+
+
+def check_events_py(events: list[Any], limits: Limits = LIMITS) -> bytearray:
+    """The pure-Python twin of the compiled checker (same contract, see :func:`fast_checker`).
+
+    One fused pass per event, without the calls, tuples and messages of the full
+    checks: about half their cost.  It vouches only for a phase_begin, phase_end or
+    mark that check_event/check_fields accept; everything else is ASK_PYTHON_PYTHON.
+    """
+    nmax, amax, kmax, vmax = limits.max_name_len, limits.max_attrs, limits.max_attr_key_len, limits.max_attr_value_len
+    out = bytearray(len(events))
+    int_, str_, list_, dict_ = int, str, list, dict
+
+    def attrs_ok(a: Any) -> bool:
+        if a is None:
+            return True
+        if type(a) is not dict_ or len(a) > amax:
+            return False
+        for k, v in a.items():
+            if type(k) is not str_ or not 0 < len(k) <= kmax:
+                return False
+            tv = type(v)
+            if tv is str_ or tv is bytes:
+                if len(v) > vmax:
+                    return False
+            elif tv is int_:
+                if not _INT64[0] <= v <= _INT64[1]:
+                    return False
+            elif not (v is None or tv is bool or tv is float):
+                return False
+        return True
+
+    def ru_ok(r: Any, t: int) -> bool:
+        if r is None:
+            return True
+        if (type(r) is not list_ and type(r) is not tuple) or len(r) < 7:
+            return False
+        for v in r[:7]:
+            if type(v) is not int_ or not 0 <= v <= _U63:
+                return False
+        return r[0] <= t
+
+    for i, ev in enumerate(events):
+        out[i] = ASK_PYTHON
+        if (type(ev) is not list_ and type(ev) is not tuple) or len(ev) < 5:
+            continue
+        k, t, tid = ev[0], ev[1], ev[2]
+        if (
+            type(k) is not int_
+            or type(t) is not int_
+            or type(tid) is not int_
+            or not (0 <= t <= _U63 and 0 <= tid <= _U63)
+        ):
+            continue
+        n = len(ev)
+        if k == 1:
+            sid, par, name, cls = ev[3], ev[4], ev[5], ev[6]
+            if (
+                n < 8
+                or type(sid) is not int_
+                or type(par) is not int_
+                or not (0 <= sid <= _U63 and 0 <= par <= _U63)
+                or type(name) is not str_
+                or not 0 < len(name) <= nmax
+                or (cls is not None and (type(cls) is not str_ or not 0 < len(cls) <= nmax))
+                or not attrs_ok(ev[7])
+                or (n > 8 and not ru_ok(ev[8], t))
+            ):
+                continue
+        elif k == 2:
+            sid, st = ev[3], ev[4]
+            if (
+                n < 6
+                or type(sid) is not int_
+                or not 0 <= sid <= _U63
+                or type(st) is not str_
+                or (st != "ok" and st != "error")
+                or not attrs_ok(ev[5])
+                or (n > 6 and not ru_ok(ev[6], t))
+            ):
+                continue
+        elif k == 3:
+            name = ev[3]
+            if type(name) is not str_ or not 0 < len(name) <= nmax or not attrs_ok(ev[4]):
+                continue
+        else:
+            continue
+        out[i] = k
+    return out
 
 
 def parse_peer_address(value: str | None) -> tuple[int, int, int] | None:

@@ -18,6 +18,10 @@ class DaemonUnavailable(GpuosError):
 def request(endpoint: str, op: str, timeout_s: float = 2.0, **args: Any) -> Any:
     """Send one request, wait (bounded) for its reply; return its result.
 
+    The envelope is protocol.encode_control_request/decode_control_reply's, written out
+    here: importing gpuos_client (even .protocol) reads the client's environment and may
+    start its runtime, and scripts call this before they point the client at a daemon.
+
     An ipc:// endpoint whose socket file does not exist fails at once: zmq would
     connect lazily and wait out the whole timeout for a daemon that is not there.
     """

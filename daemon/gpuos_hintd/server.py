@@ -9,6 +9,7 @@ SQLite writer is the only other thread.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import random
 import resource
@@ -22,7 +23,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import structlog
 import zmq
 from gpuos_client import protocol as P
@@ -30,6 +30,7 @@ from gpuos_client.config import ipc_path
 
 from . import __version__
 from .config import Config
+from .control import DaemonUnavailable, request
 from .errors import ConfigError
 from .notify import Notifier
 from .service import HintService
@@ -50,6 +51,26 @@ HINT_RCVHWM = 64
 FD_HEADROOM = 256
 MAX_SYNC_S = 10.0  # a sync request waits at most this long, whatever it asks for
 MAX_PENDING_SYNCS = 16
+
+
+#: Young-generation threshold of the cyclic gc once the daemon runs (CPython's default: 700).
+#: Ingest allocates a few objects per event (span rows, tuples) that live until the next
+#: tick; with the default, gc ran every ~100 events and walked every live span each time
+#: it reached the older generations: 35-40 % of in-process ingest time
+#: (benchmarks/results/ingest_path.json, "+gc" options).
+GC_GEN0_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Freeze what start-up allocated (config, samplers, imports) and collect young objects less often.
+
+    Frozen objects are never traversed again; cycles made later are still collected, just
+    in larger, rarer sweeps.  Called once, when the loop starts.
+    """
+    gc.collect()
+    gc.freeze()
+    _, g1, g2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, max(g1, 50), max(g2, 100))
 
 
 class AlreadyRunning(ConfigError):
@@ -144,16 +165,15 @@ class PendingSync:
     barrier: threading.Event | None = None
 
 
-def _live_daemon_at(control: str, timeout_ms: int = 300) -> bool:
-    ctx = zmq.Context.instance()
-    s = ctx.socket(zmq.REQ)
-    s.setsockopt(zmq.LINGER, 0)
+def _live_daemon_at(control: str, timeout_s: float = 0.3) -> bool:
+    """Whether something answers a ping on ``control`` (a refusal or garbage is an answer too)."""
     try:
-        s.connect(control)
-        s.send(msgpack.packb({"op": "ping"}))
-        return bool(s.poll(timeout_ms))
-    finally:
-        s.close()
+        request(control, P.OP_PING, timeout_s=timeout_s)
+    except DaemonUnavailable:
+        return False
+    except Exception:
+        return True
+    return True
 
 
 class Server:
@@ -187,9 +207,9 @@ class Server:
         service.connections = self.connection_stats
         self.poller.register(service.worker.wake_fd, zmq.POLLIN)  # sampling results are ready
         self.control_ops: dict[str, Callable[[dict[str, Any]], Any]] = {
-            "ping": lambda req: {"ok": True, "version": __version__, "pid": os.getpid()},
-            "status": lambda req: self.service.status(req["_uid"]).to_dict(),
-            "sync": self._op_sync,
+            P.OP_PING: lambda req: {"ok": True, "version": __version__, "pid": os.getpid()},
+            P.OP_STATUS: lambda req: self.service.status(req["_uid"]).to_dict(),
+            P.OP_SYNC: self._op_sync,
         }
         from .history import HISTORY_OPS
 
@@ -255,6 +275,7 @@ class Server:
 
     def run(self) -> None:
         svc, cfg, notifier = self.service, self.config, self.notifier
+        tune_gc()
         period_ns = int(1e9 / cfg.sample_hz)
         now = time.monotonic_ns()
         # Each tick is jittered around a fixed grid (the mean rate stays sample_hz): a tick at
@@ -346,7 +367,7 @@ class Server:
             except zmq.Again:
                 return
             if len(frames) != 2:
-                svc._reject("bad_frames", f"{len(frames)} frames", None, n=1)
+                svc.reject("bad_frames", f"{len(frames)} frames", None, n=1)
                 continue
             rid, payload = frames
             peer = P.parse_peer_address(payload.get("Peer-Address"))
@@ -396,7 +417,7 @@ class Server:
                 # its own fd, so the connection goes without the daemon touching libzmq's fds.
                 full = len(self.conns) >= self.max_connections
                 reason = "too_many_connections" if full else "too_many_connections_for_uid"
-                self.service._reject(reason, f"uid {uid}, {len(self.conns)} open", None, n=1, unit="connection")
+                self.service.reject(reason, f"uid {uid}, {len(self.conns)} open", None, n=1, unit="connection")
                 try:
                     dup.shutdown(socket.SHUT_RDWR)
                 except OSError:
@@ -425,25 +446,28 @@ class Server:
                 continue
             head, body = [f.bytes for f in frames[:-1]], frames[-1]
             uid = _peer_uid(body)
+            req = P.decode_control_request(body.bytes)
+            op = self.control_ops.get(req["op"]) if req is not None else None
+            if req is None or op is None:
+                self._reply(head, {"ok": False, "error": f"unknown request; ops: {sorted(self.control_ops)}"})
+                continue
+            req["_uid"] = uid
             try:
-                req = msgpack.unpackb(body.bytes, raw=False)
-                if not isinstance(req, dict) or not isinstance(req.get("op"), str):
-                    raise KeyError("op")
-                op = self.control_ops[req["op"]]
-                req["_uid"] = uid
-                if req["op"] == "sync":
+                if req["op"] == P.OP_SYNC:
                     self._start_sync(head, req, uid)
                     continue
                 reply: Any = {"ok": True, "result": op(req)}
-            except KeyError:
-                reply = {"ok": False, "error": f"unknown request; ops: {sorted(self.control_ops)}"}
-            except Exception as exc:
+            except Exception as exc:  # a KeyError inside an op is an error of that op, not "unknown"
                 reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
             self._reply(head, reply)
 
-    def _reply(self, head: list[bytes], reply: Any) -> None:
+    def _reply(self, head: list[bytes], reply: dict[str, Any]) -> None:
         try:
-            self.control.send_multipart([*head, msgpack.packb(reply, default=str)], zmq.NOBLOCK)
+            data = P.encode_control_reply(bool(reply.get("ok")), reply.get("result"), reply.get("error"))
+        except Exception as exc:  # a result msgpack cannot pack even as str (an int over 64 bits...)
+            data = P.encode_control_reply(False, error=f"unencodable reply: {type(exc).__name__}")
+        try:
+            self.control.send_multipart([*head, data], zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
 

@@ -43,8 +43,9 @@ from .store import Store
 
 log = structlog.get_logger("gpuos_hintd.service")
 
-DEVICE_MARK = "__device__"
 RECENT_EXITED = 32
+#: GPUOS_HINTD_PURE=1: check events in Python only, even where the compiled checker is built.
+ENV_PURE = "GPUOS_HINTD_PURE"
 #: Keys of reaped clients remembered, so a late batch of an exited process is refused
 #: (counted once) instead of re-creating the client at every reap cycle.
 REAPED_MEMORY = 4096
@@ -121,6 +122,13 @@ class HintService:
             P.BYE: self._on_bye,
         }
         self._marks: list[MarkRow] = []
+        #: The batch checker that vouches for the common events: the compiled one
+        #: (gpuos_client._cproto), or its pure-Python twin without it or with GPUOS_HINTD_PURE=1.
+        compiled = None if os.environ.get(ENV_PURE) == "1" else P.fast_checker()
+        self._fast_check: Callable[[list[Any], P.Limits], bytes | bytearray] = compiled or P.check_events_py
+        self.compiled_checker = compiled is not None
+        #: wall - monotonic clock, read once per message: a span's wall start is its t plus this.
+        self._wall_offset_ns = time.time_ns() - time.monotonic_ns()
         self._baseline_due: list[Client] = []
         # Samples go to the store at most store_samples_hz (the correlator uses every one):
         # ~0.75 KB per process and tick would be ~10 GB a day for 16 processes at 10 Hz.
@@ -171,7 +179,7 @@ class HintService:
         try:
             return self._ingest(data, peer, routing_id)
         except Exception as exc:
-            self._reject("internal_error", f"{type(exc).__name__}: {exc}", peer, n=1, exc=exc)
+            self.reject("internal_error", f"{type(exc).__name__}: {exc}", peer, n=1, exc=exc)
             return []
 
     def _ingest(self, data: bytes, peer: tuple[int, int, int] | None, routing_id: bytes) -> list[bytes]:
@@ -179,16 +187,15 @@ class HintService:
         try:
             batch = P.decode_batch(data, self.limits)
         except P.ProtocolError as exc:
-            self._reject(exc.reason, exc.detail, peer, n=1)
+            self.reject(exc.reason, exc.detail, peer, n=1)
             return []
         try:
             client = self._admit(batch, peer, routing_id)
         except P.ProtocolError as exc:  # the wire's reasons and the daemon's (Refused)
-            self._reject(exc.reason, exc.detail, peer, n=1)
+            self.reject(exc.reason, exc.detail, peer, n=1)
             # The sender learns that (and why) its events were refused: its stats count them as
             # rejected by reason ("too_many_clients_for_uid" instead of nothing).
-            ack = {"op": P.REPLY_ACK, "seq": batch.seq, "ok": 0, "bad": len(batch.events), "why": exc.reason}
-            return [P.encode_reply(ack)]
+            return [P.encode_ack(batch.seq, 0, len(batch.events), exc.reason)]
         replies: list[bytes] = []
         if batch.seq != client.last_seq + 1 and client.last_seq:
             client.seq_gaps += 1
@@ -196,22 +203,32 @@ class HintService:
         client.batches += 1
         client.client_dropped = max(client.client_dropped, batch.dropped)
         client.last_seen_mono_ns = time.monotonic_ns()
+        events = batch.events
+        # One call vets the common events of the whole batch; what it does not vouch for
+        # (ASK_PYTHON) is checked, and refused by reason, by protocol.check_event/check_fields.
+        verdicts = self._fast_check(events, self.limits)
         handlers = self._handlers
-        check_fields = P.check_fields
+        check_event, check_fields = P.check_event, P.check_fields
         limits = self.limits
+        ask = P.ASK_PYTHON
+        self._wall_offset_ns = time.time_ns() - time.monotonic_ns()
         nev = 0
         why = None
-        for ev in batch.events:
+        for i, ev in enumerate(events):
             try:
-                kind, t_ns, tid = P.check_event(ev, limits)
-                check_fields(kind, ev, limits)
-                out = handlers[kind](client, ev, t_ns, tid)
+                kind = verdicts[i]
+                if kind != ask:
+                    out = handlers[kind](client, ev, ev[1], ev[2])
+                else:
+                    kind, t_ns, tid = check_event(ev, limits)
+                    check_fields(kind, ev, limits)
+                    out = handlers[kind](client, ev, t_ns, tid)
             except P.ProtocolError as exc:  # the wire's reasons and the daemon's (Refused)
-                self._reject(exc.reason, exc.detail, peer, n=1, unit="event")
+                self.reject(exc.reason, exc.detail, peer, n=1, unit="event")
                 why = exc.reason
                 continue
             except Exception as exc:  # a bug reached by this event: count it, keep the rest
-                self._reject("internal_error", f"{type(exc).__name__}: {exc}", peer, n=1, unit="event", exc=exc)
+                self.reject("internal_error", f"{type(exc).__name__}: {exc}", peer, n=1, unit="event", exc=exc)
                 continue
             nev += 1
             if out:
@@ -225,12 +242,9 @@ class HintService:
             self._sample_now(due)
         if client.hello is None and client.batches == 1:
             # A client we never greeted: the daemon restarted under it.  Ask it to resync.
-            replies.append(P.encode_reply({"op": P.REPLY_RESYNC}))
+            replies.append(P.encode_resync())
             self.counters["resync_requests"] += 1
-        ack = {"op": P.REPLY_ACK, "seq": batch.seq, "ok": nev, "bad": len(batch.events) - nev}
-        if why is not None:
-            ack["why"] = why
-        replies.append(P.encode_reply(ack))
+        replies.append(P.encode_ack(batch.seq, nev, len(batch.events) - nev, why))
         return replies
 
     def _admit(self, batch: P.Batch, peer: tuple[int, int, int] | None, routing_id: bytes) -> Client:
@@ -310,15 +324,20 @@ class HintService:
         self._baseline_due.append(client)
         return client
 
-    def _reject(
+    def reject(
         self,
         reason: str,
         detail: str,
-        peer: tuple[int, int, int] | None,
-        n: int,
+        peer: tuple[int, int, int] | None = None,
+        n: int = 1,
         unit: str = "message",
         exc: BaseException | None = None,
     ) -> None:
+        """Count ``n`` refused units under ``reason`` and log it (the first 10, then at powers of two).
+
+        Public: the server refuses frames and connections through it, so every
+        refusal in the daemon lands in one counter with one log policy.
+        """
         self.rejected[reason] += n
         total = self.rejected[reason]
         if total <= 10 or total & (total - 1) == 0:  # log the first 10, then at powers of two
@@ -338,8 +357,7 @@ class HintService:
     # ------------------------------------------------------------ handlers
     def _on_hello(self, c: Client, ev: list[Any], t: int, tid: int) -> list[bytes]:
         c.hello = _bounded_hello(ev[3], self.limits.max_hello_bytes)
-        caps = {"op": P.REPLY_WELCOME, "v": P.VERSION, "daemon": __version__, "caps": ["device_marks"]}
-        return [P.encode_reply(caps)]
+        return [P.encode_welcome(__version__)]
 
     def _on_begin(self, c: Client, ev: list[Any], t: int, tid: int) -> None:
         corr = self.correlator
@@ -387,7 +405,7 @@ class HintService:
             attrs=attrs,
             start_ns=t,
             end_ns=t,
-            start_wall_ns=self._wall(c, t),
+            start_wall_ns=t + self._wall_offset_ns,
             status="open",
             recovered=recovered,
         )
@@ -429,10 +447,10 @@ class HintService:
 
     def _on_mark(self, c: Client, ev: list[Any], t: int, tid: int) -> None:
         name, attrs = ev[3], ev[4]
-        if name == DEVICE_MARK and attrs:
+        if name == P.DEVICE_MARK and attrs:
             self._device_interval(c, attrs)
             return
-        self._marks.append(MarkRow(self.boot_id, c.key.pid, c.key.start, tid, t, self._wall(c, t), name, attrs))
+        self._marks.append(MarkRow(self.boot_id, c.key.pid, c.key.start, tid, t, t + self._wall_offset_ns, name, attrs))
 
     def _device_interval(self, c: Client, attrs: dict[str, Any]) -> None:
         span_id, begin, end = attrs.get("span"), attrs.get("dev_begin_ns"), attrs.get("dev_end_ns")
@@ -453,9 +471,8 @@ class HintService:
     def _on_class(self, c: Client, ev: list[Any], t: int, tid: int) -> None:
         c.workload_class = ev[3]
         self._procs_dirty.add(c.key)
-        self._marks.append(
-            MarkRow(self.boot_id, c.key.pid, c.key.start, tid, t, self._wall(c, t), "__class__", {"class": ev[3]})
-        )
+        wall = t + self._wall_offset_ns
+        self._marks.append(MarkRow(self.boot_id, c.key.pid, c.key.start, tid, t, wall, "__class__", {"class": ev[3]}))
 
     def _on_heartbeat(self, c: Client, ev: list[Any], t: int, tid: int) -> None:
         c.last_heartbeat_mono_ns = time.monotonic_ns()
@@ -479,7 +496,7 @@ class HintService:
                 try:
                     self._open_span(c, span_id, parent_id, stid, t_begin, name, cls, attrs, recovered=True)
                 except Rejected as exc:
-                    self._reject(exc.reason, exc.detail, None, n=1, unit="recovered span")
+                    self.reject(exc.reason, exc.detail, None, n=1, unit="recovered span")
                     continue
                 self.counters["spans_recovered"] += 1
         # Spans the daemon holds open that the client no longer has lost their end
