@@ -11,7 +11,7 @@ This module imports only the standard library.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 Value = float | int | None
 Kind = Literal["counter", "gauge"]
@@ -28,12 +28,13 @@ class Metric:
     help: str = ""
 
 
-@dataclasses.dataclass(frozen=True, slots=True, order=True)
-class ProcKey:
+class ProcKey(NamedTuple):
     """A process identity that survives pid reuse: pid + start time.
 
     ``start`` is field 22 of /proc/PID/stat (clock ticks since boot), the same
-    identity psutil builds from pid + create_time.
+    identity psutil builds from pid + create_time.  A NamedTuple, not a frozen
+    dataclass: it keys every per-process dict on the ingest path (about four lookups
+    per event), and a tuple hashes and compares in C where the dataclass ran Python.
     """
 
     pid: int
