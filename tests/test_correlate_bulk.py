@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 KEY = ProcKey(4242, 77)
+KEY2 = ProcKey(4343, 78)  # a second process fed the same events, for the deferred (one pass per tick) mode
 MS = 1_000_000
 METRICS = {
     "cpu_user_ns": Metric("ns", "counter"),
@@ -56,9 +57,13 @@ def _ru(t, cpu, gap_us, k):
     return (t - gap_us * 1000, cpu, cpu * 2, k, k // 3, 10 * k, 0)
 
 
-def _run(mod, spans, samples, close_at):
+def _run(mod, spans, samples, close_at, defer=False):
+    """Feed the events; with ``defer``, two processes get them and each tick ends with end_tick()."""
     out: list[SpanRow] = []
     c = mod.Correlator(METRICS, out.extend)
+    keys = (KEY, KEY2) if defer else (KEY,)
+    if defer:
+        c.defer = True
     opened = {}
     pending_end: list[tuple[int, int, str, object]] = []
     t, cpu, thr, energy = 0, 0, dict.fromkeys(TIDS, 0), 0.0
@@ -73,11 +78,12 @@ def _run(mod, spans, samples, close_at):
             s0, i = events[ev]
             ev += 1
             tid, _start, length, with_ru, end_kind, gap_us = spans[i]
-            row = SpanRow(
-                "boot", KEY.pid, KEY.start, i + 1, 0, tid, f"p{i % 3}", f"p{i % 3}", 1, None, None, s0, s0, 0, "open"
-            )
-            c.begin(KEY, row, _ru(s0, thr[tid], gap_us, i) if with_ru else None)
-            opened[i] = row
+            for k in keys:
+                row = SpanRow(
+                    "boot", k.pid, k.start, i + 1, 0, tid, f"p{i % 3}", f"p{i % 3}", 1, None, None, s0, s0, 0, "open"
+                )
+                c.begin(k, row, _ru(s0, thr[tid], gap_us, i) if with_ru else None)
+                opened[i] = row
             if end_kind == 2:
                 continue
             e = s0 + length * MS + 1234
@@ -87,7 +93,8 @@ def _run(mod, spans, samples, close_at):
         still = []
         for arrive, sid, status, (e, ru_end) in pending_end:
             if arrive <= t_next:
-                c.end(KEY, sid, e, status, ru_end)
+                for k in keys:
+                    c.end(k, sid, e, status, ru_end)
             else:
                 still.append((arrive, sid, status, (e, ru_end)))
         pending_end = still
@@ -112,9 +119,21 @@ def _run(mod, spans, samples, close_at):
             for tid in TIDS
             if not (missing and tid == TIDS[2])
         }
-        c.on_sample(KEY, t, ProcSample(values, threads))
-    c.close_process(KEY, "abandoned", close_at if close_at is None else t + close_at * MS)
-    return {r.span_id: r for r in out}
+        for k in keys:
+            c.on_sample(k, t, ProcSample(dict(values), {tid: dict(v) for tid, v in threads.items()}))
+        if defer:
+            c.end_tick()
+    for k in keys:
+        c.close_process(k, "abandoned", close_at if close_at is None else t + close_at * MS)
+    if defer:
+        c.end_tick()  # nothing is left for it: close_process finalised its process's due spans
+    mine = {r.span_id: r for r in out if r.pid == KEY.pid}
+    if defer:
+        twin = {r.span_id: r for r in out if r.pid == KEY2.pid}
+        assert set(twin) == set(mine) and len(out) == 2 * len(mine), "each span exactly once per process"
+        for sid, r in mine.items():
+            assert twin[sid].signals == r.signals, sid
+    return mine
 
 
 def _same(a, b):
@@ -131,9 +150,10 @@ def _same(a, b):
     samples=st.lists(sample_st, min_size=1, max_size=40),
     close_at=st.one_of(st.none(), st.integers(0, 50)),
 )
-def test_bulk_path_matches_the_per_span_reference(spans, samples, close_at):
+@pytest.mark.parametrize("defer", [False, True], ids=["per-process", "one-pass-per-tick"])
+def test_bulk_path_matches_the_per_span_reference(spans, samples, close_at, defer):
     want = _run(ref, spans, samples, close_at)
-    got = _run(correlate, spans, samples, close_at)
+    got = _run(correlate, spans, samples, close_at, defer)
     assert set(got) == set(want)
     for sid, w in want.items():
         g = got[sid]

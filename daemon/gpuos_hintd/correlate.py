@@ -65,6 +65,9 @@ SERIES_WAIT_NS = 300_000_000
 
 _NAN = float("nan")
 _EMPTY: dict[str, Value] = {}
+_NO_SPANS: dict[int, Any] = {}
+#: What one process's sample made due: (key, spans, prev, cur, edge cache), for _finalize_many.
+_DueGroup = tuple[Any, list[Any], Any, Any, dict[Any, Any]]
 _NO_RU = (0, 0, 0, 0, 0, 0, 0)
 _I64 = (-(1 << 63), (1 << 63) - 1)
 
@@ -175,6 +178,10 @@ class Correlator:
         self.n_open: dict[ProcKey, int] = {}
         self.finalized = 0
         self.series: dict[ProcKey, dict[str, PowerSeries]] = {}
+        #: Leave finalisation to end_tick() (one columnar pass per tick for every process); off,
+        #: on_sample finalises and emits at once (tests and tools that feed one process).
+        self.defer = False
+        self._due: list[_DueGroup] = []
 
     def set_metrics(self, metrics: Mapping[str, Metric]) -> None:
         self.metrics = dict(metrics)
@@ -281,10 +288,27 @@ class Correlator:
                     for span in group:
                         span.samples += 1
             if due:
-                done = self._finalize_many(key, due, prev, cur, edges)
+                if self.defer:
+                    self._due.append((key, due, prev, cur, edges))
+                else:
+                    done = self._finalize_many([(key, due, prev, cur, edges)])
         self.prev[key] = cur
         if done:
             self.emit(done)
+
+    def end_tick(self) -> None:
+        """Finalise what this tick's samples made due, for every process at once, and emit it.
+
+        With ``defer`` on (the daemon's setting), ``on_sample`` only sorts a process's spans and
+        leaves the finalisation to this one call per tick: the columnar passes cost per call (a
+        walk over every signal column), so one call for all processes, not one per process,
+        keeps a tick of many processes with a few spans each cheap.
+        """
+        groups, self._due = self._due, []
+        if groups:
+            done = self._finalize_many(groups)
+            if done:
+                self.emit(done)
 
     def _edges(
         self, cache: dict[tuple[int, bool], _Edges], prev: Snapshot | None, cur: Snapshot, tid: int, counters: bool
@@ -328,15 +352,10 @@ class Correlator:
             else:
                 s.gsum, s.gn, s.gmax = s.gsum + add, s.gn + cnt, np.fmax(s.gmax, mx)
 
-    def _finalize_many(
-        self,
-        key: ProcKey,
-        spans: list[OpenSpan],
-        prev: Snapshot | None,
-        cur: Snapshot | None,
-        cache: dict[tuple[int, bool], _Edges],
-    ) -> list[SpanRow]:
-        """Signals of spans that end before ``cur``: counters, gauges, edge CPU, derived figures, as columns."""
+    def _finalize_many(self, groups: list[_DueGroup]) -> list[SpanRow]:
+        """Signals of spans that end before their process's ``cur``, for one or more processes:
+        counters, gauges, edge CPU, derived figures, as columns over all of them at once."""
+        spans = [s for g in groups for s in g[1]]
         rows = [s.row for s in spans]
         n = len(rows)
         start = _i64_array([r.start_ns for r in rows])
@@ -345,20 +364,31 @@ class Correlator:
         dur = np.array(durations, dtype=np.float64)
         nc, ng = len(self.counters), len(self.gauges)
         end_vals = np.full((n, nc), np.nan)
-        mid_vals = np.full((n, ng), np.nan) if cur is not None else None
+        # A process without a sample to stand on (cur None: closed before any) gets no midpoint
+        # estimate: its rows stay NaN, which is what "no mid_vals" meant for one process.
+        mid_vals = np.full((n, ng), np.nan) if any(g[3] is not None for g in groups) else None
         end_lo = np.full(n, np.nan)
         end_hi = np.full(n, np.nan)
-        if cur is not None:
-            for tid, idx_list in _idx_by_tid(rows).items():
-                idx = np.array(idx_list, dtype=np.intp)
-                te = end[idx]
-                end_vals[idx] = self._edges(cache, prev, cur, tid, True).at(te)
-                if mid_vals is not None and ng:
-                    ts = start[idx]
-                    mid_vals[idx] = self._edges(cache, prev, cur, tid, False).at(ts + (te - ts) // 2)
-                b = _thread_cpu_bounds_many(prev, cur, te, tid)
-                if b is not None:
-                    end_lo[idx], end_hi[idx] = b
+        #: Per span: its process's `threads` value at `cur` (the fallback thread count of edge CPU).
+        threads_now = np.full(n, np.nan)
+        off = 0
+        for _key, g_spans, prev, cur, cache in groups:
+            m = len(g_spans)
+            if cur is not None:
+                fallback = cur.values.get("threads")
+                if fallback is not None:
+                    threads_now[off : off + m] = float(fallback)
+                for tid, idx_list in _idx_by_tid(rows[off : off + m]).items():
+                    idx = np.array(idx_list, dtype=np.intp) + off
+                    te = end[idx]
+                    end_vals[idx] = self._edges(cache, prev, cur, tid, True).at(te)
+                    if mid_vals is not None and ng:
+                        ts = start[idx]
+                        mid_vals[idx] = self._edges(cache, prev, cur, tid, False).at(ts + (te - ts) // 2)
+                    b = _thread_cpu_bounds_many(prev, cur, te, tid)
+                    if b is not None:
+                        end_lo[idx], end_hi[idx] = b
+            off += m
         nan_c = self._nan_counters
         start_vals = np.array([s.start_vals if s.start_vals is not None else nan_c for s in spans]).reshape(n, nc)
         with np.errstate(invalid="ignore"):
@@ -388,7 +418,7 @@ class Correlator:
         keys = self._keys
         # Views of the columns: edge_cpu rewrites them in place and adds its own.
         cols: dict[str, np.ndarray] = {name: base[:, j] for j, name in enumerate(keys)}
-        kinds = self._edge_cpu(spans, cols, dur, cur, end_lo, end_hi, gmax)
+        kinds = self._edge_cpu(spans, cols, dur, threads_now, end_lo, end_hi, gmax)
         _derive_many(cols, base, keys, dur)
         if self._est_gauge is not None and gmax is not None:
             flag = base[:, self._max_pos[self._est_gauge]]
@@ -397,10 +427,11 @@ class Correlator:
                 cols["gpu_energy_is_estimate"] = np.where(is_est, 1.0, np.nan)
                 kinds["gpu_energy_is_estimate"] = ("b", is_est)
         signals, columns = _dicts(keys, base, cols, kinds)
-        spans_of = self.spans.get(key, {})
-        series = self.series.get(key)
         own: list[int] = []  # spans whose dicts get more than the columns (the store packs those dicts)
-        for i, (span, row, sig) in enumerate(zip(spans, rows, signals, strict=True)):
+        span_keys = [g[0] for g in groups for _ in g[1]]
+        for i, (span, row, sig, key) in enumerate(zip(spans, rows, signals, span_keys, strict=True)):
+            spans_of = self.spans.get(key, _NO_SPANS)
+            series = self.series.get(key)
             if row.dev_start_ns is not None and row.dev_end_ns is not None:
                 # Device time and the GPU figures over the device interval (busy %, energy).
                 if "gpu_energy_j" in sig:
@@ -424,7 +455,7 @@ class Correlator:
         spans: list[OpenSpan],
         cols: dict[str, np.ndarray],
         dur: np.ndarray,
-        cur: Snapshot | None,
+        threads_now: np.ndarray,
         end_lo: np.ndarray,
         end_hi: np.ndarray,
         gmax: np.ndarray | None,
@@ -432,7 +463,7 @@ class Correlator:
         """CPU figures from the edge readings, or bounds on the interpolated ones (edge_cpu.apply_many)."""
         n = len(spans)
         s_lo, s_hi = np.full(n, np.nan), np.full(n, np.nan)
-        if cur is not None:
+        if True:  # end bounds exist only where the span's process had a sample (else NaN: not ok)
             sb = [s.start_bounds for s in spans]
             known = np.array([b is not None for b in sb], dtype=bool)
             if known.any():
@@ -444,10 +475,7 @@ class Correlator:
         nthreads = np.full(n, np.nan)
         if gmax is not None and self._threads_gauge is not None:
             nthreads = gmax[:, self._threads_gauge].copy()
-        if cur is not None:
-            fallback = cur.values.get("threads")
-            if fallback is not None:
-                nthreads = np.where(np.isnan(nthreads), float(fallback), nthreads)
+        nthreads = np.where(np.isnan(nthreads), threads_now, nthreads)
         has_ru = [s.ru_begin is not None and s.ru_end is not None for s in spans]
         if any(has_ru):
             rb = [s.ru_begin if ok and s.ru_begin is not None else _NO_RU for s, ok in zip(spans, has_ru, strict=True)]
@@ -478,6 +506,7 @@ class Correlator:
         Open spans end at ``at_ns`` (default: the last sample) with ``status``;
         spans that had already ended keep their own status and end.
         """
+        self._due = [g for g in self._due if g[0] != key]  # its due spans are finalised here, once
         prev = self.prev.pop(key, None)
         self.history.pop(key, None)
         series = self.series.pop(key, None)
@@ -497,7 +526,7 @@ class Correlator:
                 starting = [s for s in spans if s.start_vals is None]
                 if starting:  # never sampled: the last sample stands in for the start, flagged
                     self._start(None, prev, starting, cache)
-            out = self._finalize_many(key, spans, None, prev, cache)
+            out = self._finalize_many([(key, spans, None, prev, cache)])
         self.series.pop(key, None)
         if out:
             self.emit(out)

@@ -109,6 +109,7 @@ class HintService:
         self.phase_stats = PhaseStats()
         self.phase_energy = PhaseEnergy()
         self.correlator = Correlator({}, self._on_spans)
+        self.correlator.defer = True  # one finalisation pass per tick (_apply calls end_tick)
         for s in samplers:
             self.add_sampler(s)
         self.worker = SamplingWorker(self.samplers)
@@ -554,10 +555,11 @@ class HintService:
             self._sweep_lost_ends()
         now, wall = res.t_ns, time.time_ns() - (time.monotonic_ns() - res.t_ns)
         rows: list[SampleRow] = []
-        for key, ps in res.samples.items():
-            if key not in self.clients:
-                continue  # reaped while it was being sampled
+        sampled = [(key, ps) for key, ps in res.samples.items() if key in self.clients]  # not reaped meanwhile
+        for key, ps in sampled:
             self.correlator.on_sample(key, now, ps)
+        self.correlator.end_tick()  # every process's due spans in one columnar pass
+        for key, ps in sampled:
             series = self.correlator.series.get(key)
             if series:
                 live = (_span_iv(sp.row, sp.ended) for sp in self.correlator.spans.get(key, {}).values())
