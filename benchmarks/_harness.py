@@ -591,6 +591,23 @@ def status_counter(st: dict[str, Any] | None, name: str) -> int | None:
     return int(v) if isinstance(v, int | float) else None
 
 
+def wait_counted(control: str, results: Sequence[dict[str, Any]], timeout_s: float) -> int | None:
+    """The daemon's `events` counter once it covers every event the clients had acknowledged.
+
+    Bounded by ``timeout_s``; returns the last count read (None if the daemon never answered),
+    so a daemon that lags is reported by the delivery check instead of hanging the harness.
+    """
+    acked = sum(r.get("stats", {}).get("delivered") or 0 for r in results)
+    events = None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        events = status_counter(safe_request(control, "status", timeout_s=10), "events")
+        if events is not None and events >= acked:
+            break
+        time.sleep(0.3)
+    return events
+
+
 def sampler_ticks(st0: dict[str, Any] | None, st1: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     """Per available sampler: ticks and ms spent between two status replies."""
     if not st0 or not st1:

@@ -51,6 +51,7 @@ from _harness import (
     start_phase_clients,
     status_counter,
     stop_daemon,
+    wait_counted,
     write_result,
 )
 
@@ -75,16 +76,7 @@ def run_cell(n: int, rate: float, args: argparse.Namespace) -> dict[str, Any]:
             st1 = safe_request(ctl, "status", timeout_s=10)
             w = win.stop()
             results = collect_clients(kids, timeout_s=60 + args.window)
-            st2 = None
-            events_before = None
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:  # bounded: until the daemon's count covers every acknowledged event
-                st2 = safe_request(ctl, "status", timeout_s=10)
-                events_before = status_counter(st2, "events")
-                acked = sum(r.get("stats", {}).get("delivered") or 0 for r in results)
-                if events_before is not None and events_before >= acked:
-                    break
-                time.sleep(0.3)
+            events_before = wait_counted(ctl, results, 30)
         finally:
             for k in kids:
                 if k.poll() is None:

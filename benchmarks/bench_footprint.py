@@ -53,6 +53,7 @@ from _harness import (
     start_phase_clients,
     status_counter,
     stop_daemon,
+    wait_counted,
     write_result,
 )
 
@@ -90,16 +91,7 @@ def run_once(src: str | None, args: argparse.Namespace, daemon_on: bool = True) 
                 st1 = safe_request(ctl, "status", timeout_s=10)
             w = win.stop()
             results = collect_clients(kids, timeout_s=60 + args.window)
-            events = None
-            if daemon is not None:
-                deadline = time.monotonic() + 20
-                acked = sum(r.get("stats", {}).get("delivered") or 0 for r in results)
-                while time.monotonic() < deadline:
-                    st2 = safe_request(ctl, "status", timeout_s=10)
-                    events = status_counter(st2, "events")
-                    if events is not None and events >= acked:
-                        break
-                    time.sleep(0.3)
+            events = wait_counted(ctl, results, 20) if daemon is not None else None
         finally:
             for k in kids:
                 if k.poll() is None:
