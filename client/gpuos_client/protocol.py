@@ -181,15 +181,7 @@ def decode_control_request(data: bytes) -> dict[str, Any] | None:
 
     Whether the op is known is the server's business (it answers with the list).
     """
-    import msgpack
-
-    if len(data) > MAX_CONTROL_REQUEST_BYTES:
-        return None
-    try:
-        req = msgpack.unpackb(data, raw=False, max_map_len=64, max_array_len=1024, max_str_len=4096, max_bin_len=4096)
-    except Exception:
-        return None
-    return req if isinstance(req, dict) and isinstance(req.get("op"), str) else None
+    return _small_op_map(data, MAX_CONTROL_REQUEST_BYTES, max_array_len=1024)
 
 
 def encode_control_reply(ok: bool, result: Any = None, error: str | None = None) -> bytes:
@@ -212,12 +204,19 @@ def decode_control_reply(data: bytes) -> dict[str, Any]:
 
 def decode_reply(data: bytes) -> dict[str, Any] | None:
     """Unpack a daemon -> client reply; None if it is not a small map with an "op"."""
+    return _small_op_map(data, 65536, max_array_len=64)
+
+
+def _small_op_map(data: bytes, max_bytes: int, max_array_len: int) -> dict[str, Any] | None:
+    """A bounded msgpack map with a str "op" (control requests, daemon replies), else None."""
     import msgpack
 
-    if len(data) > 65536:
+    if len(data) > max_bytes:
         return None
     try:
-        msg = msgpack.unpackb(data, raw=False, max_map_len=64, max_array_len=64, max_str_len=4096, max_bin_len=4096)
+        msg = msgpack.unpackb(
+            data, raw=False, max_map_len=64, max_array_len=max_array_len, max_str_len=4096, max_bin_len=4096
+        )
     except Exception:
         return None
     return msg if isinstance(msg, dict) and isinstance(msg.get("op"), str) else None
