@@ -70,3 +70,35 @@ def test_gpu_accuracy_script_cpu_smoke(tmp_path):
     assert all(p["thread_cpu_ms_mean"] is not None for p in ph.values())
     assert set(doc["isolated"]) >= {"prefill", "decode", "forward", "backward", "optimizer", "stage_a"}
     assert "FIT W" in doc["daemon"]["phases_table"]
+    assert set(doc["isolated_before"]) == set(doc["isolated_after"]) and doc["isolated"]["decode"]["runs"] == 2
+    assert (tmp_path / "accuracy_gpu_raw.json").exists()
+
+
+def test_gpu_accuracy_reintegration_moves_energy_by_the_sample_delay():
+    """accuracy_gpu.reintegrate: a sample delay moves a burst's energy back into the span that made it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("accuracy_gpu", REPO / "benchmarks" / "gpu" / "accuracy_gpu.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ms = 1_000_000
+
+    # 600 W during [90, 130) ms, 100 W otherwise; samples every 20 ms, each the mean of the 20 ms
+    # that ended 10 ms before its stamp (a 10 ms delay).
+    def true_w(t):
+        return 600.0 if 90 * ms <= t < 130 * ms else 100.0
+
+    samples = []
+    for k in range(1, 20):
+        t = k * 20 * ms
+        lo, hi = t - 30 * ms, t - 10 * ms
+        mean = sum(true_w(lo + (i + 0.5) * (hi - lo) / 200) for i in range(200)) / 200
+        samples.append([t, mean * 1000.0])
+    spans = [["burst", 90 * ms, 130 * ms, None, None], ["after", 130 * ms, 170 * ms, None, None]]
+    window = {"t0_ns": 40 * ms, "t1_ns": 300 * ms}
+    counter_j = sum(true_w(40 * ms + (i + 0.5) * ms) for i in range(260)) / 1000.0  # 1 ms steps, J
+    got = mod.reintegrate({"samples": samples}, spans, window, counter_j, [0.0, 10.0])
+    burst0, burst10 = got["0.0"]["energy_j_mean"]["burst"], got["10.0"]["energy_j_mean"]["burst"]
+    assert abs(burst10 - 24.0) < 0.5  # 600 W x 40 ms
+    assert burst0 < 20.0  # at face value the burst's energy is smeared into "after"
+    assert got["0.0"]["energy_j_mean"]["after"] > got["10.0"]["energy_j_mean"]["after"] + 4

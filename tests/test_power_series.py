@@ -136,9 +136,18 @@ def test_span_waits_for_the_series_to_reach_its_end_then_uses_the_device_interva
     assert s["gpu_energy_j"] == pytest.approx(2.0 + 3.0, abs=1e-6)
 
 
-def test_nvml_sampler_reads_power_samples_and_calibrates(tmp_path):
-    """NVMLSampler on a (synthetic, said so) recording with nvmlDeviceGetSamples in it."""
+@pytest.mark.parametrize("delay_ms", [0, 7])
+def test_nvml_sampler_reads_power_samples_and_calibrates(tmp_path, monkeypatch, delay_ms):
+    """NVMLSampler on a (synthetic, said so) recording with nvmlDeviceGetSamples in it.
+
+    With a measured sample delay for the device's model, every sample moves that much earlier.
+    """
     import json
+
+    from gpuos_hintd import power_model
+
+    if delay_ms:
+        monkeypatch.setitem(power_model.SAMPLE_DELAY_NS, "synth", (delay_ms * MS, "a test"))
 
     from gpuos_hintd.model import Target
     from gpuos_hintd.samplers.nvml import NVMLSampler
@@ -188,13 +197,15 @@ def test_nvml_sampler_reads_power_samples_and_calibrates(tmp_path):
     # Every driver sample arrived once, on the recorded timeline (within the tens of us that reading wall - monotonic twice costs).
     want = [s for s in samples if s[0] <= 4_900 * MS]
     assert len(got) == len(want)
-    assert all(abs(a - b) <= 50_000 for (a, _), (b, _) in zip(got, want, strict=True))
+    assert all(abs(a + delay_ms * MS - b) <= 50_000 for (a, _), (b, _) in zip(got, want, strict=True))
     # Values are the device's power x the process's share (alone: 1) x the calibration once known.
     ratios = [v / int(w) for (_, v), (_, w) in zip(got, want, strict=True)]
     assert ratios[0] == 1.0 and ratios[-1] == pytest.approx(1.02, abs=0.02)
     dev = sampler.devices()[0]
     assert dev["power_samples_period_ms"] == pytest.approx(20, abs=0.01)
     assert dev["power_samples_scale"] == pytest.approx(1.02, abs=0.02)
+    assert dev["power_samples_delay_ms"] == delay_ms
+    assert dev["power_samples_delay_source"] == ("a test" if delay_ms else None)
 
 
 # -- a real H200 recording (benchmarks/gpu/record_nvml.py, 2026-12-01: two matmul children) ---------

@@ -88,7 +88,7 @@ def isolated(name: str, fn: Callable[[], None], sync: Callable[[], None], counte
     """Repeat one phase alone, back to back, >= min_reps times and >= min_s, counter around it."""
     fn()
     sync()
-    e0, t0 = counter.mj(), time.monotonic()
+    e0, t0, c0 = counter.mj(), time.monotonic(), time.thread_time()
     reps = 0
     while reps < min_reps or time.monotonic() - t0 < min_s:
         fn()
@@ -96,12 +96,112 @@ def isolated(name: str, fn: Callable[[], None], sync: Callable[[], None], counte
         if reps % 8 == 0:
             sync()  # bounded queue, and an honest wall clock
     sync()
-    t1, e1 = time.monotonic(), counter.mj()
+    t1, e1, c1 = time.monotonic(), counter.mj(), time.thread_time()
     out: dict[str, Any] = {"phase": name, "reps": reps, "seconds": round(t1 - t0, 3),
-                           "wall_ms_per_rep": round((t1 - t0) / reps * 1e3, 4)}  # fmt: skip
+                           "wall_ms_per_rep": round((t1 - t0) / reps * 1e3, 4),
+                           "thread_cpu_ms_per_rep": round((c1 - c0) / reps * 1e3, 4)}  # fmt: skip
     if e0 is not None and e1 is not None:
         out["energy_j_per_rep"] = round((e1 - e0) / 1000 / reps, 5)
         out["power_w"] = round((e1 - e0) / 1000 / (t1 - t0), 2)
+    return out
+
+
+ISOLATED_PHASES = ("prefill", "decode", "forward", "forward_backward", "optimizer", "stage_a", "stage_b")
+
+
+def run_isolated(alone: dict[str, Callable[[], Any]], sync: Callable[[], None], counter: Counter, min_reps: int,
+                 min_s: float, t_start: float, budget_s: float) -> dict[str, Any]:  # fmt: skip
+    """Every phase alone (``isolated``), backward derived as (forward + backward) - forward."""
+    iso: dict[str, Any] = {}
+    for name in ISOLATED_PHASES:
+        if time.monotonic() - t_start > budget_s:
+            break
+        iso[name] = isolated(name, alone[name], sync, counter, min_reps, min_s)
+        print(json.dumps(iso[name]), flush=True)
+    if "forward_backward" in iso and "forward" in iso:
+        fb, f = iso["forward_backward"], iso["forward"]
+        iso["backward"] = {"phase": "backward", "derived": "forward_backward - forward",
+                           "wall_ms_per_rep": round(fb["wall_ms_per_rep"] - f["wall_ms_per_rep"], 4)}  # fmt: skip
+        if "energy_j_per_rep" in fb and "energy_j_per_rep" in f:
+            e = fb["energy_j_per_rep"] - f["energy_j_per_rep"]
+            iso["backward"]["energy_j_per_rep"] = round(e, 5)
+            iso["backward"]["power_w"] = round(e / (iso["backward"]["wall_ms_per_rep"] / 1e3), 2)
+    return iso
+
+
+def merge_isolated(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """The truth: the mean of the runs before and after the hinted one, with their drift."""
+    out: dict[str, Any] = {}
+    for name, x in a.items():
+        y = b.get(name)
+        if not y:
+            out[name] = dict(x, runs=1)
+            continue
+        m: dict[str, Any] = {"phase": name, "runs": 2}
+        for k in ("wall_ms_per_rep", "energy_j_per_rep", "power_w", "thread_cpu_ms_per_rep"):
+            if x.get(k) is not None and y.get(k) is not None:
+                m[k] = round((x[k] + y[k]) / 2, 5)
+                m[k + "_drift_pct"] = _err(y[k], x[k])
+        out[name] = m
+    return out
+
+
+def start_recorder(args: argparse.Namespace, tmp: Path) -> tuple[subprocess.Popen[bytes], Path] | None:
+    """The driver's raw power samples during the hinted run, from a process of its own."""
+    if args.cpu:
+        return None
+    path = tmp / "power_samples.json"
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("power_recorder.py")), "--out", str(path)])
+    time.sleep(0.6)  # its first poll takes the driver's history from before the run (discarded)
+    return proc, path
+
+
+def stop_recorder(rec: tuple[subprocess.Popen[bytes], Path] | None) -> dict[str, Any] | None:
+    if rec is None:
+        return None
+    proc, path = rec
+    proc.terminate()
+    try:
+        proc.wait(30)
+        return json.loads(path.read_text())
+    except Exception as exc:  # the measurement stands without it; say why
+        proc.kill()
+        return {"error": repr(exc)}
+
+
+def reintegrate(samples: dict[str, Any] | None, spans: list[list[Any]], window: dict[str, Any],
+                counter_j: float | None, delays_ms: list[float]) -> dict[str, Any]:  # fmt: skip
+    """Per-phase mean span energy recomputed from the raw samples, for each sample delay.
+
+    The daemon's own integration (PowerSeries, a step curve) over each span's device interval
+    (else its host interval), scaled so the window integrates to the counter's delta (the daemon
+    calibrates the same way over long windows).  ``delay 0`` is what the daemon computed live,
+    up to the calibration window; the other delays show how much the per-phase figures depend
+    on when a sample is taken to describe the GPU (power_lag.py measures that delay).
+    """
+    from gpuos_hintd.power_series import PowerSeries
+
+    if not samples or not samples.get("samples") or not counter_j:
+        return {}
+    out: dict[str, Any] = {}
+    t0, t1 = window["t0_ns"], window["t1_ns"]
+    for d_ms in delays_ms:
+        d = int(d_ms * 1e6)
+        ser = PowerSeries(maxlen=1_000_000)
+        ser.add([(int(t) - d, float(w)) for t, w in samples["samples"]])
+        whole = ser.integrate(t0, t1, scale=1.0)
+        if whole is None or whole.mj <= 0:
+            continue
+        scale = counter_j * 1000.0 / whole.mj
+        per: dict[str, list[float]] = {}
+        for name, s0, s1, d0, d1 in spans:
+            if not t0 <= s0 <= t1:
+                continue
+            a, b = (d0, d1) if d0 is not None else (s0, s1)
+            got = ser.integrate(a, b, scale=scale)
+            if got is not None:
+                per.setdefault(name, []).append(got.mj / 1000.0)
+        out[str(d_ms)] = {"scale": round(scale, 4), "energy_j_mean": {n: _mean(v) for n, v in per.items()}}
     return out
 
 
@@ -456,7 +556,9 @@ def daemon_figures(env: dict[str, str], window: dict[str, Any], n_spans: int, cp
     table = subprocess.run([sys.executable, "-m", "gpuos_hintd.cli.main", "phases"], env=env,
                            capture_output=True, text=True, timeout=120).stdout  # fmt: skip
     status = request(env["GPUOS_HINT_CONTROL"], "status", timeout_s=10.0)
+    raw = [[n, s0, s1, d0, d1] for n, s0, s1, d0, d1, _ in rows]
     return {"phases": out, "fits": fits, "span_energy_total_j": round(total_j, 3), "phases_table": table,
+            "raw_spans": raw,
             "samplers": status.get("samplers"), "counters": status.get("counters"),
             "rejected": status.get("rejected")}  # fmt: skip
 
@@ -477,6 +579,8 @@ def main() -> int:
     ap.add_argument("--train-steps", type=int, default=None)
     ap.add_argument("--pipeline-iters", type=int, default=None)
     ap.add_argument("--budget-s", type=float, default=330.0, help="stop adding work after this (default 330)")
+    ap.add_argument("--power-delay-ms", type=float, default=None,
+                    help="also recompute span energy with this sample delay (power_lag.py's fit)")  # fmt: skip
     args = ap.parse_args()
     args.requests = args.requests or (2 if args.cpu else 40)
     args.train_steps = args.train_steps or (3 if args.cpu else 60)
@@ -498,37 +602,31 @@ def main() -> int:
         ph = phases(w)
         counter = Counter(not args.cpu)
         min_reps, min_s = (3, 0.05) if args.cpu else (30, 2.0)
-        iso = {}
 
         def fwd_bwd() -> None:
             ph["forward"]()
             ph["backward"]()
 
         alone = dict(ph, forward_backward=fwd_bwd)
-        for name in ("prefill", "decode", "forward", "forward_backward", "optimizer", "stage_a", "stage_b"):
-            if time.monotonic() - t_start > args.budget_s * 0.45:
-                break
-            iso[name] = isolated(name, alone[name], sync, counter, min_reps, min_s)
-            print(json.dumps(iso[name]), flush=True)
-        if "forward_backward" in iso and "forward" in iso:
-            # backward needs a forward before it: its truth is (forward + backward) - forward.
-            fb, f = iso["forward_backward"], iso["forward"]
-            iso["backward"] = {"phase": "backward", "derived": "forward_backward - forward",
-                               "wall_ms_per_rep": round(fb["wall_ms_per_rep"] - f["wall_ms_per_rep"], 4)}  # fmt: skip
-            if "energy_j_per_rep" in fb and "energy_j_per_rep" in f:
-                e = fb["energy_j_per_rep"] - f["energy_j_per_rep"]
-                iso["backward"]["energy_j_per_rep"] = round(e, 5)
-                iso["backward"]["power_w"] = round(e / (iso["backward"]["wall_ms_per_rep"] / 1e3), 2)
-        result["isolated"] = iso
-        result["profiler"] = profile(w, ph, sync, args)
-        result["profiler_in_context"] = profile_pipeline_in_context(ph, sync, w, args)
+        # Truth before and after the hinted run (drift between the two is reported); the profiler
+        # runs last, in this process, so that no CUPTI state it leaves behind touches a run that
+        # is measured (torch.profiler's callbacks stay registered after it exits).
+        iso_a = run_isolated(alone, sync, counter, min_reps, min_s, t_start, args.budget_s * 0.25)
         result["step_cost"] = step_cost(ph, sync, args)
         print(json.dumps(result["step_cost"]), flush=True)
         time.sleep(1.0)  # an idle gap the fit sees as unhinted
+        rec = start_recorder(args, tmp)
         e0 = counter.mj()
         window = hinted_run(w, ph, sync, args)
         e1 = counter.mj()
         time.sleep(1.5)  # the daemon's power samples past the end
+        samples = stop_recorder(rec)
+        iso_b = run_isolated(alone, sync, counter, min_reps, min_s, t_start, args.budget_s * 0.6)
+        iso = merge_isolated(iso_a, iso_b)
+        result["isolated"] = iso
+        result["isolated_before"], result["isolated_after"] = iso_a, iso_b
+        result["profiler"] = profile(w, ph, sync, args)
+        result["profiler_in_context"] = profile_pipeline_in_context(ph, sync, w, args)
         import gpuos_client as h
 
         h.flush(10.0)
@@ -570,6 +668,20 @@ def main() -> int:
                 "dev_vs_isolated_wall_pct": _err(d["dev_ms_mean"], truth.get("wall_ms_per_rep")),
             }
         result["comparison"] = cmp
+        raw_spans = fig.pop("raw_spans")
+        delays = sorted(
+            {0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0}
+            | ({args.power_delay_ms} if args.power_delay_ms is not None else set())
+        )
+        result["reintegrated"] = {
+            "delays_ms": delays,
+            "by_delay": reintegrate(samples, raw_spans, window, result["counter_window_j"], delays),
+        }
+        for r in result["reintegrated"]["by_delay"].values():
+            r["err_pct"] = {n: _err(e, iso.get(n, {}).get("energy_j_per_rep")) for n, e in r["energy_j_mean"].items()}
+        (args.out / "accuracy_gpu_raw.json").write_text(
+            json.dumps({"window": window, "spans": raw_spans, "power": samples}) + "\n"
+        )
     finally:
         daemon.terminate()
         try:

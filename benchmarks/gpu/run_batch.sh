@@ -11,6 +11,8 @@
 #                                          generate A/B, its store kept for `evaluate` on a real program
 #   benchmarks/gpu/run_batch.sh evaluation-stores (~8 min) issue 9: accuracy_gpu again; issue 13:
 #                                          generate and training stores with every tick, for evaluate
+#   benchmarks/gpu/run_batch.sh power-and-accuracy (~6 min) issue 9: the driver's power-sample delay
+#                                          (square waves), accuracy_gpu with truth before and after
 #   benchmarks/gpu/run_batch.sh training-overhead (~9 min) issue 11: 8 ABBA pairs of DataLoader
 #                                          training and 8+8 HF Trainer runs, plain vs gpuos-run
 # Results: each part writes into a work dir; the work dir is packed into $OUT/<batch>.tgz (the tool
@@ -89,6 +91,22 @@ evaluation-stores)
     --proc-runs 0 --store-samples-hz 0 --keep-store "$W/store_generate_10hz" --out "$W/integrations_generate_10hz.json" 2>&1 | tail -3
   timeout 110 python3 benchmarks/gpu/bench_integrations.py --parts train --budget-s 95 --train-runs 3 \
     --train-steps 60 --store-samples-hz 0 --keep-store "$W/store_train_10hz" --out "$W/integrations_train_10hz.json" 2>&1 | tail -3
+  ;;
+power-and-accuracy)
+  part "power-sample model: known square waves, the driver's sample delay (power_lag.py)"
+  timeout 90 python3 benchmarks/gpu/power_lag.py --out "$W/power_lag" 2>&1 | tail -14
+  delay=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['fit']['step_best_delay_ms'] or 0)" "$W/power_lag/power_lag.json" 2>/dev/null || echo 0)
+  part "accuracy: isolated truth before and after the hinted run, profiler last, raw samples (delay $delay ms)"
+  timeout 300 python3 benchmarks/gpu/accuracy_gpu.py --budget-s 220 --power-delay-ms "$delay" --out "$W/accuracy" 2>&1 | tail -6
+  part "CUPTI on this image: where libcupti is, its version"
+  python3 - <<'PY'
+import ctypes, glob, site, sys
+paths = [p for d in sys.path for p in glob.glob(d + "/nvidia/cuda_cupti/lib/libcupti.so*")]
+print("libcupti candidates:", paths)
+for p in paths[:1]:
+    lib = ctypes.CDLL(p); v = ctypes.c_uint32(); print("cuptiGetVersion rc", lib.cuptiGetVersion(ctypes.byref(v)), "version", v.value)
+import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)
+PY
   ;;
 esac
 part "done"

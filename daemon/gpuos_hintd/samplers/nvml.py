@@ -43,6 +43,7 @@ from collections.abc import Collection
 from typing import Any, ClassVar
 
 from ..errors import SamplerUnavailable
+from ..power_model import sample_delay_ns
 from ..power_series import PowerSeries
 from ._energy import EnergyLedger
 from .base import Metric, ProcKey, ProcSample, Sampler, Target, Value
@@ -79,6 +80,8 @@ class _Dev:
     power: PowerSeries = dataclasses.field(default_factory=PowerSeries)
     power_last_us: int = 0
     power_new: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    power_delay_ns: int = 0  # how much earlier than its stamp a sample describes (power_model)
+    power_delay_source: str | None = None
     last_counter: float | None = None
 
 
@@ -219,6 +222,7 @@ class NVMLSampler(Sampler):
             dev.name = self._query(dev, "nvmlDeviceGetName", handle)
         except _GpuLost:
             self._mark_lost(dev)
+        dev.power_delay_ns, dev.power_delay_source = sample_delay_ns(dev.name if isinstance(dev.name, str) else None)
         return dev
 
     def available(self) -> tuple[bool, str]:
@@ -347,7 +351,9 @@ class NVMLSampler(Sampler):
             # which would put every later sample out of order.
             if ts * 1000 <= offset:
                 continue
-            pts.append((ts * 1000 - offset, float(w)))
+            # Stamped when the driver took it, a sample describes power a little earlier on some
+            # GPUs (measured per model: power_model.SAMPLE_DELAY_NS); put it where it belongs.
+            pts.append((ts * 1000 - offset - dev.power_delay_ns, float(w)))
             dev.power_last_us = max(dev.power_last_us, ts)
         dev.power_new = dev.power.add(pts)
 
@@ -476,6 +482,8 @@ class NVMLSampler(Sampler):
             row["power_samples_period_ms"] = d.power.period_ns / 1e6 if d.power.period_ns else None
             row["power_samples_scale"] = round(d.power.scale, 4) if d.power.scale else None
             row["power_samples_scale_window_s"] = round(d.power.scale_window_ns / 1e9, 1)
+            row["power_samples_delay_ms"] = d.power_delay_ns / 1e6
+            row["power_samples_delay_source"] = d.power_delay_source
             row["processes"] = [
                 {"pid": pid, "used_bytes": used, "sm_util_pct": (d.proc_sm or {}).get(pid)}
                 for pid, used in sorted(d.procs.items())
@@ -498,6 +506,7 @@ class NVMLSampler(Sampler):
                     "power_samples_period_ms": d.power.period_ns / 1e6 if d.power.period_ns else None,
                     "power_samples_scale": round(d.power.scale, 4) if d.power.scale else None,
                     "power_samples_scale_window_s": round(d.power.scale_window_ns / 1e9, 1),
+                    "power_samples_delay_ms": d.power_delay_ns / 1e6,
                 }
                 for d in self._devs
                 if not d.lost

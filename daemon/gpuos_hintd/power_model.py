@@ -1,0 +1,140 @@
+"""What stretch of time a driver power sample describes: the fit, and the delays measured.
+
+Why: span energy is the integral of the driver's power samples over the span's device interval
+(power_series.py), which needs to know which stretch of time each sample averages.  Assuming
+the wrong one does not change the total (the sum over all spans still matches the energy
+counter) but moves energy between neighbouring phases, by up to the error in time: on an H200
+that is a 20 ms sample period against 15-25 ms phases.
+
+``fit_sample_model`` measures it from a square wave whose edges are known
+(benchmarks/gpu/power_lag.py): for every candidate model - sample ``i`` is the mean true power
+over ``(t_i - d - w, t_i - d]``, with ``w`` the sample spacing (``"step"``) or a fixed window - it
+computes each sample's busy fraction from the edges, fits ``idle + (busy - idle) x fraction`` by
+least squares and keeps the residual.  ``SAMPLE_DELAY_NS`` is the table of delays measured that
+way, by device name; a device not in it gets 0 (the samples taken at face value), and
+``gpuos-hintctl status`` says which applied.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+
+#: Measured sample delay by device name (the fit's best ``d`` for the ``step`` window), with the
+#: recorded result it comes from.  Filled only from recordings under benchmarks/results/.
+SAMPLE_DELAY_NS: dict[str, tuple[int, str]] = {}
+
+DELAYS_MS = tuple(range(-30, 101))
+WINDOWS_MS: tuple[float | str, ...] = ("step", 0.0, 10.0, 20.0, 40.0, 60.0, 100.0)
+
+
+def sample_delay_ns(device_name: str | None) -> tuple[int, str | None]:
+    """(delay, source) for a device: the table's entry whose name the device's starts with."""
+    if device_name:
+        for name, (delay, source) in SAMPLE_DELAY_NS.items():
+            if device_name.startswith(name):
+                return delay, source
+    return 0, None
+
+
+class _Busy:
+    """Cumulative busy time B(t) of sorted, disjoint busy intervals (bisect + prefix sums)."""
+
+    def __init__(self, edges: Sequence[tuple[int, int]]) -> None:
+        merged: list[list[int]] = []
+        for s, e in sorted(edges):
+            if e <= s:
+                continue
+            if merged and s <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], e)
+            else:
+                merged.append([s, e])
+        self.starts = [s for s, _ in merged]
+        self.ends = [e for _, e in merged]
+        self.cum = [0]
+        for s, e in merged:
+            self.cum.append(self.cum[-1] + e - s)
+
+    def at(self, t: float) -> float:
+        i = bisect.bisect_right(self.starts, t)  # intervals starting at or before t
+        if i == 0:
+            return 0.0
+        return self.cum[i - 1] + min(t, self.ends[i - 1]) - self.starts[i - 1]
+
+    def fraction(self, lo: float, hi: float) -> float:
+        if hi <= lo:  # an instant: busy or not
+            i = bisect.bisect_right(self.starts, lo)
+            return 1.0 if i and lo < self.ends[i - 1] else 0.0
+        return (self.at(hi) - self.at(lo)) / (hi - lo)
+
+
+def _fit_line(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
+    """(intercept, slope, rms residual) of ys on xs; slope 0 when xs do not vary."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx > 0 else 0.0
+    icpt = my - slope * mx
+    rms = math.sqrt(sum((y - icpt - slope * x) ** 2 for x, y in zip(xs, ys, strict=True)) / n)
+    return icpt, slope, rms
+
+
+def fit_sample_model(
+    samples: Sequence[tuple[int, float]],
+    busy: Sequence[tuple[int, int]],
+    delays_ms: Sequence[int] = DELAYS_MS,
+    windows_ms: Sequence[float | str] = WINDOWS_MS,
+) -> dict[str, object]:
+    """The (delay, window) under which the samples best follow the known busy edges.
+
+    ``samples``: (t_ns, mW) on the edges' clock, sorted; ``busy``: (start_ns, end_ns) of the
+    known busy stretches.  Returns the best model, the daemon's current one (``step``, d = 0) for
+    comparison, and per window the best delay and its residual.
+    """
+    pts = sorted(samples)
+    if len(pts) < 10 or not busy:
+        raise ValueError("need >= 10 samples and some busy intervals")
+    B = _Busy(busy)
+    lo_t, hi_t = B.starts[0], B.ends[-1]
+    ys = [w / 1000.0 for _, w in pts[1:]]  # W
+    grid: dict[str, list[tuple[int, float]]] = {}
+    best: tuple[float, int, float | str, float, float] | None = None
+    for win in windows_ms:
+        row = []
+        for d_ms in delays_ms:
+            d = d_ms * 1_000_000
+            xs, yk = [], []
+            for i in range(1, len(pts)):
+                t = pts[i][0] - d
+                w = (pts[i][0] - pts[i - 1][0]) if win == "step" else float(win) * 1e6
+                if t - w < lo_t - 1e9 or t > hi_t + 1e9:
+                    continue
+                xs.append(B.fraction(t - w, t))
+                yk.append(ys[i - 1])
+            if len(xs) < 10:
+                continue
+            icpt, slope, rms = _fit_line(xs, yk)
+            row.append((d_ms, round(rms, 3)))
+            if best is None or rms < best[0]:
+                best = (rms, d_ms, win, icpt, icpt + slope)
+        grid[str(win)] = row
+    assert best is not None
+    per_window = {w: min(r, key=lambda x: x[1]) for w, r in grid.items() if r}
+    current = dict(grid.get("step", [])).get(0)
+    return {
+        "best": dict(
+            delay_ms=best[1],
+            window_ms=best[2],
+            rms_w=round(best[0], 3),
+            idle_w=round(best[3], 1),
+            busy_w=round(best[4], 1),
+        ),
+        "step_best_delay_ms": per_window.get("step", (None, None))[0],
+        "step_best_rms_w": per_window.get("step", (None, None))[1],
+        "current_model_rms_w": current,
+        "per_window_best": {w: {"delay_ms": d, "rms_w": r} for w, (d, r) in per_window.items()},
+        "grid": grid,
+        "samples": len(pts),
+        "busy_intervals": len(B.starts),
+    }
