@@ -73,3 +73,22 @@ def test_busy_fraction_against_brute_force() -> None:
 def test_delay_table_lookup() -> None:
     assert power_model.sample_delay_ns(None) == (0, None)
     assert power_model.sample_delay_ns("Some GPU nobody measured")[0] == 0
+
+
+def test_the_h200_entry_is_the_fit_of_its_recording() -> None:
+    """The table's H200 delay is what the recorded square waves give (re-fitted here)."""
+    import json
+    from pathlib import Path
+
+    delay_ns, source = power_model.sample_delay_ns("NVIDIA H200")
+    root = Path(__file__).resolve().parents[1]
+    rec = json.loads((root / source).read_text())
+    samples = json.loads((root / source).with_name("power_lag_samples.json").read_text())["samples"]
+    edges = [tuple(e) for e in rec["edges_ns"]]
+    lo, hi = edges[0][0] - 500_000_000, edges[-1][1] + 500_000_000
+    pts = [(int(t), float(w)) for t, w in samples if lo <= t <= hi]
+    fit = power_model.fit_sample_model(pts, edges, delays_ms=range(-10, 16), windows_ms=("step", 20.0))
+    assert fit["step_best_delay_ms"] * 1_000_000 == delay_ns
+    # The samples follow the known edges: busy well above idle, and a better fit than at face value.
+    assert fit["best"]["busy_w"] > 3 * fit["best"]["idle_w"]
+    assert fit["step_best_rms_w"] < fit["current_model_rms_w"]

@@ -23,7 +23,11 @@ from collections.abc import Sequence
 
 #: Measured sample delay by device name (the fit's best ``d`` for the ``step`` window), with the
 #: recorded result it comes from.  Filled only from recordings under benchmarks/results/.
-SAMPLE_DELAY_NS: dict[str, tuple[int, str]] = {}
+SAMPLE_DELAY_NS: dict[str, tuple[int, str]] = {
+    # Square waves of 10-200 ms on an H200 (driver 580.159.04), 697 samples: best model a 20 ms
+    # mean ending 3 ms before the stamp (rms 68 W; 87 W for the samples at face value).
+    "NVIDIA H200": (3_000_000, "benchmarks/results/h200/round4/power_lag.json"),
+}
 
 DELAYS_MS = tuple(range(-30, 101))
 WINDOWS_MS: tuple[float | str, ...] = ("step", 0.0, 10.0, 20.0, 40.0, 60.0, 100.0)
