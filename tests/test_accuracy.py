@@ -45,6 +45,9 @@ def test_edge_readings_meet_the_cpu_targets(tmp_path):
         # Voluntary context switches: the sleeps' own (one per sleep), not smeared.  The span also
         # holds the hint's own code (a GIL hand-off to the sender thread is a voluntary switch).
         assert abs(p["daemon_ctx_vol"] - p["truth_ctx_vol"]) <= max(5, 0.1 * p["truth_ctx_vol"]), (name, p)
+        # Every span's stated CPU interval (value +- thread_cpu_ns_err; 0 when exact) meets the true
+        # edge-to-edge CPU, which lies between the body's own reading and one around the block.
+        assert p["within_stated_bound_pct"] >= 98, (name, p)
     # Without the readings (the interpolation) the same run is far off: the harness can tell.
     assert interp["hot"]["share_of_case_cpu_pct"] < 90 or abs(interp["hot"]["thread_cpu_err_pct"]) > 10
 
