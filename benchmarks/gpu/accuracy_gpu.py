@@ -521,7 +521,22 @@ def daemon_figures(env: dict[str, str], window: dict[str, Any], n_spans: int, cp
     total_j = 0.0
     for name, s0, s1, d0, d1, sig in rows:
         sig = json.loads(sig)
-        p = per.setdefault(name, {"energy_j": [], "err_j": [], "dev_ms": [], "host_ms": [], "thread_cpu_ms": []})
+        p = per.setdefault(
+            name,
+            {
+                "energy_j": [],
+                "err_j": [],
+                "dev_ms": [],
+                "host_ms": [],
+                "thread_cpu_ms": [],
+                "counter_j": [],
+                "busy_ms": [],
+            },
+        )
+        if sig.get("gpu_energy_counter_j") is not None:  # the 10 Hz counter interpolation (before issue 9)
+            p["counter_j"].append(sig["gpu_energy_counter_j"])
+        if sig.get("dev_busy_ms") is not None:  # CUPTI busy time inside the device interval (opt-in)
+            p["busy_ms"].append(sig["dev_busy_ms"])
         if sig.get("gpu_energy_j") is not None:
             p["energy_j"].append(sig["gpu_energy_j"])
             p["err_j"].append(sig.get("gpu_energy_err_j") or 0.0)
@@ -541,6 +556,9 @@ def daemon_figures(env: dict[str, str], window: dict[str, Any], n_spans: int, cp
             "dev_ms_mean": _mean(p["dev_ms"]),
             "host_ms_mean": _mean(p["host_ms"]),
             "thread_cpu_ms_mean": _mean(p["thread_cpu_ms"]),
+            "counter_energy_j_mean": _mean(p["counter_j"]),
+            "dev_busy_ms_mean": _mean(p["busy_ms"]),
+            "with_busy": len(p["busy_ms"]),
         }
         for name, p in per.items()
     }
