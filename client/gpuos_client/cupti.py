@@ -17,27 +17,24 @@ kineto loads one: using the same copy matters, two copies would fight over the c
 the pip wheel's ``nvidia/cuda_cupti/lib/libcupti.so*`` under any sys.path entry; else
 ``ctypes.util.find_library("cupti")``; else ``libcupti.so``.
 
-Record layouts (the only fields read are ``kind``, ``start`` and ``end``), checked against the
-headers' struct definitions, which are ``__attribute__((packed, aligned(8)))`` (no padding):
+Record layouts (the only fields read are ``kind``, ``start`` and ``end``): the structs are
+``__attribute__((packed, aligned(8)))``.  ``offsetof`` compiled against CUDA 13.0's
+cupti_activity.h and cupti_activity_deprecated.h (CUPTI_API_VERSION 130001; the check is
+tests/test_cupti_layout.py, run wherever a CUDA toolkit and a C compiler are):
 
-* kernels: ``uint32 kind`` @0, ``uint8 cacheConfig`` @4, ``uint8 sharedMemoryConfig`` @5,
-  ``uint16 registersPerThread`` @6, two 4-byte enums @8 and @12, ``uint64 start`` @16,
-  ``uint64 end`` @24.  Read in the kernel structs of cupti_activity.h as of 2021 (CUDA 11.x; the
-  copy in iree-org/iree third_party/cuda/include, CUpti_ActivityKernel6 current there) and of a
-  newer header (the one with CUpti_ActivityMemory2); NVIDIA's reference pages for Kernel10, 11
-  and 13 list the same fields in the same order up to ``registersPerThread``.  Kernel9/10's
-  full text was not found, so cupti_check.py checks the offsets on the GPU.
-* memcpy: ``uint32 kind`` @0, four ``uint8`` (copyKind, srcKind, dstKind, flags) @4-7,
-  ``uint64 bytes`` @8, ``start`` @16, ``end`` @24 (CUpti_ActivityMemcpy4 in the 2021 header, and
-  the memcpy struct of a header that a CUPTI wrapper ships; Memcpy5/6 not read).
-* memset: ``uint32 kind`` @0, ``uint32 value`` @4, ``uint64 bytes`` @8, ``start`` @16, ``end``
-  @24 (CUpti_ActivityMemset and Memset3 in both headers, Memset4 in a ctypes binding's struct,
-  Memset5 in NVIDIA's reference page: identical in their first five fields).
+* ``kind`` @0, ``start`` @16, ``end`` @24 in CUpti_ActivityKernel3 to Kernel10 (CONCURRENT_KERNEL
+  and KERNEL), CUpti_ActivityMemcpy, Memcpy3 to Memcpy6, CUpti_ActivityMemset, Memset2 to Memset4.
+* Not in CUpti_ActivityKernel and Kernel2 (start @8): CUDA 6.0-era records no current CUPTI
+  emits.
+* The same offsets by reading the struct text in the 2021 (CUDA 11.x) cupti_activity.h copy in
+  iree-org/iree third_party/cuda/include (Kernel4-6, Memcpy4, Memset3).
 
 ``kind`` is read first and only kinds 1 (MEMCPY), 2 (MEMSET), 3 (KERNEL) and 10
-(CONCURRENT_KERNEL) are taken; records with end <= start or longer than an hour are counted as
-bad and skipped.  benchmarks/gpu/cupti_check.py verifies the offsets on a real GPU (kernel
-durations against torch.profiler's).  Enabled: CONCURRENT_KERNEL (not KERNEL, which serialises
+(CONCURRENT_KERNEL) are taken (values from the same header, as is CUPTI_ERROR_MAX_LIMIT_REACHED
+= 12); records with end <= start or longer than an hour are counted as bad and skipped.  Since
+CUDA 6.0 every buffer is global (the completion callback's context is NULL).
+benchmarks/gpu/cupti_check.py checks the result on a real GPU (busy time against
+torch.profiler's kernels).  Enabled: CONCURRENT_KERNEL (not KERNEL, which serialises
 kernels), MEMCPY, MEMSET.
 
 Timestamps: CUPTI's are ns on ``cuptiGetTimestamp()``'s clock.  They are mapped to
@@ -79,6 +76,7 @@ CUPTI_ERROR_MAX_LIMIT_REACHED = 12
 BUFFER_BYTES = 4 << 20
 MAX_BUFFERS = 16  # 64 MiB at most; beyond, CUPTI is handed no buffer and drops (counted by it)
 ALIGN = 8  # ACTIVITY_RECORD_ALIGNMENT
+START_OFFSET, END_OFFSET = 16, 24  # uint64 start/end in every kernel/memcpy/memset record read
 _MAX_RECORD_NS = 3600 * 10**9
 _CLOCK_REFRESH_NS = 1_000_000_000
 
@@ -274,7 +272,7 @@ class CuptiTracer:
             kinds[kind] = kinds.get(kind, 0) + 1
             if kind not in TAKEN_KINDS:
                 continue
-            s, e = u64(p + 16).value, u64(p + 24).value
+            s, e = u64(p + START_OFFSET).value, u64(p + END_OFFSET).value
             if not 0 < e - s <= _MAX_RECORD_NS or s == 0:
                 self.bad_records += 1
                 continue
