@@ -92,6 +92,7 @@ def _hand_buffer(t: cupti.CuptiTracer) -> int:
     buf, size, maxn = ctypes.c_void_p(), ctypes.c_size_t(), ctypes.c_size_t()
     t._on_request(ctypes.pointer(buf), ctypes.pointer(size), ctypes.pointer(maxn))
     assert buf.value and buf.value % cupti.ALIGN == 0 and size.value == cupti.BUFFER_BYTES
+    assert maxn.value == cupti.RECORDS_PER_BUFFER  # closed after that many: it can come back
     return buf.value
 
 
@@ -120,7 +121,7 @@ def test_records_are_read_at_the_header_offsets_and_only_device_work_kinds_are_t
     assert t.dropped == 3
     assert t.intervals.intervals() == [(1_000_000_000, 1_000_001_000), (1_000_002_000, 1_000_003_000)]
     assert t.busy(999_000_000, 1_000_010_000) == (2000, 0)
-    assert t.complete_until_ns > 0, "a partly filled buffer came back: everything before the flush is in"
+    assert t.complete_until_ns == 4_000_000_000, "a partly filled buffer came back: all before the flush is in"
     assert addr not in t._buffers and t._pool, "the buffer went back to the pool"
     addr2 = _hand_buffer(t)
     assert addr2 == addr, "and is reused"
@@ -132,6 +133,19 @@ def test_an_outstanding_full_buffer_holds_completeness_back(monkeypatch):
     _hand_buffer(t)  # CUPTI holds it: records in it are not complete yet
     t.drain()
     assert t.complete_until_ns == 0
+
+
+def test_a_full_buffer_returned_while_the_next_is_held_opens_the_gate_to_its_latest_start(monkeypatch):
+    fake = FakeCupti()
+    t = _tracer(fake, monkeypatch)
+    full = _hand_buffer(t)
+    _hand_buffer(t)  # the next one: CUPTI holds it (a kernel in it is still running)
+    recs = [(cupti.KIND_CONCURRENT_KERNEL, 3_000_000_000 + 10 * i, 3_000_000_000 + 10 * i + 5, 200) for i in range(4)]
+    fake.sizes[full] = _write_records(full, recs)
+    valid = sum(fake.sizes[full])
+    fake.on_flush = lambda: t._on_complete(None, 0, full, valid, valid)  # came back full, not partly
+    t.drain()
+    assert t.complete_until_ns == 2_000_000_030, "the latest delivered start, on the monotonic clock"
 
 
 def test_buffer_requests_are_bounded(monkeypatch):

@@ -21,11 +21,13 @@ What it does, each part written to the JSON as soon as it is done:
    target is +-2 %), the CUDA-event interval (busy < interval for the slept spans), and the kinds
    of records seen.  This is also the layout check: wrong start/end offsets give busy times
    nowhere near the profiler's.
-4. **cost**: a launch-bound step (200 tiny elementwise kernels, then a sync); blocks of 40 steps
+4. **pipeline**: 300 spans back to back, no sync (the GPU kept fed), a sender-like thread
+   collecting every 50 ms: does every span still get its busy time within the client's wait?
+5. **cost**: a launch-bound step (200 tiny elementwise kernels, then a sync); blocks of 40 steps
    alternate tracing on and off (cuptiActivityEnable/Disable), a thread draining every 50 ms as
    the client's sender does; before the tracer ever started, baseline blocks too.  Median and
    p10/p90 per mode, and the drain's own cost per record.  CUPTI's dropped records are reported.
-5. **interaction**: torch.profiler started while the tracer is on: does the profiler see kernels,
+6. **interaction**: torch.profiler started while the tracer is on: does the profiler see kernels,
    does the tracer keep receiving records during and after it (measured, not assumed).
 """
 
@@ -232,6 +234,51 @@ def tracer_run(torch: Any, body: Any, spans: int, device: Any, cupti: Any) -> di
     return out
 
 
+def pipeline(torch: Any, device: Any, spans: int) -> dict[str, Any]:
+    """Spans back to back with no sync (the GPU kept fed), collected by a sender-like thread every 50 ms.
+
+    Checks the completeness gate where CUPTI's current buffer always holds an unfinished kernel:
+    every span should still get its busy time (busy_unresolved 0) within the client's wait.
+    """
+    rt = Rt()
+    a = torch.randn(2048, 2048, device="cuda", dtype=torch.float16)
+    x = torch.zeros(1 << 20, device="cuda")
+    marks: list[Any] = []
+    stop = threading.Event()
+
+    def sender() -> None:
+        while not stop.wait(0.05):
+            marks.extend(device.collect_device_times(rt))
+
+    th = threading.Thread(target=sender, daemon=True)
+    th.start()
+    t0 = time.monotonic()
+    for i in range(spans):
+        device.begin(rt, 10_000 + i)
+        torch.mm(a, a)
+        for _ in range(20):
+            x.mul_(1.0001)
+        device.end(rt, 10_000 + i)
+    torch.cuda.synchronize()
+    launch_s = time.monotonic() - t0
+    deadline = time.monotonic() + 6
+    while (rt._device_pending or rt._device_waiting) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    th.join()
+    marks.extend(device.collect_device_times(rt))
+    shares = [m[4]["busy_ns"] / (m[4]["dev_end_ns"] - m[4]["dev_begin_ns"]) for m in marks if "busy_ns" in m[4]]
+    return {
+        "spans": spans,
+        "marks": len(marks),
+        "with_busy": len(shares),
+        "busy_unresolved": rt.device_busy_unresolved,
+        "launch_s": round(launch_s, 3),
+        "busy_share_median": round(statistics.median(shares), 4) if shares else None,
+        "busy_share_min": round(min(shares), 4) if shares else None,
+    }
+
+
 # ------------------------------------------------------------------------------ cost
 def cost(torch: Any, tracer: Any, cupti: Any, blocks: int, steps: int, deadline: float) -> dict[str, Any]:
     x = torch.zeros(1024, device="cuda")
@@ -430,6 +477,9 @@ def main() -> int:
     save()
 
     tr = device._tracer
+    if tr is not None and tr.on and time.monotonic() < deadline:
+        RESULT["parts"]["pipeline"] = pipeline(torch, device, 300)
+        save()
     if tr is not None and tr.on and time.monotonic() < deadline:
         RESULT["parts"]["cost"] = cost(torch, tr, cupti, args.blocks, args.steps, deadline - 25)
         save()

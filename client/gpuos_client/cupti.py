@@ -43,11 +43,19 @@ the tightest one's midpoint gives the offset, refreshed about once a second (the
 The mapping's error is at most half that bracket (``map_err_ns``); a busy time can be off by
 twice that (either edge of the window).  The CUDA-event anchor's own error (device.py) adds.
 
-Completeness: ``cuptiActivityFlushAll(0)`` returns only buffers whose records are all complete.
-A span's busy time is therefore asked for only once ``complete_until_ns`` passed its device end:
-the host time of a flush after which no buffer was left outstanding (or the last buffer came back
-partly filled, so every record launched before the flush was in it).  device.py waits for that,
-bounded, and sends the interval without busy time (counted) when it does not come.
+Completeness: ``cuptiActivityFlushAll(0)`` returns only buffers whose records are all complete,
+and since CUDA 6.0 all records go into one chain of global buffers, in launch order.  A span's
+busy time is therefore asked for only once ``complete_until_ns`` passed its device end, which
+advances two ways: to the host time of a flush after which no buffer was left outstanding, or
+whose last buffer came back partly filled (every record launched before that flush was in a
+returned buffer); and to the latest start among delivered records (work launched after the
+span's kernels on its stream is in the same or a later buffer).  Buffers are closed after
+``RECORDS_PER_BUFFER`` records, so a program that keeps the GPU fed (a buffer with an unfinished
+kernel is never returned) still gets its buffers back within that many launches.  device.py
+waits for the gate, bounded, and sends the interval without busy time (counted) when it does not
+come.  The second rule can pass early when a kernel of *another* stream, launched before the
+span's last kernel, is still running and holds an earlier buffer back: that span's busy time can
+then miss records; cupti_check.py measures how often the gate fails at all.
 
 Interaction with other CUPTI users: CUPTI has one set of activity buffer callbacks per process.
 When torch.profiler (kineto) is running at start, this tracer stays off and says so.  A profiler
@@ -73,8 +81,9 @@ ENABLED_KINDS = (KIND_CONCURRENT_KERNEL, KIND_MEMCPY, KIND_MEMSET)
 TAKEN_KINDS = frozenset({KIND_MEMCPY, KIND_MEMSET, KIND_KERNEL, KIND_CONCURRENT_KERNEL})
 CUPTI_SUCCESS = 0
 CUPTI_ERROR_MAX_LIMIT_REACHED = 12
-BUFFER_BYTES = 4 << 20
-MAX_BUFFERS = 16  # 64 MiB at most; beyond, CUPTI is handed no buffer and drops (counted by it)
+BUFFER_BYTES = 1 << 20
+RECORDS_PER_BUFFER = 2048  # a buffer is closed (and can come back) after this many records (~220 B each)
+MAX_BUFFERS = 64  # 64 MiB at most; beyond, CUPTI is handed no buffer and drops (counted by it)
 ALIGN = 8  # ACTIVITY_RECORD_ALIGNMENT
 START_OFFSET, END_OFFSET = 16, 24  # uint64 start/end in every kernel/memcpy/memset record read
 _MAX_RECORD_NS = 3600 * 10**9
@@ -150,6 +159,7 @@ class CuptiTracer:
         self._requested = 0
         self._completed = 0
         self._partial = False
+        self._start_max = 0  # the latest start among delivered records (CUPTI's clock)
         self._cbs: tuple[Any, Any] | None = None
 
     # ----------------------------------------------------------------- start
@@ -232,7 +242,7 @@ class CuptiTracer:
             addr += (-addr) % ALIGN
             self._buffers[addr] = raw
             self._requested += 1
-            buf[0], size[0], max_records[0] = addr, BUFFER_BYTES, 0
+            buf[0], size[0], max_records[0] = addr, BUFFER_BYTES, RECORDS_PER_BUFFER
         except Exception:
             self.errors += 1
             buf[0], size[0], max_records[0] = None, 0, 0
@@ -245,7 +255,7 @@ class CuptiTracer:
                 self.dropped += n.value
             with self._lock:
                 self._raw.extend(got)
-                if valid < size:
+                if valid < size and self.no_buffer == 0:  # a refused request would leave records out
                     self._partial = True
         except Exception:
             self.errors += 1
@@ -277,6 +287,8 @@ class CuptiTracer:
                 self.bad_records += 1
                 continue
             out.append((s, e))
+            if s > self._start_max:
+                self._start_max = s
         self.records += len(out)
         return out
 
@@ -313,8 +325,8 @@ class CuptiTracer:
                 complete = self._partial or self._requested == self._completed
             off = self._offset
             self.intervals.add([(s + off, e + off) for s, e in raw])
-            if complete:
-                self.complete_until_ns = max(self.complete_until_ns, t0)
+            until = t0 if complete else (self._start_max + off if self._start_max else 0)
+            self.complete_until_ns = max(self.complete_until_ns, until)
         except Exception as exc:
             self.errors += 1
             self.on = False
