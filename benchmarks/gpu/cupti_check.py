@@ -5,6 +5,11 @@ Run on an NVIDIA box (the H200), bounded to ~2 minutes (a watchdog ends it at --
     PYTHONPATH=/tmp/site:$PWD/client:$PWD/daemon:$PWD/workloads \\
         timeout 170 python3 benchmarks/gpu/cupti_check.py --out $OUT/cupti_check.json
 
+It runs itself twice (``--dll pydll``, then ``--dll cdll``: how libcupti is loaded through
+ctypes, keeping or releasing the GIL in CUPTI calls; cupti.py's "Threads" says why both), each a
+child bounded to half of ``--seconds``; ``$OUT`` gets cupti_check_pydll.json,
+cupti_check_cdll.json and the summary cupti_check.json.
+
 ``--cpu`` checks only that, without CUDA, everything fails cleanly (no exception, a reason).
 
 What it does, each part written to the JSON as soon as it is done:
@@ -404,11 +409,21 @@ def main() -> int:
     ap.add_argument("--blocks", type=int, default=24)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--truth-after", action="store_true", help="run the profiler after the tracer, not before")
+    ap.add_argument("--dll", choices=("pydll", "cdll"), help="one child run with this ctypes loader")
     args = ap.parse_args()
     OUT_PATH = Path(args.out)
-    faulthandler.dump_traceback_later(args.seconds + 20, exit=True)  # a hang (GIL vs CUPTI thread) ends here
     if args.cpu:
+        faulthandler.dump_traceback_later(60, exit=True)
         return cpu_mode()
+    if args.dll is None:
+        return parent(args)
+    faulthandler.dump_traceback_later(args.seconds + 10, exit=True)  # a hang (GIL vs CUPTI thread) ends here
+    import ctypes
+
+    from gpuos_client import cupti as _c
+
+    _c.LOADER = ctypes.PyDLL if args.dll == "pydll" else ctypes.CDLL
+    RESULT["dll"] = args.dll
     t_start = time.monotonic()
     deadline = t_start + args.seconds
     import torch
@@ -496,6 +511,34 @@ def main() -> int:
     print(json.dumps({k: RESULT[k] for k in ("ok", "wall_s", "facts")}, indent=1, default=str))
     print(json.dumps({k: v for k, v in RESULT["parts"].items() if k != "tracer"}, indent=1, default=str)[:6000])
     return 0 if RESULT["ok"] else 1
+
+
+def parent(args: argparse.Namespace) -> int:
+    """Two child runs, one per ctypes loader (PyDLL keeps the GIL in CUPTI calls, CDLL releases it):
+    which one CUPTI's threads need is not documented, and the wrong one hangs (the watchdog ends it)."""
+    import subprocess
+
+    budget = max(20.0, args.seconds / 2 - 5)
+    summary: dict[str, Any] = {"ok": False, "runs": {}}
+    for dll in ("pydll", "cdll"):
+        out = OUT_PATH.with_name(f"cupti_check_{dll}.json")
+        argv = [sys.executable, __file__, "--dll", dll, "--out", str(out), "--seconds", str(budget - 10)]
+        argv += ["--spans", str(args.spans), "--blocks", str(args.blocks), "--steps", str(args.steps)]
+        argv += ["--truth-after"] if args.truth_after else []
+        t0 = time.monotonic()
+        try:
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=budget + 15)
+            rc, tail = p.returncode, (p.stdout + p.stderr)[-3000:]
+        except subprocess.TimeoutExpired as exc:
+            rc, tail = "timeout", str(exc.stdout or "")[-3000:]
+        got = json.loads(out.read_text()) if out.exists() else {}
+        summary["runs"][dll] = {"rc": rc, "wall_s": round(time.monotonic() - t0, 1), "ok": got.get("ok"), "tail": tail}
+        print(f"== {dll}: rc {rc}, ok {got.get('ok')}\n{tail}", flush=True)
+        summary[dll] = got
+        OUT_PATH.write_text(json.dumps(summary, indent=1, default=str))
+    summary["ok"] = any(r["ok"] for r in summary["runs"].values())
+    OUT_PATH.write_text(json.dumps(summary, indent=1, default=str))
+    return 0 if summary["ok"] else 1
 
 
 if __name__ == "__main__":

@@ -57,6 +57,15 @@ come.  The second rule can pass early when a kernel of *another* stream, launche
 span's last kernel, is still running and holds an earlier buffer back: that span's busy time can
 then miss records; cupti_check.py measures how often the gate fails at all.
 
+Threads: CUPTI calls the buffer callbacks from the launching thread (a new buffer), from the
+flushing thread and possibly from its own worker thread; a ctypes callback takes the GIL.  So
+libcupti is loaded with ``ctypes.PyDLL``, whose calls keep the GIL (see ``_start``), and the
+callbacks only hand buffers out and parse them.  That is right if CUPTI runs the completion
+callbacks of a flush in the flushing thread, and would deadlock if a flush waited for CUPTI's
+own thread to run them: not documented, so cupti_check.py runs once with PyDLL and once with
+CDLL, each draining from a second thread while the main one launches (as the client's sender
+does), each under a watchdog, and reports which completed.
+
 Interaction with other CUPTI users: CUPTI has one set of activity buffer callbacks per process.
 When torch.profiler (kineto) is running at start, this tracer stays off and says so.  A profiler
 started later takes the callbacks over; what then happens to this tracer is measured by
@@ -88,6 +97,9 @@ ALIGN = 8  # ACTIVITY_RECORD_ALIGNMENT
 START_OFFSET, END_OFFSET = 16, 24  # uint64 start/end in every kernel/memcpy/memset record read
 _MAX_RECORD_NS = 3600 * 10**9
 _CLOCK_REFRESH_NS = 1_000_000_000
+#: How libcupti is loaded: PyDLL keeps the GIL during CUPTI calls (see _start and "Threads").
+#: cupti_check.py runs with both this and ctypes.CDLL, to measure which one CUPTI needs.
+LOADER: Any = ctypes.PyDLL
 
 _REQ = ctypes.CFUNCTYPE(
     None, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)
@@ -179,7 +191,11 @@ class CuptiTracer:
         errors = []
         for path in candidates():
             try:
-                self._lib = ctypes.CDLL(path)
+                # PyDLL: calls keep the GIL.  With CDLL the flush would release it, and CUPTI would
+                # call the completion callback (which needs the GIL) from inside the flush while a
+                # launching thread that holds the GIL (torch launches hold it) waits on CUPTI:
+                # a deadlock.  Holding it, the callbacks run in the flushing thread at once.
+                self._lib = LOADER(path)
                 self.lib_path = path
                 break
             except OSError as exc:
