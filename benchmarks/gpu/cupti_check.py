@@ -465,6 +465,15 @@ def main() -> int:
     facts["lib_loaded"] = got["lib_path"]
     facts["cupti_version"] = got["cupti_version"]
     facts["record_kinds_seen"] = got["record_kinds_seen"]
+    tr0 = device._tracer
+    if tr0 is not None and tr0.on:
+        tr0._map_clock()
+        wall_minus_mono = time.time_ns() - time.monotonic_ns()
+        facts["clock"] = {
+            "map_err_ns": tr0.map_err_ns,
+            "cupti_minus_monotonic_ns": -tr0._offset,
+            "cupti_minus_realtime_ns": -tr0._offset - wall_minus_mono,
+        }
     RESULT["parts"]["tracer"] = got
     spans = sorted(got["spans"], key=lambda s: s["span"])
     cmp = []

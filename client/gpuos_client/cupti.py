@@ -42,6 +42,9 @@ Timestamps: CUPTI's are ns on ``cuptiGetTimestamp()``'s clock.  They are mapped 
 the tightest one's midpoint gives the offset, refreshed about once a second (the clocks drift).
 The mapping's error is at most half that bracket (``map_err_ns``); a busy time can be off by
 twice that (either edge of the window).  The CUDA-event anchor's own error (device.py) adds.
+CUDA 13.0's libcupti, on a machine without a GPU, returned CLOCK_REALTIME from
+cuptiGetTimestamp(): a clock NTP can step, which the one-second refresh bounds but does not
+hide (cupti_check.py records the offset on the GPU host).
 
 Completeness: ``cuptiActivityFlushAll(0)`` returns only buffers whose records are all complete,
 and since CUDA 6.0 all records go into one chain of global buffers, in launch order.  A span's
