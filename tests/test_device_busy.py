@@ -255,14 +255,17 @@ def test_waiting_pairs_go_without_busy_when_the_tracer_stops(monkeypatch):
 
 def test_busy_time_is_off_unless_asked_for(monkeypatch):
     monkeypatch.setattr(device, "_busy_wanted", None)
-    monkeypatch.delenv(device.ENV_BUSY, raising=False)
-    assert device.busy_wanted() is False
-    monkeypatch.setenv(device.ENV_BUSY, "1")
-    assert device.busy_wanted() is True
-    monkeypatch.setenv(device.ENV_BUSY, "0")
-    assert device.busy_wanted() is False
+    for value, want in ((None, False), ("1", True), ("0", False), ("off", False), ("yes", True)):
+        monkeypatch.setattr(device, "_busy_env", None)  # read once per process: a fresh process here
+        if value is None:
+            monkeypatch.delenv(device.ENV_BUSY, raising=False)
+        else:
+            monkeypatch.setenv(device.ENV_BUSY, value)
+        assert device.busy_wanted() is want, value
     device.set_busy(True)
     assert device.busy_wanted() is True
+    device.set_busy(False)
+    assert device.busy_wanted() is False
 
 
 # ------------------------------------------------------------------ the daemon's edge

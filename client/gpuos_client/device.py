@@ -117,6 +117,7 @@ _backend_probed = False
 _anchor: tuple[Any, int] | None = None  # (event, host monotonic ns when it completed)
 _anchor_made = 0.0
 _busy_wanted: bool | None = None  # None: the environment decides (ENV_BUSY)
+_busy_env: bool | None = None  # ENV_BUSY, once read
 _tracer: Any = None  # a cupti.CuptiTracer once started (or tried: .on says which)
 
 
@@ -129,9 +130,13 @@ def set_busy(on: bool) -> None:
 
 
 def busy_wanted() -> bool:
+    """device_busy()'s choice, else $GPUOS_HINT_DEVICE_BUSY (read once: this runs per device phase)."""
+    global _busy_env
     if _busy_wanted is not None:
         return _busy_wanted
-    return os.environ.get(ENV_BUSY, "").lower() not in ("", "0", "false", "no", "off")
+    if _busy_env is None:
+        _busy_env = os.environ.get(ENV_BUSY, "").lower() not in ("", "0", "false", "no", "off")
+    return _busy_env
 
 
 def _start_tracer(rt: _runtime.Runtime) -> None:
