@@ -103,6 +103,7 @@ _CLOCK_REFRESH_NS = 1_000_000_000
 #: How libcupti is loaded: PyDLL keeps the GIL during CUPTI calls (see _start and "Threads").
 #: cupti_check.py runs with both this and ctypes.CDLL, to measure which one CUPTI needs.
 LOADER: Any = ctypes.PyDLL
+_REGISTERED: list[Any] = []  # every callback pair ever handed to CUPTI (never freed)
 
 _REQ = ctypes.CFUNCTYPE(
     None, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)
@@ -217,7 +218,10 @@ class CuptiTracer:
         v = ctypes.c_uint32()
         if lib.cuptiGetVersion(ctypes.byref(v)) == CUPTI_SUCCESS:
             self.version = v.value
-        self._cbs = (_REQ(self._on_request), _DONE(self._on_complete))  # kept alive as long as self
+        self._cbs = (_REQ(self._on_request), _DONE(self._on_complete))
+        # CUPTI keeps the callback pointers for the life of the process, even when a later step
+        # fails or this tracer is dropped: freeing them would leave it calling freed memory.
+        _REGISTERED.append(self._cbs)
         self._check("cuptiActivityRegisterCallbacks", lib.cuptiActivityRegisterCallbacks(*self._cbs))
         for kind in ENABLED_KINDS:
             self._check(f"cuptiActivityEnable({kind})", lib.cuptiActivityEnable(kind))
