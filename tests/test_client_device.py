@@ -49,6 +49,8 @@ class FakeStream(device._Backend):
 class FakeRuntime:
     def __init__(self) -> None:
         self._device_pending: collections.deque[Any] = collections.deque()
+        self._device_waiting: collections.deque[Any] = collections.deque()
+        self.device_busy_unresolved = 0
         self.device_marks = 0
         self.device_anchor_misses = 0
         self.drops: dict[str, int] = {}

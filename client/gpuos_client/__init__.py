@@ -21,6 +21,7 @@ __version__ = "0.1.0"  # the one place: client/pyproject.toml reads it (setuptoo
 __all__ = [
     "CLASSES",
     "current_phase",
+    "device_busy",
     "flush",
     "last_error",
     "mark",
@@ -30,7 +31,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .api import CLASSES, current_phase, flush, last_error, mark, phase, stats, workload_class
+    from .api import CLASSES, current_phase, device_busy, flush, last_error, mark, phase, stats, workload_class
 
 
 def __getattr__(name: str) -> Any:

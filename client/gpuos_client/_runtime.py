@@ -188,6 +188,9 @@ class Runtime:
         self._device_open: dict[int, Any] = {}  # span_id -> device start event
         self.device_marks = 0  # __device__ marks made (device intervals resolved)
         self.device_anchor_misses = 0  # rounds whose clock anchor did not complete in time
+        # Resolved pairs waiting for CUPTI's records (busy time on): (span, dev_begin, dev_end, since).
+        self._device_waiting: collections.deque[Any] = collections.deque()
+        self.device_busy_unresolved = 0  # marks sent without busy time: the records did not come in time
 
     # ----------------------------------------------------------- state views
     @property
@@ -342,12 +345,12 @@ class Runtime:
                 # after it.  A stream gets batching windows: at most ~1/flush_interval_s wake-ups.
                 gap = self._round_first_t - last_ev_t
                 last_ev_t = self._round_last_t
-                sparse = gap > window_ns and not core.buf and not self._device_pending
+                sparse = gap > window_ns and not core.buf and not self._device_pending and not self._device_waiting
                 if not sparse:
                     core.wake_at = cfg.batch_wake  # a batching window: woken early only by a full batch
                     wake.wait(cfg.flush_interval_s)
                     continue
-            elif self._device_pending:
+            elif self._device_pending or self._device_waiting:
                 core.wake_at = cfg.batch_wake
                 wake.wait(cfg.flush_interval_s)  # device events to poll: short naps, not a deep sleep
                 continue
@@ -395,7 +398,7 @@ class Runtime:
         # begin.  (Sent first, a mark for a span that began and ended within this window reached
         # the daemon before the span did and was lost: 60 % of the H200's synchronous spans.)
         marks: list[Any] = []
-        if self._device_pending:
+        if self._device_pending or self._device_waiting:
             from .device import collect_device_times
 
             marks = collect_device_times(self)
@@ -599,8 +602,17 @@ class Runtime:
                 "pending": len(self._device_pending),
                 "open": len(self._device_open),
                 "anchor_misses": self.device_anchor_misses,
+                "busy_waiting": len(self._device_waiting),
+                "busy_unresolved": self.device_busy_unresolved,
+                "busy": _device_busy_stats(),
             },
         }
+
+
+def _device_busy_stats() -> dict[str, Any] | None:
+    """The CUPTI tracer's counters if busy time was asked for (device.py is imported by then)."""
+    dev = sys.modules.get(__package__ + ".device")
+    return None if dev is None else dev.tracer_stats()
 
 
 def _client_version() -> str:

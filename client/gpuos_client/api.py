@@ -161,6 +161,19 @@ def flush(timeout: float = 5.0) -> bool:
     return get_runtime().flush(timeout)
 
 
+def device_busy(on: bool = True) -> None:
+    """Measure GPU busy time inside device-timed phases (``phase(..., device=True)``) with CUPTI.
+
+    Off by default (CUPTI costs something per kernel launch); ``GPUOS_HINT_DEVICE_BUSY=1`` turns
+    it on too.  The tracer starts at the next device-timed phase; when it cannot (no libcupti,
+    torch.profiler running), ``last_error()`` and ``stats()["device"]["busy"]["why"]`` say why
+    and phases carry device intervals as before.  docs/accuracy.md says what it measures.
+    """
+    from . import device
+
+    device.set_busy(on)
+
+
 def _prepare() -> None:
     """Make the runtime (no thread, no socket) and import what the sender needs.
 

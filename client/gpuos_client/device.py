@@ -15,6 +15,13 @@ device-timed phase says why once (``last_error``) and device timing switches
 itself off (``core.device_ok = 0``), so later ``device=True`` phases cost what
 a plain phase costs.
 
+Busy time (opt-in, cupti.py): with ``GPUOS_HINT_DEVICE_BUSY=1`` or ``device_busy(True)``, the
+first device-timed phase starts a CUPTI kernel-activity tracer, and each resolved pair waits
+(at most ``BUSY_WAIT_NS``) until CUPTI has delivered every record up to its device end; its mark
+then carries ``busy_ns`` (GPU busy time inside the device interval, the union over streams) and
+``busy_err_ns`` (the clock mapping's bound).  A pair that waits longer goes without them
+(``busy_unresolved``).
+
 Why: host and device time diverge by orders of magnitude on a GPU (DESIGN
 section 10: 3 s of host-side enqueueing kept an H100 busy for 24.8 s).
 """
@@ -33,6 +40,8 @@ from . import protocol as P
 DEVICE_MARK = P.DEVICE_MARK  # the wire owns the name (protocol.py)
 _ANCHOR_REFRESH_S = 1.0  # cheap (microseconds), so the clocks never drift apart
 _MAX_PENDING = 4096
+BUSY_WAIT_NS = 2_000_000_000  # a resolved pair waits at most this long for CUPTI's records
+ENV_BUSY = "GPUOS_HINT_DEVICE_BUSY"
 
 
 class _Backend:
@@ -107,6 +116,37 @@ _backend_why: str | None = None
 _backend_probed = False
 _anchor: tuple[Any, int] | None = None  # (event, host monotonic ns when it completed)
 _anchor_made = 0.0
+_busy_wanted: bool | None = None  # None: the environment decides (ENV_BUSY)
+_busy_env: bool | None = None  # ENV_BUSY, once read
+_tracer: Any = None  # a cupti.CuptiTracer once started (or tried: .on says which)
+
+
+def set_busy(on: bool) -> None:
+    """Ask for (or stop asking for) busy time; takes effect at the next device-timed phase."""
+    global _busy_wanted
+    _busy_wanted = bool(on)
+    if not on and _tracer is not None:
+        _tracer.stop()
+
+
+def busy_wanted() -> bool:
+    """device_busy()'s choice, else $GPUOS_HINT_DEVICE_BUSY (read once: this runs per device phase)."""
+    global _busy_env
+    if _busy_wanted is not None:
+        return _busy_wanted
+    if _busy_env is None:
+        _busy_env = os.environ.get(ENV_BUSY, "").lower() not in ("", "0", "false", "no", "off")
+    return _busy_env
+
+
+def _start_tracer(rt: _runtime.Runtime) -> None:
+    """Once per process: the CUPTI tracer, or the reason it is off (last_error, stats)."""
+    global _tracer
+    from .cupti import CuptiTracer
+
+    _tracer = CuptiTracer()
+    if not _tracer.start():
+        rt.last_error = _tracer.why
 
 
 def _probe() -> tuple[_Backend | None, str | None]:
@@ -141,9 +181,9 @@ def backend() -> _Backend | None:
 
 
 def _reset_after_fork() -> None:
-    global _backend_lock, _backend, _backend_probed, _anchor
+    global _backend_lock, _backend, _backend_probed, _anchor, _tracer
     _backend_lock = threading.Lock()
-    _backend, _backend_probed, _anchor = None, False, None
+    _backend, _backend_probed, _anchor, _tracer = None, False, None, None
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
@@ -157,6 +197,8 @@ def begin(rt: _runtime.Runtime, span_id: int) -> None:
         rt.drop("no_cuda")
         rt.last_error = _backend_why
         return
+    if _tracer is None and busy_wanted():
+        _start_tracer(rt)  # before the start event: the span's first kernel is traced
     try:
         rt._device_open[span_id] = b.record()
     except Exception as exc:
@@ -208,10 +250,12 @@ def collect_device_times(rt: _runtime.Runtime) -> list[tuple[Any, ...]]:
     """Called by the sender: turn completed event pairs into __device__ marks."""
     b = _backend
     pending = rt._device_pending
-    if b is None or not pending:
+    waiting = rt._device_waiting
+    if b is None or not (pending or waiting):
         pending.clear()
+        waiting.clear()
         return []
-    out: list[tuple[Any, ...]] = []
+    resolved: list[tuple[int, int, int]] = []
     keep: list[Any] = []
     anchor = None
     taken = [pending.popleft() for _ in range(len(pending))]  # deque ops are atomic
@@ -238,15 +282,58 @@ def collect_device_times(rt: _runtime.Runtime) -> list[tuple[Any, ...]]:
             rt.drop("device_timing_error")
             rt.last_error = f"device timing: {type(exc).__name__}: {exc}"
             continue
-        out.append(
-            (
-                P.MARK,
-                dev_end,
-                _runtime.impl.tid(),
-                DEVICE_MARK,
-                {"span": span_id, "dev_begin_ns": max(dev_begin, 0), "dev_end_ns": max(dev_end, 0), "via": b.name},
-            )
-        )
+        resolved.append((span_id, max(dev_begin, 0), max(dev_end, 0)))
     pending.extendleft(reversed(keep))  # ahead of pairs the program added meanwhile: order kept
+    tracer = _tracer
+    if tracer is not None and tracer.on:
+        out = _with_busy(rt, tracer, b.name, resolved)
+    else:
+        out = [_mark(span_id, d0, d1, b.name) for span_id, d0, d1 in resolved]
+        if waiting:  # the tracer went off while pairs waited: they go without busy time
+            out.extend(_mark(span_id, d0, d1, b.name) for span_id, d0, d1, _ in waiting)
+            rt.device_busy_unresolved += len(waiting)
+            waiting.clear()
     rt.device_marks += len(out)
     return out
+
+
+def _mark(span_id: int, dev_begin: int, dev_end: int, via: str, busy: tuple[int, int] | None = None) -> tuple[Any, ...]:
+    attrs: dict[str, Any] = {"span": span_id, "dev_begin_ns": dev_begin, "dev_end_ns": dev_end, "via": via}
+    if busy is not None:
+        attrs["busy_ns"], attrs["busy_err_ns"] = busy
+    return (P.MARK, dev_end, _runtime.impl.tid(), DEVICE_MARK, attrs)
+
+
+def _with_busy(
+    rt: _runtime.Runtime, tracer: Any, via: str, resolved: list[tuple[int, int, int]]
+) -> list[tuple[Any, ...]]:
+    """Pairs whose records CUPTI has delivered get busy time; the others wait (bounded)."""
+    now = time.monotonic_ns()
+    waiting = rt._device_waiting
+    for span_id, d0, d1 in resolved:
+        if len(waiting) >= _MAX_PENDING:
+            rt.drop("device_pending_full")
+            break
+        waiting.append((span_id, d0, d1, now))
+    tracer.drain()  # after the pairs were seen complete: this flush covers their device ends
+    out: list[tuple[Any, ...]] = []
+    still: list[Any] = []
+    done_until = tracer.complete_until_ns
+    for item in waiting:
+        span_id, d0, d1, since = item
+        if d1 <= done_until:
+            out.append(_mark(span_id, d0, d1, via, tracer.busy(d0, d1)))
+        elif now - since > BUSY_WAIT_NS:
+            out.append(_mark(span_id, d0, d1, via))
+            rt.device_busy_unresolved += 1
+        else:
+            still.append(item)
+    waiting.clear()
+    waiting.extend(still)
+    return out
+
+
+def tracer_stats() -> dict[str, Any] | None:
+    """The busy-time tracer's counters, or None when busy time was never asked for."""
+    t = _tracer
+    return None if t is None else t.stats()

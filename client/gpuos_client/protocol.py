@@ -71,7 +71,8 @@ REPLY_ACK: Final = "ack"
 #: Capabilities the daemon announces in its welcome.
 DAEMON_CAPS: Final = ("device_marks",)
 #: Mark name of a span's device interval (client/gpuos_client/device.py sends it):
-#: attrs {"span", "dev_begin_ns", "dev_end_ns"}.
+#: attrs {"span", "dev_begin_ns", "dev_end_ns", "via"}, and with busy time on (cupti.py)
+#: "busy_ns" (0 .. dev_end_ns - dev_begin_ns) and "busy_err_ns"; the daemon validates them.
 DEVICE_MARK: Final = "__device__"
 
 # --- control socket (hintctl -> daemon, REQ -> ROUTER), a msgpack map each way ---

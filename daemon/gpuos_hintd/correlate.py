@@ -436,7 +436,9 @@ class Correlator:
                 # Device time and the GPU figures over the device interval (busy %, energy).
                 if "gpu_energy_j" in sig:
                     sig["gpu_energy_counter_j"] = sig["gpu_energy_j"]
-                sig.update(self.device_signals(key, row.dev_start_ns, row.dev_end_ns))
+                sig.update(
+                    self.device_signals(key, row.dev_start_ns, row.dev_end_ns, row.dev_busy_ns, row.dev_busy_err_ns)
+                )
                 own.append(i)
             elif series is not None:
                 self._series_energy(key, row, sig)
@@ -532,10 +534,18 @@ class Correlator:
             self.emit(out)
         return out
 
-    def device_signals(self, key: ProcKey, begin_ns: int, end_ns: int) -> dict[str, Any]:
+    def device_signals(
+        self, key: ProcKey, begin_ns: int, end_ns: int, busy_ns: int | None = None, busy_err_ns: int | None = None
+    ) -> dict[str, Any]:
         """GPU figures over a device interval: its length, gauges from the recent-sample ring
-        (best effort: NVML utilisation is itself a ~1/6 s average), energy from the power series."""
+        (best effort: NVML utilisation is itself a ~1/6 s average), energy from the power series,
+        and the client's CUPTI busy time inside it where it measured one (validated at the edge)."""
         out: dict[str, Any] = {"dev_ms": _round((end_ns - begin_ns) / 1e6)}
+        if busy_ns is not None:
+            out["dev_busy_ms"] = _round(busy_ns / 1e6)
+            out["dev_busy_pct"] = _round(100.0 * busy_ns / (end_ns - begin_ns)) if end_ns > begin_ns else 0.0
+            if busy_err_ns is not None:
+                out["dev_busy_err_ms"] = _round(busy_err_ns / 1e6)
         got = series_energy(self.series.get(key, {}), begin_ns, end_ns)
         if got is not None:
             out.update(got)

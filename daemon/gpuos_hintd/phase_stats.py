@@ -33,7 +33,16 @@ if TYPE_CHECKING:
     from .model import SpanRow
 
 #: Signals whose per-phase running mean is kept (bounded, so memory stays flat).
-TRACKED = ("cpu_pct", "thread_cpu_pct", "ctx_vol", "gpu_util_pct_mean", "gpu_power_mw_mean", "gpu_energy_j")
+TRACKED = (
+    "cpu_pct",
+    "thread_cpu_pct",
+    "ctx_vol",
+    "gpu_util_pct_mean",
+    "gpu_power_mw_mean",
+    "gpu_energy_j",
+    "dev_busy_ms",  # CUPTI busy time in the device interval (only spans that carry it count)
+    "dev_busy_pct",
+)
 MAX_KEYS = 4096
 #: Duration buckets (seconds): 100 us .. 100 s, 1-2.5-5 per decade.
 DURATION_BUCKETS: tuple[float, ...] = (

@@ -457,14 +457,21 @@ class HintService:
         span_id, begin, end = attrs.get("span"), attrs.get("dev_begin_ns"), attrs.get("dev_end_ns")
         if not all(type(v) is int for v in (span_id, begin, end)):
             raise Rejected("bad_device_mark", f"{attrs!r}")
+        busy, busy_err = attrs.get("busy_ns"), attrs.get("busy_err_ns")
+        if busy is not None and not (type(busy) is int and 0 <= busy <= max(end - begin, 0)):
+            # Busy time is inside the device interval by definition: anything else is a bad client.
+            raise Rejected("bad_device_mark", f"busy_ns {busy!r} not an int within the interval of {end - begin} ns")
+        if busy_err is not None and not (type(busy_err) is int and busy_err >= 0 and busy is not None):
+            raise Rejected("bad_device_mark", f"busy_err_ns {busy_err!r}")
         open_span = self.correlator.get(c.key, span_id)
         if open_span is not None:
-            open_span.row.dev_start_ns, open_span.row.dev_end_ns = begin, end
+            row = open_span.row
+            row.dev_start_ns, row.dev_end_ns, row.dev_busy_ns, row.dev_busy_err_ns = begin, end, busy, busy_err
             return
         self.counters["device_intervals_late"] += 1
         self.phase_energy.device(c.key, span_id, begin, end)
         if self.store is not None:
-            sig = self.correlator.device_signals(c.key, begin, end)
+            sig = self.correlator.device_signals(c.key, begin, end, busy, busy_err)
             self.store.submit(
                 "device", [DeviceInterval(self.boot_id, c.key.pid, c.key.start, span_id, begin, end, sig)]
             )

@@ -53,6 +53,7 @@ def cmd_spans(ns: argparse.Namespace) -> int:
         print("no spans match")
         return 0
     out = []
+    busy = any("dev_busy_ms" in r["signals"] for r in rows)  # the BUSY columns only where measured
     for r in reversed(rows):
         s = r["signals"]
         dev = ms(r["dev_end_ns"] - r["dev_start_ns"]) if r.get("dev_start_ns") else "-"
@@ -64,6 +65,7 @@ def cmd_spans(ns: argparse.Namespace) -> int:
                 r.get("workload_class") or "-",
                 ms(r["duration_ns"]),
                 dev,
+                *([pm(s.get("dev_busy_ms"), s.get("dev_busy_err_ms"), 3), num(s.get("dev_busy_pct"))] if busy else []),
                 r["status"] + ("*" if r["estimated"] else ""),
                 num(s.get("cpu_pct")),
                 _thread_cpu(s),
@@ -83,6 +85,7 @@ def cmd_spans(ns: argparse.Namespace) -> int:
                 "CLASS",
                 "HOST MS",
                 "DEV MS",
+                *(["BUSY MS", "BUSY %"] if busy else []),
                 "STATUS",
                 "CPU %",
                 "THREAD CPU MS",
@@ -93,9 +96,11 @@ def cmd_spans(ns: argparse.Namespace) -> int:
                 "THREAD STATE",
             ],
             out,
-            "rr  rr rrrrrr ",
+            "rr  rr" + ("rr" if busy else "") + " rrrrrr ",
         )
     )
+    if busy:
+        print("BUSY: GPU busy time inside the device interval (CUPTI kernels/copies/memsets, union over streams)")
     if any(r["estimated"] for r in rows):
         print(
             "* estimated: some figures are interpolated, not measured - the span was shorter than the "
@@ -148,6 +153,7 @@ def cmd_phases(ns: argparse.Namespace) -> int:
     if not rows:
         print("no spans recorded yet")
         return 0
+    busy = any(r.get("dev_busy_count") for r in rows)
     out = [
         [
             r["name"],
@@ -159,6 +165,7 @@ def cmd_phases(ns: argparse.Namespace) -> int:
             ms(r["max_ns"]),
             ms(r["total_ns"]),
             ms(r["dev_mean_ns"]) if r.get("dev_count") else "-",
+            *([num(r.get("dev_busy_ms"), 3), num(r.get("dev_busy_pct"))] if busy else []),
             num(r.get("cpu_pct")),
             pm(
                 _per(r.get("thread_cpu_total_ns"), 1e6),
@@ -185,6 +192,7 @@ def cmd_phases(ns: argparse.Namespace) -> int:
                 "MAX MS",
                 "TOTAL MS",
                 "DEV MS",
+                *(["BUSY MS", "BUSY %"] if busy else []),
                 "CPU %",
                 "THREAD CPU MS",
                 "CTXSW",
@@ -195,9 +203,11 @@ def cmd_phases(ns: argparse.Namespace) -> int:
                 "FIT J/SPAN",
             ],
             out,
-            "  rrrrrrrrrrrrrrr",
+            "  rrrrrrrrrrrrrrr" + ("rr" if busy else ""),
         )
     )
+    if busy:
+        print("BUSY MS: mean GPU busy time per span inside its device interval; BUSY %: total busy / total device time")
     if any(r.get("energy_fit") for r in rows):
         print(
             "FIT: per-phase power from NNLS of power-sample window energy on each phase's share of the"

@@ -244,6 +244,7 @@ PHASE_SUMMARY_SIGNALS: tuple[tuple[str, str], ...] = (
     ("gpu_util_pct_mean", "avg"),
     ("gpu_power_mw_mean", "avg"),
     ("gpu_energy_j", "sum"),
+    ("dev_busy_ms", "avg"),
 )
 
 
@@ -322,8 +323,18 @@ def phase_summary(
                    sum(json_extract(signals, '$.cpu_exact') = 1) AS cpu_exact_spans,
                    sum(json_extract(signals, '$.gpu_energy_err_j')) AS gpu_energy_err_j,
                    sum(json_extract(signals, '$.gpu_energy_subres') = 1) AS gpu_energy_subres_spans,
+                   count(json_extract(signals, '$.dev_busy_ms')) AS dev_busy_count,
+                   sum(json_extract(signals, '$.dev_busy_ms')) AS dev_busy_total_ms,
+                   sum(CASE WHEN json_extract(signals, '$.dev_busy_ms') IS NOT NULL
+                       THEN dev_end_ns - dev_start_ns END) AS dev_busy_window_ns,
                    {sig}
             FROM spans_in GROUP BY path, workload_class ORDER BY min(start_ns)""",
         args,
     ).fetchall()
-    return [dict(r) for r in rows]
+    out = [dict(r) for r in rows]
+    for r in out:
+        # The phase's busy share: total busy time over the total device time of the spans that
+        # measured it (a ratio of sums, so long spans weigh what they last).
+        w = r.get("dev_busy_window_ns")
+        r["dev_busy_pct"] = round(100.0 * r["dev_busy_total_ms"] * 1e6 / w, 3) if w else None
+    return out

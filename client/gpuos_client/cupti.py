@@ -1,0 +1,379 @@
+"""Opt-in GPU busy time from CUPTI's Activity API, through ctypes (no compiled code, no new dependency).
+
+CUDA events give a span's *device interval* (device.py): when the stream reached the phase's
+enter and exit.  For host-bound phases that interval is mostly idle (on the H200, HF decode steps'
+kernels filled 16 % of it), and events cannot say how much.  CUPTI's activity records carry every
+kernel's, copy's and memset's own start and end; the union of those within a span's device
+interval is its busy time (busy.py does the arithmetic).
+
+Off unless asked for (``GPUOS_HINT_DEVICE_BUSY=1`` or ``gpuos_client.device_busy(True)``): CUPTI
+adds a cost to every kernel launch, and this module parses each record in Python.  Started lazily
+by the first device-timed phase (CUDA is initialised by then), in the program's process; a forked
+child starts its own.  Any failure (no libcupti, a CUPTI error, a profiler already holding CUPTI)
+leaves tracing off with a one-line reason (``why``), never an exception into the program.
+
+Which libcupti: ``$GPUOS_HINT_CUPTI_LIB``; else one already mapped into the process (torch's
+kineto loads one: using the same copy matters, two copies would fight over the callbacks); else
+the pip wheel's ``nvidia/cuda_cupti/lib/libcupti.so*`` under any sys.path entry; else
+``ctypes.util.find_library("cupti")``; else ``libcupti.so``.
+
+Record layouts (the only fields read are ``kind``, ``start`` and ``end``): the structs are
+``__attribute__((packed, aligned(8)))``.  ``offsetof`` compiled against CUDA 13.0's
+cupti_activity.h and cupti_activity_deprecated.h (CUPTI_API_VERSION 130001; the check is
+tests/test_cupti_layout.py, run wherever a CUDA toolkit and a C compiler are):
+
+* ``kind`` @0, ``start`` @16, ``end`` @24 in CUpti_ActivityKernel3 to Kernel10 (CONCURRENT_KERNEL
+  and KERNEL), CUpti_ActivityMemcpy, Memcpy3 to Memcpy6, CUpti_ActivityMemset, Memset2 to Memset4.
+* Not in CUpti_ActivityKernel and Kernel2 (start @8): CUDA 6.0-era records no current CUPTI
+  emits.
+* The same offsets by reading the struct text in the 2021 (CUDA 11.x) cupti_activity.h copy in
+  iree-org/iree third_party/cuda/include (Kernel4-6, Memcpy4, Memset3).
+
+``kind`` is read first and only kinds 1 (MEMCPY), 2 (MEMSET), 3 (KERNEL) and 10
+(CONCURRENT_KERNEL) are taken (values from the same header, as is CUPTI_ERROR_MAX_LIMIT_REACHED
+= 12); records with end <= start or longer than an hour are counted as bad and skipped.  Since
+CUDA 6.0 every buffer is global (the completion callback's context is NULL).
+benchmarks/gpu/cupti_check.py checks the result on a real GPU (busy time against
+torch.profiler's kernels).  Enabled: CONCURRENT_KERNEL (not KERNEL, which serialises
+kernels), MEMCPY, MEMSET.
+
+Timestamps: CUPTI's are ns on ``cuptiGetTimestamp()``'s clock.  They are mapped to
+``time.monotonic_ns()`` by bracketing: five (monotonic, cuptiGetTimestamp, monotonic) triples,
+the tightest one's midpoint gives the offset, refreshed about once a second (the clocks drift).
+The mapping's error is at most half that bracket (``map_err_ns``); a busy time can be off by
+twice that (either edge of the window).  The CUDA-event anchor's own error (device.py) adds.
+CUDA 13.0's libcupti, on a machine without a GPU, returned CLOCK_REALTIME from
+cuptiGetTimestamp(): a clock NTP can step, which the one-second refresh bounds but does not
+hide (cupti_check.py records the offset on the GPU host).
+
+Completeness: ``cuptiActivityFlushAll(0)`` returns only buffers whose records are all complete,
+and since CUDA 6.0 all records go into one chain of global buffers, in launch order.  A span's
+busy time is therefore asked for only once ``complete_until_ns`` passed its device end, which
+advances two ways: to the host time of a flush after which no buffer was left outstanding, or
+whose last buffer came back partly filled (every record launched before that flush was in a
+returned buffer); and to the latest start among delivered records (work launched after the
+span's kernels on its stream is in the same or a later buffer).  Buffers are closed after
+``RECORDS_PER_BUFFER`` records, so a program that keeps the GPU fed (a buffer with an unfinished
+kernel is never returned) still gets its buffers back within that many launches.  device.py
+waits for the gate, bounded, and sends the interval without busy time (counted) when it does not
+come.  The second rule can pass early when a kernel of *another* stream, launched before the
+span's last kernel, is still running and holds an earlier buffer back: that span's busy time can
+then miss records; cupti_check.py measures how often the gate fails at all.
+
+Threads: CUPTI calls the buffer callbacks from the launching thread (a new buffer), from the
+flushing thread and possibly from its own worker thread; a ctypes callback takes the GIL.  So
+libcupti is loaded with ``ctypes.PyDLL``, whose calls keep the GIL (see ``_start``), and the
+callbacks only hand buffers out and parse them.  That is right if CUPTI runs the completion
+callbacks of a flush in the flushing thread, and would deadlock if a flush waited for CUPTI's
+own thread to run them: not documented, so cupti_check.py runs once with PyDLL and once with
+CDLL, each draining from a second thread while the main one launches (as the client's sender
+does), each under a watchdog, and reports which completed.
+
+Interaction with other CUPTI users: CUPTI has one set of activity buffer callbacks per process.
+When torch.profiler (kineto) is running at start, this tracer stays off and says so.  A profiler
+started later takes the callbacks over; what then happens to this tracer is measured by
+cupti_check.py, not assumed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import glob
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+from .busy import BusyIntervals
+
+KIND_MEMCPY, KIND_MEMSET, KIND_KERNEL, KIND_CONCURRENT_KERNEL = 1, 2, 3, 10
+ENABLED_KINDS = (KIND_CONCURRENT_KERNEL, KIND_MEMCPY, KIND_MEMSET)
+TAKEN_KINDS = frozenset({KIND_MEMCPY, KIND_MEMSET, KIND_KERNEL, KIND_CONCURRENT_KERNEL})
+CUPTI_SUCCESS = 0
+CUPTI_ERROR_MAX_LIMIT_REACHED = 12
+BUFFER_BYTES = 1 << 20
+RECORDS_PER_BUFFER = 2048  # a buffer is closed (and can come back) after this many records (~220 B each)
+MAX_BUFFERS = 64  # 64 MiB at most; beyond, CUPTI is handed no buffer and drops (counted by it)
+ALIGN = 8  # ACTIVITY_RECORD_ALIGNMENT
+START_OFFSET, END_OFFSET = 16, 24  # uint64 start/end in every kernel/memcpy/memset record read
+_MAX_RECORD_NS = 3600 * 10**9
+_CLOCK_REFRESH_NS = 1_000_000_000
+#: How libcupti is loaded: PyDLL keeps the GIL during CUPTI calls (see _start and "Threads").
+#: cupti_check.py runs with both this and ctypes.CDLL, to measure which one CUPTI needs.
+LOADER: Any = ctypes.PyDLL
+_REGISTERED: list[Any] = []  # every callback pair ever handed to CUPTI (never freed)
+
+_REQ = ctypes.CFUNCTYPE(
+    None, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)
+)
+_DONE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t)
+
+
+def candidates() -> list[str]:
+    """Where libcupti may be, in the order tried (see the module docstring)."""
+    out: list[str] = []
+    env = os.environ.get("GPUOS_HINT_CUPTI_LIB")
+    if env:
+        out.append(env)
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.rsplit(None, 1)[-1] if "libcupti" in line else ""
+                if path.startswith("/") and path not in out:
+                    out.append(path)
+    except OSError:
+        pass
+    for entry in sys.path:
+        for p in sorted(glob.glob(os.path.join(entry or ".", "nvidia", "cuda_cupti", "lib", "libcupti.so*"))):
+            if p not in out:
+                out.append(p)
+    found = ctypes.util.find_library("cupti")
+    if found:
+        out.append(found)
+    out.append("libcupti.so")
+    return out
+
+
+def _profiler_running() -> bool:
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    try:
+        return bool(torch.autograd.profiler._is_profiler_enabled)
+    except Exception:
+        return False
+
+
+class CuptiTracer:
+    """Kernel/copy/memset activity -> merged busy intervals on CLOCK_MONOTONIC."""
+
+    def __init__(self, horizon_ns: int = 30_000_000_000, max_intervals: int = 200_000) -> None:
+        self.on = False
+        self.why: str | None = None  # one line: why tracing is off
+        self.lib_path: str | None = None
+        self.version: int | None = None
+        self.intervals = BusyIntervals(horizon_ns, max_intervals, floor_ns=time.monotonic_ns())
+        self.records = 0  # taken records (kernels, copies, memsets)
+        self.kinds: dict[int, int] = {}  # every record kind seen, taken or not
+        self.bad_records = 0
+        self.dropped = 0  # records CUPTI dropped (cuptiActivityGetNumDroppedRecords)
+        self.no_buffer = 0  # buffer requests refused (MAX_BUFFERS outstanding)
+        self.beyond_horizon = 0  # spans whose busy time was asked for after their window was forgotten
+        self.errors = 0
+        self.flushes = 0
+        self.complete_until_ns = 0
+        self.map_err_ns = 0
+        self._offset = 0
+        self._map_at = 0
+        self._lib: Any = None
+        self._lock = threading.Lock()
+        self._raw: list[tuple[int, int]] = []  # (start, end) on CUPTI's clock, not yet merged
+        self._buffers: dict[int, Any] = {}  # aligned address -> ctypes array (kept alive while CUPTI has it)
+        self._pool: list[Any] = []
+        self._requested = 0
+        self._completed = 0
+        self._partial = False
+        self._start_max = 0  # the latest start among delivered records (CUPTI's clock)
+        self._cbs: tuple[Any, Any] | None = None
+
+    # ----------------------------------------------------------------- start
+    def start(self) -> bool:
+        """Load libcupti, enable the activity kinds, register the buffer callbacks.  Never raises."""
+        try:
+            return self._start()
+        except Exception as exc:
+            self.on = False
+            self.why = f"device busy time off: {type(exc).__name__}: {exc}"
+            return False
+
+    def _start(self) -> bool:
+        if _profiler_running():
+            self.why = "device busy time off: torch.profiler is running (it owns CUPTI's activity callbacks)"
+            return False
+        errors = []
+        for path in candidates():
+            try:
+                # PyDLL: calls keep the GIL.  With CDLL the flush would release it, and CUPTI would
+                # call the completion callback (which needs the GIL) from inside the flush while a
+                # launching thread that holds the GIL (torch launches hold it) waits on CUPTI:
+                # a deadlock.  Holding it, the callbacks run in the flushing thread at once.
+                self._lib = LOADER(path)
+                self.lib_path = path
+                break
+            except OSError as exc:
+                errors.append(f"{path}: {str(exc)[:80]}")
+        if self._lib is None:
+            self.why = "device busy time off: no libcupti (" + "; ".join(errors[-2:]) + ")"
+            return False
+        lib = self._lib
+        lib.cuptiActivityGetNextRecord.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p)]
+        size_p = ctypes.POINTER(ctypes.c_size_t)
+        lib.cuptiActivityGetNumDroppedRecords.argtypes = [ctypes.c_void_p, ctypes.c_uint32, size_p]
+        lib.cuptiGetTimestamp.argtypes = [ctypes.POINTER(ctypes.c_uint64)]
+        lib.cuptiActivityFlushAll.argtypes = [ctypes.c_uint32]
+        lib.cuptiActivityEnable.argtypes = [ctypes.c_int]
+        lib.cuptiActivityDisable.argtypes = [ctypes.c_int]
+        v = ctypes.c_uint32()
+        if lib.cuptiGetVersion(ctypes.byref(v)) == CUPTI_SUCCESS:
+            self.version = v.value
+        self._cbs = (_REQ(self._on_request), _DONE(self._on_complete))
+        # CUPTI keeps the callback pointers for the life of the process, even when a later step
+        # fails or this tracer is dropped: freeing them would leave it calling freed memory.
+        _REGISTERED.append(self._cbs)
+        self._check("cuptiActivityRegisterCallbacks", lib.cuptiActivityRegisterCallbacks(*self._cbs))
+        for kind in ENABLED_KINDS:
+            self._check(f"cuptiActivityEnable({kind})", lib.cuptiActivityEnable(kind))
+        self._map_clock()
+        self.intervals.floor_ns = time.monotonic_ns()  # activity before this was not traced
+        self.on = True
+        self.why = None
+        return True
+
+    def _check(self, what: str, rc: int) -> None:
+        if rc != CUPTI_SUCCESS:
+            text = ctypes.c_char_p()
+            try:
+                self._lib.cuptiGetResultString(rc, ctypes.byref(text))
+                name = (text.value or b"").decode("ascii", "replace")[:80]
+            except Exception:
+                name = ""
+            raise RuntimeError(f"{what} returned {rc} {name}".rstrip())
+
+    def stop(self) -> None:
+        """Disable the activity kinds and deliver what is buffered (tests, the check script)."""
+        if not self.on:
+            return
+        self.on = False
+        try:
+            for kind in ENABLED_KINDS:
+                self._lib.cuptiActivityDisable(kind)
+            self._lib.cuptiActivityFlushAll(1)  # CUPTI_ACTIVITY_FLAG_FLUSH_FORCED
+        except Exception:
+            self.errors += 1
+
+    # ------------------------------------------------------ CUPTI callbacks
+    def _on_request(self, buf: Any, size: Any, max_records: Any) -> None:
+        try:
+            if len(self._buffers) >= MAX_BUFFERS:
+                self.no_buffer += 1
+                buf[0], size[0], max_records[0] = None, 0, 0
+                return
+            raw = self._pool.pop() if self._pool else (ctypes.c_uint8 * (BUFFER_BYTES + ALIGN))()
+            addr = ctypes.addressof(raw)
+            addr += (-addr) % ALIGN
+            self._buffers[addr] = raw
+            self._requested += 1
+            buf[0], size[0], max_records[0] = addr, BUFFER_BYTES, RECORDS_PER_BUFFER
+        except Exception:
+            self.errors += 1
+            buf[0], size[0], max_records[0] = None, 0, 0
+
+    def _on_complete(self, ctx: Any, stream: int, buf: Any, size: int, valid: int) -> None:
+        try:
+            got = self._parse(buf, valid) if buf else []
+            n = ctypes.c_size_t()
+            if self._lib.cuptiActivityGetNumDroppedRecords(ctx, stream, ctypes.byref(n)) == CUPTI_SUCCESS:
+                self.dropped += n.value
+            with self._lock:
+                self._raw.extend(got)
+                if valid < size and self.no_buffer == 0:  # a refused request would leave records out
+                    self._partial = True
+        except Exception:
+            self.errors += 1
+        finally:
+            raw = self._buffers.pop(buf, None) if buf else None
+            if raw is not None:
+                self._completed += 1
+                self._pool.append(raw)
+
+    def _parse(self, buf: int, valid: int) -> list[tuple[int, int]]:
+        get_next = self._lib.cuptiActivityGetNextRecord
+        rec = ctypes.c_void_p()
+        u32, u64 = ctypes.c_uint32.from_address, ctypes.c_uint64.from_address
+        kinds = self.kinds
+        out = []
+        while True:
+            rc = get_next(buf, valid, ctypes.byref(rec))
+            if rc != CUPTI_SUCCESS:
+                if rc != CUPTI_ERROR_MAX_LIMIT_REACHED:
+                    self.errors += 1
+                break
+            p = rec.value
+            kind = u32(p).value
+            kinds[kind] = kinds.get(kind, 0) + 1
+            if kind not in TAKEN_KINDS:
+                continue
+            s, e = u64(p + START_OFFSET).value, u64(p + END_OFFSET).value
+            if not 0 < e - s <= _MAX_RECORD_NS or s == 0:
+                self.bad_records += 1
+                continue
+            out.append((s, e))
+            if s > self._start_max:
+                self._start_max = s
+        self.records += len(out)
+        return out
+
+    # -------------------------------------------------------------- clocks
+    def _map_clock(self) -> None:
+        ts = ctypes.c_uint64()
+        best: tuple[int, int] | None = None
+        for _ in range(5):
+            m0 = time.monotonic_ns()
+            self._lib.cuptiGetTimestamp(ctypes.byref(ts))
+            m1 = time.monotonic_ns()
+            if best is None or m1 - m0 < best[0]:
+                best = (m1 - m0, (m0 + m1) // 2 - ts.value)
+        assert best is not None
+        self.map_err_ns = (best[0] + 1) // 2
+        self._offset = best[1]
+        self._map_at = time.monotonic_ns()
+
+    # --------------------------------------------------------------- drain
+    def drain(self) -> None:
+        """Flush CUPTI's completed buffers and merge their records (the sender thread, each round)."""
+        if not self.on:
+            return
+        try:
+            t0 = time.monotonic_ns()
+            if t0 - self._map_at > _CLOCK_REFRESH_NS:
+                self._map_clock()
+            with self._lock:
+                self._partial = False
+            self._lib.cuptiActivityFlushAll(0)
+            self.flushes += 1
+            with self._lock:
+                raw, self._raw = self._raw, []
+                complete = self._partial or self._requested == self._completed
+            off = self._offset
+            self.intervals.add([(s + off, e + off) for s, e in raw])
+            until = t0 if complete else (self._start_max + off if self._start_max else 0)
+            self.complete_until_ns = max(self.complete_until_ns, until)
+        except Exception as exc:
+            self.errors += 1
+            self.on = False
+            self.why = f"device busy time off: {type(exc).__name__}: {exc}"
+
+    def busy(self, begin_ns: int, end_ns: int) -> tuple[int, int] | None:
+        """(busy ns, error bound ns) within [begin, end], or None when not known (counted)."""
+        got = self.intervals.busy_ns(begin_ns, end_ns)
+        if got is None:
+            self.beyond_horizon += 1
+            return None
+        return min(got, max(end_ns - begin_ns, 0)), 2 * self.map_err_ns
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "on": self.on,
+            "why": self.why,
+            "records": self.records,
+            "bad_records": self.bad_records,
+            "cupti_dropped": self.dropped,
+            "no_buffer": self.no_buffer,
+            "late_records": self.intervals.late_records,
+            "beyond_horizon": self.beyond_horizon,
+            "errors": self.errors,
+            "intervals": len(self.intervals),
+            "map_err_ns": self.map_err_ns,
+        }

@@ -1,0 +1,436 @@
+"""Device busy time: the client's CUPTI tracer (Python side), the wire, and the daemon's edge.
+
+No GPU here, so CUPTI itself cannot run (benchmarks/gpu/cupti_check.py and
+tests/test_cupti_gpu.py do that on the H200).  What runs here is everything around it:
+
+* the tracer's buffer handling and record parsing against a fake libcupti that walks real
+  record bytes laid out as the header says (kind @0, start @16, end @24), so a wrong offset or a
+  kind filter that lets other records in fails;
+* the collector's wait for CUPTI's records (bounded, counted when they do not come);
+* a real client process and a real daemon, with a fake tracer in place of CUPTI: busy time
+  reaches the span's signals (open spans and late intervals), ``spans``/``phases`` show it;
+* the daemon refuses a bad busy_ns (counted), and the span keeps no figure from it.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from gpuos_client import cupti, device
+from gpuos_client import protocol as P
+from test_service import PID, Harness, _service
+
+# --------------------------------------------------------------- the tracer (fake libcupti)
+
+
+class FakeCupti:
+    """libcupti's activity calls, over buffers the tracer handed out; records written by the test."""
+
+    def __init__(self) -> None:
+        self.cursor: dict[int, int] = {}
+        self.sizes: dict[int, list[int]] = {}  # buffer -> record sizes, in order
+        self.clock = 5_000_000_000  # CUPTI's clock; the test's monotonic is this minus 1 s
+        self.flushed: list[int] = []
+        self.on_flush: Any = None
+
+    def cuptiActivityGetNextRecord(self, buf: int, valid: int, rec_ref: Any) -> int:
+        pos = self.cursor.get(buf, 0)
+        sizes = self.sizes.get(buf, [])
+        off = sum(sizes[:pos])
+        if pos >= len(sizes) or off >= valid:
+            return cupti.CUPTI_ERROR_MAX_LIMIT_REACHED
+        rec_ref._obj.value = buf + off
+        self.cursor[buf] = pos + 1
+        return cupti.CUPTI_SUCCESS
+
+    def cuptiActivityGetNumDroppedRecords(self, ctx: Any, stream: int, n_ref: Any) -> int:
+        n_ref._obj.value = 3
+        return cupti.CUPTI_SUCCESS
+
+    def cuptiGetTimestamp(self, ts_ref: Any) -> int:
+        ts_ref._obj.value = self.clock
+        return 0
+
+    def cuptiActivityFlushAll(self, flag: int) -> int:
+        self.flushed.append(flag)
+        if self.on_flush:
+            self.on_flush()
+        return 0
+
+
+def _write_records(addr: int, records: list[tuple[int, int, int, int]]) -> list[int]:
+    """Records (kind, start, end, size) at addr, laid out as cupti_activity.h has them."""
+    sizes, off = [], 0
+    for kind, s, e, size in records:
+        ctypes.c_uint32.from_address(addr + off).value = kind
+        ctypes.c_uint8.from_address(addr + off + 4).value = 0xAB  # cacheConfig etc.: not a start
+        ctypes.c_uint64.from_address(addr + off + 8).value = 0xDEAD  # bytes / enums: not a start either
+        ctypes.c_uint64.from_address(addr + off + 16).value = s
+        ctypes.c_uint64.from_address(addr + off + 24).value = e
+        sizes.append(size)
+        off += size
+    return sizes
+
+
+def _tracer(fake: FakeCupti, monkeypatch: pytest.MonkeyPatch) -> cupti.CuptiTracer:
+    t = cupti.CuptiTracer()
+    t._lib = fake
+    monkeypatch.setattr(cupti.time, "monotonic_ns", lambda: fake.clock - 1_000_000_000)
+    t._map_clock()
+    t.intervals.floor_ns = 0
+    t.on = True
+    return t
+
+
+def _hand_buffer(t: cupti.CuptiTracer) -> int:
+    buf, size, maxn = ctypes.c_void_p(), ctypes.c_size_t(), ctypes.c_size_t()
+    t._on_request(ctypes.pointer(buf), ctypes.pointer(size), ctypes.pointer(maxn))
+    assert buf.value and buf.value % cupti.ALIGN == 0 and size.value == cupti.BUFFER_BYTES
+    assert maxn.value == cupti.RECORDS_PER_BUFFER  # closed after that many: it can come back
+    return buf.value
+
+
+def test_records_are_read_at_the_header_offsets_and_only_device_work_kinds_are_taken(monkeypatch):
+    fake = FakeCupti()
+    t = _tracer(fake, monkeypatch)
+    assert t.map_err_ns == 0 and t._offset == -1_000_000_000  # the fake clocks are 1 s apart exactly
+    addr = _hand_buffer(t)
+    recs = [
+        (cupti.KIND_CONCURRENT_KERNEL, 2_000_000_000, 2_000_001_000, 192),
+        (5, 2_000_000_000, 2_100_000_000, 64),  # a runtime-API record: host time, not device work
+        (cupti.KIND_MEMCPY, 2_000_002_000, 2_000_002_500, 96),
+        (cupti.KIND_MEMSET, 2_000_002_400, 2_000_003_000, 80),  # overlaps the copy: counted once
+        (cupti.KIND_CONCURRENT_KERNEL, 2_000_005_000, 2_000_004_000, 192),  # inverted: bad
+    ]
+    fake.sizes[addr] = _write_records(addr, recs)
+    valid = sum(fake.sizes[addr])
+
+    def deliver() -> None:
+        t._on_complete(None, 0, addr, cupti.BUFFER_BYTES, valid)
+
+    fake.on_flush = deliver
+    t.drain()
+    assert fake.flushed == [0], "flag 0: only buffers whose records are complete"
+    assert t.records == 3 and t.bad_records == 1 and t.kinds == {10: 2, 5: 1, 1: 1, 2: 1}
+    assert t.dropped == 3
+    assert t.intervals.intervals() == [(1_000_000_000, 1_000_001_000), (1_000_002_000, 1_000_003_000)]
+    assert t.busy(999_000_000, 1_000_010_000) == (2000, 0)
+    assert t.complete_until_ns == 4_000_000_000, "a partly filled buffer came back: all before the flush is in"
+    assert addr not in t._buffers and t._pool, "the buffer went back to the pool"
+    addr2 = _hand_buffer(t)
+    assert addr2 == addr, "and is reused"
+
+
+def test_an_outstanding_full_buffer_holds_completeness_back(monkeypatch):
+    fake = FakeCupti()
+    t = _tracer(fake, monkeypatch)
+    _hand_buffer(t)  # CUPTI holds it: records in it are not complete yet
+    t.drain()
+    assert t.complete_until_ns == 0
+
+
+def test_a_full_buffer_returned_while_the_next_is_held_opens_the_gate_to_its_latest_start(monkeypatch):
+    fake = FakeCupti()
+    t = _tracer(fake, monkeypatch)
+    full = _hand_buffer(t)
+    _hand_buffer(t)  # the next one: CUPTI holds it (a kernel in it is still running)
+    recs = [(cupti.KIND_CONCURRENT_KERNEL, 3_000_000_000 + 10 * i, 3_000_000_000 + 10 * i + 5, 200) for i in range(4)]
+    fake.sizes[full] = _write_records(full, recs)
+    valid = sum(fake.sizes[full])
+    fake.on_flush = lambda: t._on_complete(None, 0, full, valid, valid)  # came back full, not partly
+    t.drain()
+    assert t.complete_until_ns == 2_000_000_030, "the latest delivered start, on the monotonic clock"
+
+
+def test_buffer_requests_are_bounded(monkeypatch):
+    t = _tracer(FakeCupti(), monkeypatch)
+    for _ in range(cupti.MAX_BUFFERS):
+        _hand_buffer(t)
+    buf, size, maxn = ctypes.c_void_p(), ctypes.c_size_t(7), ctypes.c_size_t()
+    t._on_request(ctypes.pointer(buf), ctypes.pointer(size), ctypes.pointer(maxn))
+    assert buf.value is None and size.value == 0 and t.no_buffer == 1
+
+
+def test_without_libcupti_the_tracer_is_off_with_a_reason_and_never_raises(monkeypatch):
+    monkeypatch.setattr(cupti, "candidates", lambda: ["/nonexistent/libcupti.so.12"])
+    t = cupti.CuptiTracer()
+    assert t.start() is False and not t.on
+    assert t.why and t.why.startswith("device busy time off: no libcupti") and "\n" not in t.why
+    t.drain()  # off: a no-op
+    assert t.stats()["on"] is False
+
+
+def test_library_candidates_honour_the_environment_first(monkeypatch, tmp_path):
+    lib = tmp_path / "nvidia" / "cuda_cupti" / "lib"
+    lib.mkdir(parents=True)
+    (lib / "libcupti.so.12").write_bytes(b"")
+    monkeypatch.setenv("GPUOS_HINT_CUPTI_LIB", "/opt/x/libcupti.so")
+    monkeypatch.setattr(sys, "path", [str(tmp_path)])
+    c = cupti.candidates()
+    assert c[0] == "/opt/x/libcupti.so"
+    assert str(lib / "libcupti.so.12") in c and c[-1] == "libcupti.so"
+
+
+# ------------------------------------------------------------------ the collector's wait
+
+
+class FakeTracer:
+    on = True
+
+    def __init__(self) -> None:
+        self.complete_until_ns = 0
+        self.drains = 0
+
+    def drain(self) -> None:
+        self.drains += 1
+
+    def busy(self, a: int, b: int) -> tuple[int, int]:
+        return (b - a) // 4, 7
+
+
+class FakeRt:
+    def __init__(self) -> None:
+        self._device_pending: collections.deque[Any] = collections.deque()
+        self._device_waiting: collections.deque[Any] = collections.deque()
+        self.device_marks = self.device_anchor_misses = self.device_busy_unresolved = 0
+        self.drops: dict[str, int] = {}
+        self.last_error: str | None = None
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + n
+
+
+class Instant(device._Backend):
+    name = "instant"
+
+    def done(self, ev: Any) -> bool:
+        return True
+
+    def elapsed_ms(self, a: Any, b: Any) -> float:
+        return (b - a) / 1e6
+
+    def anchor_event(self) -> Any:
+        return 0
+
+
+def test_pairs_wait_for_cuptis_records_then_carry_busy_and_give_up_after_the_bound(monkeypatch):
+    now = [10_000_000_000]
+    monkeypatch.setattr(device.time, "monotonic_ns", lambda: now[0])
+    monkeypatch.setattr(device, "_backend", Instant())
+    monkeypatch.setattr(device, "_anchor", (0, 0))
+    monkeypatch.setattr(device, "_anchor_made", 1e18)
+    tr = FakeTracer()
+    monkeypatch.setattr(device, "_tracer", tr)
+    rt = FakeRt()
+    rt._device_pending.extend([(1, 1_000_000, 5_000_000), (2, 6_000_000, 8_000_000)])
+    assert device.collect_device_times(rt) == []  # type: ignore[arg-type]
+    assert [w[0] for w in rt._device_waiting] == [1, 2] and tr.drains == 1
+    tr.complete_until_ns = 6_000_000  # span 1's records are in, span 2's not yet
+    (m,) = device.collect_device_times(rt)  # type: ignore[arg-type]
+    assert m[3] == P.DEVICE_MARK and m[4]["span"] == 1
+    assert (m[4]["busy_ns"], m[4]["busy_err_ns"]) == (1_000_000, 7)
+    assert (m[4]["dev_begin_ns"], m[4]["dev_end_ns"]) == (1_000_000, 5_000_000)
+    now[0] += device.BUSY_WAIT_NS + 1  # span 2's records never come
+    (m,) = device.collect_device_times(rt)  # type: ignore[arg-type]
+    assert m[4]["span"] == 2 and "busy_ns" not in m[4] and rt.device_busy_unresolved == 1
+    assert not rt._device_waiting and rt.device_marks == 2
+
+
+def test_waiting_pairs_go_without_busy_when_the_tracer_stops(monkeypatch):
+    monkeypatch.setattr(device, "_backend", Instant())
+    tr = FakeTracer()
+    monkeypatch.setattr(device, "_tracer", tr)
+    rt = FakeRt()
+    rt._device_waiting.append((9, 1, 2, 0))
+    tr.on = False
+    (m,) = device.collect_device_times(rt)  # type: ignore[arg-type]
+    assert m[4]["span"] == 9 and "busy_ns" not in m[4] and rt.device_busy_unresolved == 1
+
+
+def test_busy_time_is_off_unless_asked_for(monkeypatch):
+    monkeypatch.setattr(device, "_busy_wanted", None)
+    for value, want in ((None, False), ("1", True), ("0", False), ("off", False), ("yes", True)):
+        monkeypatch.setattr(device, "_busy_env", None)  # read once per process: a fresh process here
+        if value is None:
+            monkeypatch.delenv(device.ENV_BUSY, raising=False)
+        else:
+            monkeypatch.setenv(device.ENV_BUSY, value)
+        assert device.busy_wanted() is want, value
+    device.set_busy(True)
+    assert device.busy_wanted() is True
+    device.set_busy(False)
+    assert device.busy_wanted() is False
+
+
+# ------------------------------------------------------------------ the daemon's edge
+
+
+@pytest.fixture
+def h(tmp_path):
+    from fakeproc import FakeProc
+    from test_service import START, UID
+
+    fp = FakeProc(tmp_path / "proc")
+    fp.add(PID, START, UID, tids=(PID + 1,), comm="python3", cmdline=("python3", "x.py"))
+    svc = _service(fp, tmp_path)
+    yield Harness(svc, fp)
+    svc.worker.close()
+
+
+def _dev(span: int, b: int, e: int, **busy: Any) -> list[Any]:
+    return [P.MARK, e, PID, P.DEVICE_MARK, {"span": span, "dev_begin_ns": b, "dev_end_ns": e, "via": "x", **busy}]
+
+
+@pytest.mark.parametrize(
+    "busy",
+    [
+        {"busy_ns": 4_000_001},  # more than the 4 ms interval
+        {"busy_ns": -1},
+        {"busy_ns": 1.5},
+        {"busy_ns": True},
+        {"busy_ns": "100"},
+        {"busy_ns": 10, "busy_err_ns": -1},
+        {"busy_err_ns": 5},  # a bound without a figure
+    ],
+)
+def test_a_bad_busy_time_is_refused_and_counted_and_the_span_keeps_no_busy_figure(h, busy):
+    t0 = h.now()
+    h.send([h.begin(1, "decode")])
+    (reply,) = [r for r in h.send([_dev(1, t0, t0 + 4_000_000, **busy)]) if r["op"] == P.REPLY_ACK]
+    assert reply["bad"] == 1
+    assert h.svc.rejected["bad_device_mark"] == 1
+    h.send([h.end(1)])
+    h.svc.tick()
+    (row,) = h.rows
+    assert "dev_busy_ms" not in row.signals and row.dev_busy_ns is None
+
+
+def test_a_good_busy_time_becomes_the_spans_busy_signals_and_the_phase_aggregate(h):
+    t0 = h.now()
+    h.send([h.begin(1, "decode"), _dev(1, t0, t0 + 4_000_000, busy_ns=1_000_000, busy_err_ns=2_000), h.end(1)])
+    h.send([h.begin(2, "decode"), _dev(2, t0, t0 + 2_000_000, busy_ns=2_000_000), h.end(2)])  # all busy: allowed
+    h.svc.tick()
+    assert not h.svc.rejected
+    by = {r.span_id: r.signals for r in h.rows}
+    assert (by[1]["dev_ms"], by[1]["dev_busy_ms"], by[1]["dev_busy_pct"], by[1]["dev_busy_err_ms"]) == (
+        4.0,
+        1.0,
+        25.0,
+        0.002,
+    )
+    assert by[2]["dev_busy_pct"] == 100.0 and "dev_busy_err_ms" not in by[2]
+    (ph,) = [p for p in h.svc.status().phases if p.path == "decode"]
+    assert ph.signals["dev_busy_ms"] == 1.5 and ph.signals["dev_busy_pct"] == 62.5
+
+
+# ------------------------------------------------------------------ the wire, end to end
+
+CLIENT = """
+import json, sys, time
+import gpuos_client as h
+from gpuos_client import device
+
+class Instant(device._Backend):
+    name = "instant"
+    def record(self):
+        return time.monotonic_ns()
+    def done(self, ev):
+        return True
+    def elapsed_ms(self, a, b):
+        return (b - a) / 1e6
+    def anchor_event(self):
+        return time.monotonic_ns()
+
+class Tracer:
+    on = True
+    release = True
+    drains = 0
+    @property
+    def complete_until_ns(self):
+        return time.monotonic_ns() if self.release else 0
+    def drain(self):
+        self.drains += 1
+    def busy(self, a, b):
+        return (b - a) * 3 // 10, 1000
+    def stats(self):
+        return {"on": True, "drains": self.drains}
+
+tr = Tracer()
+device._backend, device._backend_probed, device._tracer = Instant(), True, tr
+device.BUSY_WAIT_NS = 120 * 10**9  # this test decides when the records "arrive"
+h.device_busy(True)
+for i in range(100):
+    with h.phase("busy_step", device=True):
+        t = time.perf_counter()
+        while time.perf_counter() - t < 0.0005:
+            pass
+assert h.flush(5.0)
+tr.release = False
+for i in range(20):
+    with h.phase("late_step", device=True):
+        time.sleep(0.001)
+h.flush(5.0)
+print("held", flush=True)
+sys.stdin.readline()  # the daemon has stored the late spans without a device interval
+tr.release = True
+deadline = time.monotonic() + 10
+while h.stats()["device"]["busy_waiting"] and time.monotonic() < deadline:
+    time.sleep(0.02)
+ok = h.flush(5.0)
+print(json.dumps({"ok": ok, **h.stats()}), flush=True)
+"""
+
+
+def test_busy_time_reaches_open_and_already_stored_spans_and_hintctl_shows_it(daemon):
+    p = daemon.client(CLIENT, wait=False)
+    try:
+        assert p.stdout.readline().strip() == b"held", p.stderr.read().decode() if p.poll() is not None else ""
+        daemon.wait_for(
+            lambda: len(daemon.query("SELECT 1 FROM spans WHERE name='late_step'")) == 20, what="20 late spans stored"
+        )
+        assert daemon.query("SELECT count(dev_start_ns) FROM spans WHERE name='late_step'")[0][0] == 0
+        out, err = p.communicate(b"go\n", timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    s = json.loads(out.decode().strip().splitlines()[-1])
+    assert s["ok"] and s["dropped"] == 0 and s["rejected"] == 0, (s, err.decode())
+    assert s["device"]["marks"] == 120 and s["device"]["busy_unresolved"] == 0, s
+
+    def rows(name: str) -> list[Any]:
+        return daemon.query(
+            "SELECT dev_start_ns, dev_end_ns, json_extract(signals, '$.dev_busy_ms'),"
+            " json_extract(signals, '$.dev_busy_pct') FROM spans WHERE name=?",
+            (name,),
+        )
+
+    got = daemon.wait_for(
+        lambda: (r := rows("late_step")) and all(x[2] is not None for x in r) and r, what="late busy figures"
+    )
+    for name, rs in (("busy_step", rows("busy_step")), ("late_step", got)):
+        assert len(rs) in (100, 20) and all(r[0] is not None for r in rs), name
+        for d0, d1, busy_ms, pct in rs:
+            assert busy_ms == pytest.approx((d1 - d0) * 3 // 10 / 1e6, abs=0.001), name
+            assert pct == pytest.approx(30.0, abs=0.1) if d1 - d0 > 100_000 else pct <= 30.1, name
+    assert daemon.status()["counters"].get("device_intervals_late", 0) >= 20
+
+    env = daemon.env
+    ctl = [sys.executable, "-m", "gpuos_hintd.cli.main"]
+    table = subprocess.run([*ctl, "spans", "--name", "busy_step"], env=env, capture_output=True, text=True, timeout=30)
+    assert table.returncode == 0, table.stderr
+    assert "BUSY MS" in table.stdout and "BUSY %" in table.stdout
+    js = json.loads(
+        subprocess.run([*ctl, "phases", "--json"], env=env, capture_output=True, text=True, timeout=30).stdout
+    )
+    by = {r["name"]: r for r in js}
+    assert by["busy_step"]["dev_busy_count"] == 100 and by["late_step"]["dev_busy_count"] == 20
+    assert by["busy_step"]["dev_busy_pct"] == pytest.approx(30.0, abs=0.2)
+    ph = subprocess.run([*ctl, "phases"], env=env, capture_output=True, text=True, timeout=30).stdout
+    assert "BUSY MS" in ph
