@@ -597,6 +597,8 @@ def main() -> int:
     ap.add_argument("--train-steps", type=int, default=None)
     ap.add_argument("--pipeline-iters", type=int, default=None)
     ap.add_argument("--budget-s", type=float, default=330.0, help="stop adding work after this (default 330)")
+    ap.add_argument("--device-busy", action="store_true",
+                    help="CUPTI busy time in the hinted run (gpuos_client.device_busy); truth runs stay untraced")  # fmt: skip
     ap.add_argument("--power-delay-ms", type=float, default=None,
                     help="also recompute span energy with this sample delay (power_lag.py's fit)")  # fmt: skip
     args = ap.parse_args()
@@ -608,6 +610,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="gpuos-accgpu-"))
     daemon, env = start_daemon(tmp, [])
     result: dict[str, Any] = {"benchmark": "accuracy_gpu", "mode": "cpu-smoke" if args.cpu else "gpu",
+                              "device_busy": bool(args.device_busy),
                               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
     try:
         w = build(args)
@@ -634,10 +637,20 @@ def main() -> int:
         print(json.dumps(result["step_cost"]), flush=True)
         time.sleep(1.0)  # an idle gap the fit sees as unhinted
         rec = start_recorder(args, tmp)
+        if args.device_busy:  # CUPTI busy time for the hinted run only (it costs per launch)
+            import gpuos_client as h
+
+            h.device_busy(True)
         e0 = counter.mj()
         window = hinted_run(w, ph, sync, args)
         e1 = counter.mj()
         time.sleep(1.5)  # the daemon's power samples past the end
+        if args.device_busy:
+            # The marks wait (<= 2 s) for CUPTI's records of their kernels: let them go first.
+            h.flush(10.0)
+            time.sleep(2.5)
+            result["busy_tracer"] = h.stats()["device"].get("busy")
+            h.device_busy(False)
         samples = stop_recorder(rec)
         iso_b = run_isolated(alone, sync, counter, min_reps, min_s, t_start, args.budget_s * 0.6)
         iso = merge_isolated(iso_a, iso_b)

@@ -13,6 +13,9 @@
 #                                          generate and training stores with every tick, for evaluate
 #   benchmarks/gpu/run_batch.sh power-and-accuracy (~6 min) issue 9: the driver's power-sample delay
 #                                          (square waves), accuracy_gpu with truth before and after
+#   benchmarks/gpu/run_batch.sh cupti-and-accuracy (~7 min) issue 9: CUPTI busy tracer checks, GPU
+#                                          tests, accuracy run 2
+#   benchmarks/gpu/run_batch.sh accuracy-busy (~5 min) issue 9: accuracy with CUPTI busy time
 #   benchmarks/gpu/run_batch.sh training-overhead (~9 min) issue 11: 8 ABBA pairs of DataLoader
 #                                          training and 8+8 HF Trainer runs, plain vs gpuos-run
 # Results: each part writes into a work dir; the work dir is packed into $OUT/<batch>.tgz (the tool
@@ -107,6 +110,21 @@ for p in paths[:1]:
     lib = ctypes.CDLL(p); v = ctypes.c_uint32(); print("cuptiGetVersion rc", lib.cuptiGetVersion(ctypes.byref(v)), "version", v.value)
 import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)
 PY
+  ;;
+cupti-and-accuracy)
+  part "where libcupti is on this image"
+  find / -name 'libcupti*' -not -path '/proc/*' 2>/dev/null | head -10
+  part "CUPTI busy tracer on a real GPU: layout, accuracy vs torch.profiler, cost (cupti_check.py)"
+  mkdir -p "$W/cupti"
+  timeout 170 python3 benchmarks/gpu/cupti_check.py --out "$W/cupti/cupti_check.json" 2>&1 | tail -25
+  part "GPU-only tests"
+  timeout 120 python3 -m pytest -q -rs -p no:cacheprovider tests/test_cupti_gpu.py tests/test_cupti_layout.py 2>&1 | tail -8
+  part "accuracy run 2: the same harness as run 1 (power-and-accuracy), no CUPTI"
+  timeout 300 python3 benchmarks/gpu/accuracy_gpu.py --budget-s 220 --out "$W/accuracy" 2>&1 | tail -4
+  ;;
+accuracy-busy)
+  part "accuracy run 3: the hinted run with CUPTI busy time (device_busy), truth untraced"
+  timeout 320 python3 benchmarks/gpu/accuracy_gpu.py --budget-s 230 --device-busy --out "$W/accuracy" 2>&1 | tail -6
   ;;
 esac
 part "done"

@@ -14,7 +14,8 @@ leaves tracing off with a one-line reason (``why``), never an exception into the
 
 Which libcupti: ``$GPUOS_HINT_CUPTI_LIB``; else one already mapped into the process (torch's
 kineto loads one: using the same copy matters, two copies would fight over the callbacks); else
-the pip wheel's ``nvidia/cuda_cupti/lib/libcupti.so*`` under any sys.path entry; else
+the pip wheels' ``nvidia/cuda_cupti/lib``, ``nvidia/cu13/lib`` or ``torch/lib`` copy under any sys.path
+entry, or a CUDA toolkit's ``extras/CUPTI/lib64``; else
 ``ctypes.util.find_library("cupti")``; else ``libcupti.so``.
 
 Record layouts (the only fields read are ``kind``, ``start`` and ``end``): the structs are
@@ -111,6 +112,13 @@ _REQ = ctypes.CFUNCTYPE(
 _DONE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t)
 
 
+_WHEEL_GLOBS = (
+    ("nvidia", "cuda_cupti", "lib", "libcupti.so*"),
+    ("nvidia", "*", "lib", "libcupti.so*"),
+    ("torch", "lib", "libcupti*.so*"),
+)
+
+
 def candidates() -> list[str]:
     """Where libcupti may be, in the order tried (see the module docstring)."""
     out: list[str] = []
@@ -125,8 +133,12 @@ def candidates() -> list[str]:
                     out.append(path)
     except OSError:
         pass
-    for entry in sys.path:
-        for p in sorted(glob.glob(os.path.join(entry or ".", "nvidia", "cuda_cupti", "lib", "libcupti.so*"))):
+    # pip wheels: nvidia/cuda_cupti/lib (CUDA 12 wheels), nvidia/cu13/lib (CUDA 13), torch/lib; then
+    # a CUDA toolkit's own copy.
+    patterns = [os.path.join(e or ".", *parts) for e in sys.path for parts in _WHEEL_GLOBS]
+    patterns += ["/usr/local/cuda*/extras/CUPTI/lib64/libcupti.so*", "/usr/local/cuda*/lib64/libcupti.so*"]
+    for pat in patterns:
+        for p in sorted(glob.glob(pat)):
             if p not in out:
                 out.append(p)
     found = ctypes.util.find_library("cupti")
