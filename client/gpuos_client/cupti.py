@@ -47,28 +47,25 @@ CUDA 13.0's libcupti, on a machine without a GPU, returned CLOCK_REALTIME from
 cuptiGetTimestamp(): a clock NTP can step, which the one-second refresh bounds but does not
 hide (cupti_check.py records the offset on the GPU host).
 
-Completeness: ``cuptiActivityFlushAll(0)`` returns only buffers whose records are all complete,
-and since CUDA 6.0 all records go into one chain of global buffers, in launch order.  A span's
-busy time is therefore asked for only once ``complete_until_ns`` passed its device end, which
-advances two ways: to the host time of a flush after which no buffer was left outstanding, or
-whose last buffer came back partly filled (every record launched before that flush was in a
-returned buffer); and to the latest start among delivered records (work launched after the
-span's kernels on its stream is in the same or a later buffer).  Buffers are closed after
-``RECORDS_PER_BUFFER`` records, so a program that keeps the GPU fed (a buffer with an unfinished
-kernel is never returned) still gets its buffers back within that many launches.  device.py
-waits for the gate, bounded, and sends the interval without busy time (counted) when it does not
-come.  The second rule can pass early when a kernel of *another* stream, launched before the
-span's last kernel, is still running and holds an earlier buffer back: that span's busy time can
-then miss records; cupti_check.py measures how often the gate fails at all.
+Completeness: CUPTI hands a buffer back only when its records are complete, and since CUDA 6.0
+all records go into one chain of global buffers, in launch order.  A span's busy time is
+therefore asked for only once ``complete_until_ns`` passed its device end, which advances to the
+latest start among delivered records (work launched after the span's kernels is recorded after
+them), or, after a forced flush (``drain(force=True)``: device.py asks for one when nothing later
+has been recorded ``BUSY_FORCE_AFTER_NS`` after a waiting span's end), to ``FORCED_SETTLE_NS``
+before that flush.  Buffers are closed after ``RECORDS_PER_BUFFER`` records, so a program that
+keeps the GPU fed still gets its buffers back within that many launches.  device.py waits for the
+gate, bounded, and sends the interval without busy time (counted) when it does not come.  The
+first rule can pass early when a kernel of *another* stream, launched before the span's last
+kernel, is still running and holds an earlier buffer back; cupti_check.py measures busy time at
+mark time against the tracer's own complete record set afterwards.
 
 Threads: CUPTI calls the buffer callbacks from the launching thread (a new buffer), from the
-flushing thread and possibly from its own worker thread; a ctypes callback takes the GIL.  So
-libcupti is loaded with ``ctypes.PyDLL``, whose calls keep the GIL (see ``_start``), and the
-callbacks only hand buffers out and parse them.  That is right if CUPTI runs the completion
-callbacks of a flush in the flushing thread, and would deadlock if a flush waited for CUPTI's
-own thread to run them: not documented, so cupti_check.py runs once with PyDLL and once with
-CDLL, each draining from a second thread while the main one launches (as the client's sender
-does), each under a watchdog, and reports which completed.
+flushing thread and from its own worker thread; a ctypes callback takes the GIL.  libcupti is
+loaded with ``ctypes.CDLL``, whose calls release the GIL, and the callbacks only hand buffers out
+and parse them.  Measured on the H200 (cupti_check.py runs both loaders under a watchdog):
+with ``ctypes.PyDLL`` (calls keep the GIL) a flush deadlocked - CUPTI's own thread waited for
+the GIL the flushing thread held; with CDLL every part completed.
 
 Interaction with other CUPTI users: CUPTI has one set of activity buffer callbacks per process.
 When torch.profiler (kineto) is running at start, this tracer stays off and says so.  A profiler
@@ -103,7 +100,8 @@ _MAX_RECORD_NS = 3600 * 10**9
 _CLOCK_REFRESH_NS = 1_000_000_000
 #: How libcupti is loaded: PyDLL keeps the GIL during CUPTI calls (see _start and "Threads").
 #: cupti_check.py runs with both this and ctypes.CDLL, to measure which one CUPTI needs.
-LOADER: Any = ctypes.PyDLL
+FORCED_SETTLE_NS = 20_000_000  # after a forced flush, records are taken as complete up to this long before it
+LOADER: Any = ctypes.CDLL  # PyDLL (keeping the GIL in CUPTI calls) deadlocked a flush on the H200
 _REGISTERED: list[Any] = []  # every callback pair ever handed to CUPTI (never freed)
 
 _REQ = ctypes.CFUNCTYPE(
@@ -186,7 +184,8 @@ class CuptiTracer:
         self._pool: list[Any] = []
         self._requested = 0
         self._completed = 0
-        self._partial = False
+        self.forced_flushes = 0
+        self.log: list[tuple[int, int, int, int]] | None = None  # (flush time, records, forced, gate): diagnostics
         self._start_max = 0  # the latest start among delivered records (CUPTI's clock)
         self._cbs: tuple[Any, Any] | None = None
 
@@ -290,8 +289,6 @@ class CuptiTracer:
                 self.dropped += n.value
             with self._lock:
                 self._raw.extend(got)
-                if valid < size and self.no_buffer == 0:  # a refused request would leave records out
-                    self._partial = True
         except Exception:
             self.errors += 1
         finally:
@@ -343,25 +340,36 @@ class CuptiTracer:
         self._map_at = time.monotonic_ns()
 
     # --------------------------------------------------------------- drain
-    def drain(self) -> None:
-        """Flush CUPTI's completed buffers and merge their records (the sender thread, each round)."""
+    def drain(self, force: bool = False) -> None:
+        """Flush CUPTI's buffers and merge their records (the sender thread, each round).
+
+        The records are complete up to the latest start among those delivered (work launched
+        after a span's kernels is recorded after them).  A forced flush (``force``: nothing
+        later came, e.g. the program synchronised and went quiet) returns every buffer; the
+        records are then taken as complete up to ``FORCED_SETTLE_NS`` before it.  (The first
+        version also trusted "no buffer outstanding" and "a partly filled buffer came back":
+        on the H200 both opened the gate before CUPTI had the records, busy time came out 0 to
+        100 % under; benchmarks/results/h200/round4/cupti/cupti_check_cdll.json.)
+        """
         if not self.on:
             return
         try:
             t0 = time.monotonic_ns()
             if t0 - self._map_at > _CLOCK_REFRESH_NS:
                 self._map_clock()
-            with self._lock:
-                self._partial = False
-            self._lib.cuptiActivityFlushAll(0)
+            self._lib.cuptiActivityFlushAll(1 if force else 0)
             self.flushes += 1
+            self.forced_flushes += bool(force)
             with self._lock:
                 raw, self._raw = self._raw, []
-                complete = self._partial or self._requested == self._completed
             off = self._offset
             self.intervals.add([(s + off, e + off) for s, e in raw])
-            until = t0 if complete else (self._start_max + off if self._start_max else 0)
+            until = self._start_max + off if self._start_max else 0
+            if force:
+                until = max(until, t0 - FORCED_SETTLE_NS)
             self.complete_until_ns = max(self.complete_until_ns, until)
+            if self.log is not None:
+                self.log.append((t0, len(raw), int(force), self.complete_until_ns))
         except Exception as exc:
             self.errors += 1
             self.on = False
@@ -388,4 +396,6 @@ class CuptiTracer:
             "errors": self.errors,
             "intervals": len(self.intervals),
             "map_err_ns": self.map_err_ns,
+            "flushes": self.flushes,
+            "forced_flushes": self.forced_flushes,
         }

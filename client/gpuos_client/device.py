@@ -41,6 +41,7 @@ DEVICE_MARK = P.DEVICE_MARK  # the wire owns the name (protocol.py)
 _ANCHOR_REFRESH_S = 1.0  # cheap (microseconds), so the clocks never drift apart
 _MAX_PENDING = 4096
 BUSY_WAIT_NS = 2_000_000_000  # a resolved pair waits at most this long for CUPTI's records
+BUSY_FORCE_AFTER_NS = 50_000_000  # then a forced flush, when nothing later was recorded this long after its end
 ENV_BUSY = "GPUOS_HINT_DEVICE_BUSY"
 
 
@@ -316,9 +317,14 @@ def _with_busy(
             break
         waiting.append((span_id, d0, d1, now))
     tracer.drain()  # after the pairs were seen complete: this flush covers their device ends
+    done_until = tracer.complete_until_ns
+    if waiting and waiting[0][2] > done_until and now - waiting[0][2] > BUSY_FORCE_AFTER_NS:
+        # Nothing launched after the oldest pair has been recorded (the program synchronised and
+        # went quiet): a forced flush returns CUPTI's current buffer too.
+        tracer.drain(force=True)
+        done_until = tracer.complete_until_ns
     out: list[tuple[Any, ...]] = []
     still: list[Any] = []
-    done_until = tracer.complete_until_ns
     for item in waiting:
         span_id, d0, d1, since = item
         if d1 <= done_until:
