@@ -163,6 +163,45 @@ def test_a_forced_flush_opens_the_gate_to_just_before_it(monkeypatch):
     assert t.stats()["forced_flushes"] == 1
 
 
+def test_a_cupti_clock_at_another_rate_is_mapped_linearly(monkeypatch):
+    """On the H200 VM CUPTI's clock ran 2.1x as fast as CLOCK_MONOTONIC: records map through the rate."""
+    mono = [1_000_000_000_000]
+
+    class Fast(FakeCupti):
+        def cuptiGetTimestamp(self, ts_ref: Any) -> int:
+            ts_ref._obj.value = round(2.1 * mono[0]) + 48_000_000_000
+            return 0
+
+    fake = Fast()
+    t = cupti.CuptiTracer()
+    t._lib = fake
+    monkeypatch.setattr(cupti.time, "monotonic_ns", lambda: mono[0])
+    t._map_clock()
+    mono[0] += 30_000_000  # the start's second bracket, 30 ms on
+    t._map_clock()
+    t.intervals.floor_ns = 0
+    t.on = True
+    assert t.rate == pytest.approx(2.1, rel=1e-9)
+    # A 1 ms kernel that ran 5 ms ago, on CUPTI's clock: 2.1 ms of CUPTI time.
+    k0 = mono[0] - 5_000_000
+    addr = _hand_buffer(t)
+    recs = [
+        (
+            cupti.KIND_CONCURRENT_KERNEL,
+            round(2.1 * k0) + 48_000_000_000,
+            round(2.1 * (k0 + 1_000_000)) + 48_000_000_000,
+            192,
+        )
+    ]
+    fake.sizes[addr] = _write_records(addr, recs)
+    fake.on_flush = lambda: t._on_complete(None, 0, addr, cupti.BUFFER_BYTES, sum(fake.sizes[addr]))
+    t.drain()
+    ((s0, e0),) = t.intervals.intervals()
+    assert abs(s0 - k0) <= 1 and abs(e0 - (k0 + 1_000_000)) <= 1, "the kernel lands where and as long as it ran"
+    assert t.complete_until_ns == s0
+    assert t.stats()["clock_rate"] == pytest.approx(2.1)
+
+
 def test_buffer_requests_are_bounded(monkeypatch):
     t = _tracer(FakeCupti(), monkeypatch)
     for _ in range(cupti.MAX_BUFFERS):

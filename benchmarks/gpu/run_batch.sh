@@ -125,7 +125,7 @@ cupti-and-accuracy)
 accuracy-busy)
   part "CUPTI busy tracer after the gate fix (cupti_check.py, CDLL)"
   mkdir -p "$W/cupti"
-  timeout 90 python3 benchmarks/gpu/cupti_check.py --seconds 100 --out "$W/cupti/cupti_check.json" 2>&1 | grep -v '^ *[0-9]*,\?$' | tail -40
+  timeout 120 python3 benchmarks/gpu/cupti_check.py --seconds 140 --out "$W/cupti/cupti_check.json" 2>&1 | grep -v '^ *[0-9]*,\?$' | tail -40
   part "GPU-only tests"
   timeout 90 python3 -m pytest -q -rs -p no:cacheprovider tests/test_cupti_gpu.py tests/test_cupti_layout.py 2>&1 | tail -8
   part "accuracy run 3: the hinted run with CUPTI busy time (device_busy), truth untraced"

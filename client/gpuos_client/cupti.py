@@ -38,14 +38,17 @@ benchmarks/gpu/cupti_check.py checks the result on a real GPU (busy time against
 torch.profiler's kernels).  Enabled: CONCURRENT_KERNEL (not KERNEL, which serialises
 kernels), MEMCPY, MEMSET.
 
-Timestamps: CUPTI's are ns on ``cuptiGetTimestamp()``'s clock.  They are mapped to
-``time.monotonic_ns()`` by bracketing: five (monotonic, cuptiGetTimestamp, monotonic) triples,
-the tightest one's midpoint gives the offset, refreshed about once a second (the clocks drift).
-The mapping's error is at most half that bracket (``map_err_ns``); a busy time can be off by
-twice that (either edge of the window).  The CUDA-event anchor's own error (device.py) adds.
-CUDA 13.0's libcupti, on a machine without a GPU, returned CLOCK_REALTIME from
-cuptiGetTimestamp(): a clock NTP can step, which the one-second refresh bounds but does not
-hide (cupti_check.py records the offset on the GPU host).
+Timestamps: CUPTI's records are on ``cuptiGetTimestamp()``'s clock, which need not run at the
+host clock's rate: on the H200 VM it ran 2.1 times as fast as CLOCK_MONOTONIC (an offset-only map
+doubled every kernel and moved spans out of their device intervals: busy time 0 to 100 % off,
+round4/cupti/cupti_check_cdll.json).  So the map is linear: at every drain a bracket (the tightest
+of five monotonic, cuptiGetTimestamp, monotonic triples) anchors the offset, and the rate comes
+from the oldest bracket kept (one a second, up to a minute back; 20 ms apart at start).  A
+record maps as ``anchor + (ts - anchor_ts) / rate``; its error is the anchor's half-bracket
+(``map_err_ns``) plus the rate's error times the record's distance from the anchor, twice for a
+busy time (either edge).  The CUDA-event anchor's own error (device.py) adds.  CUDA 13.0's
+libcupti, on a machine without a GPU, returned CLOCK_REALTIME from cuptiGetTimestamp(): a clock
+NTP can step, which would disturb the rate for up to a minute.
 
 Completeness: CUPTI hands a buffer back only when its records are complete, and since CUDA 6.0
 all records go into one chain of global buffers, in launch order.  A span's busy time is
@@ -75,6 +78,7 @@ cupti_check.py, not assumed.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import ctypes.util
 import glob
@@ -97,7 +101,9 @@ MAX_BUFFERS = 64  # 64 MiB at most; beyond, CUPTI is handed no buffer and drops 
 ALIGN = 8  # ACTIVITY_RECORD_ALIGNMENT
 START_OFFSET, END_OFFSET = 16, 24  # uint64 start/end in every kernel/memcpy/memset record read
 _MAX_RECORD_NS = 3600 * 10**9
-_CLOCK_REFRESH_NS = 1_000_000_000
+_RATE_MIN_BASELINE_NS = 20_000_000  # a rate from brackets at least this far apart
+_RATE_BASELINE_NS = 60_000_000_000  # ... and at most about this far
+_RATE_KEEP_EVERY_NS = 1_000_000_000  # brackets kept for the rate: one a second
 #: How libcupti is loaded: PyDLL keeps the GIL during CUPTI calls (see _start and "Threads").
 #: cupti_check.py runs with both this and ctypes.CDLL, to measure which one CUPTI needs.
 FORCED_SETTLE_NS = 20_000_000  # after a forced flush, records are taken as complete up to this long before it
@@ -177,6 +183,10 @@ class CuptiTracer:
         self.map_err_ns = 0
         self._offset = 0
         self._map_at = 0
+        self.rate = 1.0  # CUPTI ns per CLOCK_MONOTONIC ns (measured: _map_clock)
+        self.rate_err = 0.0
+        self._anchor_m = self._anchor_t = 0
+        self._brackets: collections.deque[tuple[int, int, int]] = collections.deque()  # for the rate
         self._lib: Any = None
         self._lock = threading.Lock()
         self._raw: list[tuple[int, int]] = []  # (start, end) on CUPTI's clock, not yet merged
@@ -206,11 +216,7 @@ class CuptiTracer:
         errors = []
         for path in candidates():
             try:
-                # PyDLL: calls keep the GIL.  With CDLL the flush would release it, and CUPTI would
-                # call the completion callback (which needs the GIL) from inside the flush while a
-                # launching thread that holds the GIL (torch launches hold it) waits on CUPTI:
-                # a deadlock.  Holding it, the callbacks run in the flushing thread at once.
-                self._lib = LOADER(path)
+                self._lib = LOADER(path)  # CDLL: see "Threads" above
                 self.lib_path = path
                 break
             except OSError as exc:
@@ -236,6 +242,8 @@ class CuptiTracer:
         self._check("cuptiActivityRegisterCallbacks", lib.cuptiActivityRegisterCallbacks(*self._cbs))
         for kind in ENABLED_KINDS:
             self._check(f"cuptiActivityEnable({kind})", lib.cuptiActivityEnable(kind))
+        self._map_clock()
+        time.sleep(_RATE_MIN_BASELINE_NS / 1e9)  # once, at start: a first rate of CUPTI's clock
         self._map_clock()
         self.intervals.floor_ns = time.monotonic_ns()  # activity before this was not traced
         self.on = True
@@ -325,19 +333,45 @@ class CuptiTracer:
         return out
 
     # -------------------------------------------------------------- clocks
-    def _map_clock(self) -> None:
+    def _bracket(self) -> tuple[int, int, int]:
+        """(monotonic midpoint, CUPTI timestamp, half-width): the tightest of five brackets."""
         ts = ctypes.c_uint64()
-        best: tuple[int, int] | None = None
+        best: tuple[int, int, int] | None = None
         for _ in range(5):
             m0 = time.monotonic_ns()
             self._lib.cuptiGetTimestamp(ctypes.byref(ts))
             m1 = time.monotonic_ns()
-            if best is None or m1 - m0 < best[0]:
-                best = (m1 - m0, (m0 + m1) // 2 - ts.value)
+            if best is None or m1 - m0 < 2 * best[2]:
+                best = ((m0 + m1) // 2, ts.value, (m1 - m0 + 1) // 2)
         assert best is not None
-        self.map_err_ns = (best[0] + 1) // 2
-        self._offset = best[1]
+        return best
+
+    def _map_clock(self) -> None:
+        """Map CUPTI's clock onto CLOCK_MONOTONIC: the newest bracket, and the rate over a long baseline.
+
+        CUPTI's clock need not run at the host clock's rate: on the H200 VM it ran 2.1x as fast
+        (round4/cupti/cupti_check_cdll.json: every kernel twice its length, spans drifting out of
+        their device intervals), so an offset alone is wrong by seconds within a minute.  The rate
+        comes from the oldest bracket kept (up to ``_RATE_BASELINE_NS`` back), the offset from
+        the newest, so a record maps as ``m + (ts - t) / rate``.
+        """
+        m, t, half = self._bracket()
+        kept = self._brackets
+        if not kept or m - kept[-1][0] >= _RATE_KEEP_EVERY_NS:
+            kept.append((m, t, half))
+        while len(kept) > 2 and m - kept[1][0] >= _RATE_BASELINE_NS:
+            kept.popleft()
+        base = kept[0]
+        if m - base[0] >= _RATE_MIN_BASELINE_NS:
+            self.rate = (t - base[1]) / (m - base[0])
+            self.rate_err = (half + base[2]) / (m - base[0])
+        self.map_err_ns = half
+        self._anchor_m, self._anchor_t = m, t
+        self._offset = m - t  # what a record maps to at rate 1 (kept for the diagnostics)
         self._map_at = time.monotonic_ns()
+
+    def to_monotonic(self, ts: int) -> int:
+        return self._anchor_m + round((ts - self._anchor_t) / self.rate)
 
     # --------------------------------------------------------------- drain
     def drain(self, force: bool = False) -> None:
@@ -355,16 +389,15 @@ class CuptiTracer:
             return
         try:
             t0 = time.monotonic_ns()
-            if t0 - self._map_at > _CLOCK_REFRESH_NS:
-                self._map_clock()
             self._lib.cuptiActivityFlushAll(1 if force else 0)
             self.flushes += 1
             self.forced_flushes += bool(force)
             with self._lock:
                 raw, self._raw = self._raw, []
-            off = self._offset
-            self.intervals.add([(s + off, e + off) for s, e in raw])
-            until = self._start_max + off if self._start_max else 0
+            self._map_clock()  # a few us: the newest anchor keeps the rate's error small
+            m_a, t_a, rate = self._anchor_m, self._anchor_t, self.rate
+            self.intervals.add([(m_a + round((s - t_a) / rate), m_a + round((e - t_a) / rate)) for s, e in raw])
+            until = self.to_monotonic(self._start_max) if self._start_max else 0
             if force:
                 until = max(until, t0 - FORCED_SETTLE_NS)
             self.complete_until_ns = max(self.complete_until_ns, until)
@@ -381,7 +414,10 @@ class CuptiTracer:
         if got is None:
             self.beyond_horizon += 1
             return None
-        return min(got, max(end_ns - begin_ns, 0)), 2 * self.map_err_ns
+        rate_ns = round(
+            self.rate_err * max(0, time.monotonic_ns() - end_ns)
+        )  # the record mapped with the newest anchor
+        return min(got, max(end_ns - begin_ns, 0)), 2 * (self.map_err_ns + rate_ns)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -396,6 +432,8 @@ class CuptiTracer:
             "errors": self.errors,
             "intervals": len(self.intervals),
             "map_err_ns": self.map_err_ns,
+            "clock_rate": round(self.rate, 7),
+            "clock_rate_err": self.rate_err,
             "flushes": self.flushes,
             "forced_flushes": self.forced_flushes,
         }
