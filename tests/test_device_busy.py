@@ -323,6 +323,27 @@ def test_a_quiet_program_gets_a_forced_flush_for_its_last_pairs(monkeypatch):
     assert tr.forced == 1 and m[4]["busy_ns"] == 1_250_000 and rt.device_busy_unresolved == 0
 
 
+def test_no_forced_flush_while_later_device_work_is_queued(monkeypatch):
+    """A forced flush returns unfinished records (lost for good): never while hinted work is queued."""
+    now = [10_000_000_000]
+    monkeypatch.setattr(device.time, "monotonic_ns", lambda: now[0])
+
+    class HalfDone(Instant):
+        def done(self, ev: Any) -> bool:
+            return ev < 50_000_000  # the later pair's end event has not run yet
+
+    monkeypatch.setattr(device, "_backend", HalfDone())
+    monkeypatch.setattr(device, "_anchor", (0, 0))
+    monkeypatch.setattr(device, "_anchor_made", 1e18)
+    tr = FakeTracer()
+    monkeypatch.setattr(device, "_tracer", tr)
+    rt = FakeRt()
+    rt._device_pending.extend([(1, 1_000_000, 5_000_000), (2, 6_000_000, 80_000_000)])
+    assert device.collect_device_times(rt) == []  # type: ignore[arg-type]
+    assert [w[0] for w in rt._device_waiting] == [1] and len(rt._device_pending) == 1
+    assert tr.forced == 0, "span 2 is still queued on the GPU: no forced flush"
+
+
 def test_waiting_pairs_go_without_busy_when_the_tracer_stops(monkeypatch):
     monkeypatch.setattr(device, "_backend", Instant())
     tr = FakeTracer()

@@ -262,7 +262,9 @@ def pipeline(torch: Any, device: Any, spans: int) -> dict[str, Any]:
     every span should still get its busy time (busy_unresolved 0) within the client's wait.
     """
     rt = Rt()
-    a = torch.randn(2048, 2048, device="cuda", dtype=torch.float16)
+    # ~0.5 ms of GEMM per span against ~0.1 ms to launch it: the queue deepens, the GPU never waits
+    # (the first version's 2048^2 GEMM + 20 small kernels was launch-bound: busy ~16 % was right).
+    a = torch.randn(6144, 6144, device="cuda", dtype=torch.float16)
     x = torch.zeros(1 << 20, device="cuda")
     marks: list[Any] = []
     stop = threading.Event()
@@ -277,7 +279,7 @@ def pipeline(torch: Any, device: Any, spans: int) -> dict[str, Any]:
     for i in range(spans):
         device.begin(rt, 10_000 + i)
         torch.mm(a, a)
-        for _ in range(20):
+        for _ in range(3):
             x.mul_(1.0001)
         device.end(rt, 10_000 + i)
     torch.cuda.synchronize()
@@ -297,6 +299,9 @@ def pipeline(torch: Any, device: Any, spans: int) -> dict[str, Any]:
         "launch_s": round(launch_s, 3),
         "busy_share_median": round(statistics.median(shares), 4) if shares else None,
         "busy_share_min": round(min(shares), 4) if shares else None,
+        "busy_share_p10": round(sorted(shares)[len(shares) // 10], 4) if shares else None,
+        "tracer_bad_records": device._tracer.bad_records if device._tracer else None,
+        "forced_flushes": device._tracer.forced_flushes if device._tracer else None,
     }
 
 

@@ -131,6 +131,13 @@ accuracy-busy)
   part "accuracy run 3: the hinted run with CUPTI busy time (device_busy), truth untraced"
   timeout 320 python3 benchmarks/gpu/accuracy_gpu.py --budget-s 230 --device-busy --out "$W/accuracy" 2>&1 | tail -6
   ;;
+cupti-final)
+  part "CUPTI busy tracer: small buffers, no forced flush while work is queued (cupti_check.py)"
+  mkdir -p "$W/cupti"
+  timeout 120 python3 benchmarks/gpu/cupti_check.py --seconds 140 --out "$W/cupti/cupti_check.json" 2>&1 | grep -v '^ *[0-9]*,\?$' | tail -30
+  part "GPU-only tests"
+  timeout 90 python3 -m pytest -q -rs -p no:cacheprovider tests/test_cupti_gpu.py tests/test_cupti_layout.py 2>&1 | tail -8
+  ;;
 esac
 part "done"
 tar czf "$OUT/$batch.tgz" -C "$(dirname "$W")" "$batch"

@@ -95,9 +95,13 @@ ENABLED_KINDS = (KIND_CONCURRENT_KERNEL, KIND_MEMCPY, KIND_MEMSET)
 TAKEN_KINDS = frozenset({KIND_MEMCPY, KIND_MEMSET, KIND_KERNEL, KIND_CONCURRENT_KERNEL})
 CUPTI_SUCCESS = 0
 CUPTI_ERROR_MAX_LIMIT_REACHED = 12
-BUFFER_BYTES = 1 << 20
-RECORDS_PER_BUFFER = 2048  # a buffer is closed (and can come back) after this many records (~220 B each)
-MAX_BUFFERS = 64  # 64 MiB at most; beyond, CUPTI is handed no buffer and drops (counted by it)
+BUFFER_BYTES = 1 << 17
+# A buffer is closed (and can come back) after this many records (~220 B each).  Small, so that a
+# GPU kept fed returns its buffers within a few hundred launches without a forced flush: a forced
+# flush hands back the current buffer with its unfinished records, which are then lost (1266 of
+# them in the H200's fed pipeline with 2048, round4/accuracy_gpu_run3_busy.json: busy 85 % under).
+RECORDS_PER_BUFFER = 256
+MAX_BUFFERS = 256  # 32 MiB at most; beyond, CUPTI is handed no buffer and drops (counted by it)
 ALIGN = 8  # ACTIVITY_RECORD_ALIGNMENT
 START_OFFSET, END_OFFSET = 16, 24  # uint64 start/end in every kernel/memcpy/memset record read
 _MAX_RECORD_NS = 3600 * 10**9

@@ -318,9 +318,12 @@ def _with_busy(
         waiting.append((span_id, d0, d1, now))
     tracer.drain()  # after the pairs were seen complete: this flush covers their device ends
     done_until = tracer.complete_until_ns
-    if waiting and waiting[0][2] > done_until and now - waiting[0][2] > BUSY_FORCE_AFTER_NS:
-        # Nothing launched after the oldest pair has been recorded (the program synchronised and
-        # went quiet): a forced flush returns CUPTI's current buffer too.
+    quiet = not rt._device_pending  # no later device-timed work still queued on the GPU
+    if quiet and waiting and waiting[0][2] > done_until and now - waiting[0][2] > BUSY_FORCE_AFTER_NS:
+        # Nothing launched after the oldest pair has been recorded and nothing hinted is queued
+        # (the program synchronised and went quiet): a forced flush returns CUPTI's current
+        # buffer too.  Never while work is queued: the flush would hand back its unfinished
+        # records, lost for good.
         tracer.drain(force=True)
         done_until = tracer.complete_until_ns
     out: list[tuple[Any, ...]] = []
