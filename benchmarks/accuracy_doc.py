@@ -24,6 +24,16 @@ RESULTS = ROOT / "benchmarks" / "results"
 GPU_RUNS = {
     "run 1": RESULTS / "h200" / "round4" / "accuracy_gpu_run1.json",
     "run 2": RESULTS / "h200" / "round4" / "accuracy_gpu_run2.json",
+    "run 3 (CUPTI busy tracing in the hinted run)": RESULTS / "h200" / "round4" / "accuracy_gpu_run3_busy.json",
+}
+CUPTI_RUNS = {
+    "offset-only clock map": RESULTS / "h200" / "round4" / "cupti_offset_only" / "cupti_check_cdll.json",
+    "linear clock map": RESULTS / "h200" / "round4" / "cupti_rate" / "cupti_check_cdll.json",
+    "linear map, 256-record buffers, no forced flush while work is queued": RESULTS
+    / "h200"
+    / "round4"
+    / "cupti_final"
+    / "cupti_check_cdll.json",
 }
 PHASES = ("prefill", "decode", "forward", "backward", "optimizer", "stage_a", "stage_b")
 SAMPLE_PERIOD_MS = 20.0  # the H200's power-sample spacing (status: power_samples_period_ms; recorded)
@@ -164,6 +174,8 @@ def three_columns() -> str:
         "(accuracy.md).",
     ]
     for label, r in runs().items():
+        if r.get("device_busy"):
+            continue  # not default settings: CUPTI tracing changes the hinted program (accuracy.md)
         ws = _window_s(label)
         mean_w = r["counter_window_j"] / ws if ws and r.get("counter_window_j") else None
         out += [
@@ -172,8 +184,8 @@ def three_columns() -> str:
             "repeated alone, energy counter around >= 2 s, before and after the hinted run):",
             "",
             "| phase (device ms) | OS-only inference (derived: window mean power x device time) "
-            "| hinted, per span | hinted, phase fit | truth (isolated) |",
-            "|---|---|---|---|---|",
+            "| hinted, per span | hinted, phase fit | hinted, per-phase figure (accuracy.md's rule) | truth (isolated) |",
+            "|---|---|---|---|---|---|",
         ]
         for name in PHASES:
             if name not in r["comparison"]:
@@ -185,10 +197,11 @@ def three_columns() -> str:
             out.append(
                 f"| {name} ({p['dev_ms']:.1f}) | {_f(os_j, 3)} J ({_f(_err(os_j, p['truth_j']), 1, True)}) "
                 f"| {_f(p['span_j'], 3)} J ({_f(p['span_err'], 1, True)}) "
-                f"| {_f(p['fit_j'], 3)} J ({_f(p['fit_err'], 1, True)}) | {_f(p['truth_j'], 3)} J |"
+                f"| {_f(p['fit_j'], 3)} J ({_f(p['fit_err'], 1, True)}) "
+                f"| {p['figure']}: {_f(p['figure_j'], 3)} J ({_f(p['figure_err'], 1, True)}) | {_f(p['truth_j'], 3)} J |"
             )
         if mean_w:
-            out.append(f"| (the hinted window's mean power: {mean_w:.0f} W over {ws:.1f} s) | | | | |")
+            out.append(f"| (the hinted window's mean power: {mean_w:.0f} W over {ws:.1f} s) | | | | | |")
     return "\n".join(out) + "\n"
 
 
@@ -282,6 +295,56 @@ def cpu_alternation() -> str:
             else ""
         ),
     ]
+    return "\n".join(out) + "\n"
+
+
+def cupti_checks() -> str:
+    """benchmarks/gpu/cupti_check.py on the H200, one row per version of the tracer."""
+    out = [
+        "",
+        "| tracer version (file) | busy vs profiler union, 20 spans: median / max error, within 2 % "
+        "| fed pipeline: busy share of the interval, median / p10 | records lost (bad) | CUPTI clock rate "
+        "| launch-bound step, tracing on / off |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, path in CUPTI_RUNS.items():
+        if not path.exists():
+            continue
+        r = json.loads(path.read_text())
+        parts = r["parts"]
+        a, pipe, cost = parts.get("accuracy", {}), parts.get("pipeline", {}), parts.get("cost", {})
+        st = parts.get("tracer", {}).get("tracer_stats", {})
+        acc = (
+            f"{100 * a['median_abs_rel_err']:.2f} % / {100 * a['max_abs_rel_err']:.2f} %, {a['within_2pct']} of {a['compared']}"
+            if a.get("compared")
+            else "not compared (the profiler's clusters did not match the spans)"
+        )
+        share = (
+            f"{pipe['busy_share_median']:.3f} / {pipe['busy_share_p10']:.3f}"
+            if pipe.get("busy_share_p10") is not None
+            else (f"{pipe['busy_share_median']:.3f} / - (launch-bound pattern)" if pipe else "-")
+        )
+        bad = pipe.get("tracer_bad_records", st.get("bad_records"))
+        rate = st.get("clock_rate")
+        c = (
+            f"x{cost['on_over_off']:.3f} ({cost['per_kernel_us']:.2f} us per kernel)"
+            if cost.get("on_over_off")
+            else "-"
+        )
+        out.append(
+            f"| {label} (`{path.relative_to(ROOT)}`) | {acc} | {share} | {bad if bad is not None else '-'} "
+            f"| {f'{rate:.4f}' if rate else 'not measured (offset only)'} | {c} |"
+        )
+    refit = RESULTS / "h200" / "round4" / "cupti_offset_only" / "refit.json"
+    if refit.exists():
+        f = json.loads(refit.read_text())
+        out += [
+            "",
+            f"The offset-only recording re-mapped offline with a fitted rate of {f['fitted_rate']:.3f} "
+            f"(`benchmarks/gpu/cupti_refit.py`, `{refit.relative_to(ROOT)}`): every span within "
+            f"{f['max_abs_busy_err_pct_refit']:.2f} % of the profiler (recorded: up to "
+            f"{f['max_abs_busy_err_pct_recorded']:.0f} %).",
+        ]
     return "\n".join(out) + "\n"
 
 

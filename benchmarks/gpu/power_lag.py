@@ -3,7 +3,7 @@
 
 The daemon integrates the driver's power samples over each span's device interval, reading sample
 ``i`` as the mean power over ``(t_{i-1}, t_i]``.  Phases of 15-25 ms on an H200 came out 23-36 %
-under their isolated power (accuracy_gpu_h200.json) while the sum over all spans matched the
+under their isolated power (results/h200/round3/accuracy_gpu_profiler_first.json) while the sum over all spans matched the
 energy counter: energy moved to a neighbour, which is what a sample that describes an *earlier*
 (or longer) stretch of time than assumed would do.  This measures it instead of guessing.
 
