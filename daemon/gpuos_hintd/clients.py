@@ -51,7 +51,6 @@ class Client:
     cgroup: str
     unit: str | None
     first_seen_wall_ns: int
-    first_seen_mono_ns: int
     last_seen_mono_ns: int
     bucket: TokenBucket
     routing_id: bytes = b""
@@ -67,7 +66,6 @@ class Client:
     seq_gaps: int = 0
     client_dropped: int = 0
     client_buffered: int = 0
-    last_heartbeat_mono_ns: int = 0
     said_bye: bool = False
     ns_pid: int | None = None  # the pid the client sees, when in another pid namespace
     ns_tids: dict[int, int] = dataclasses.field(default_factory=dict)  # namespace tid -> host tid

@@ -48,8 +48,5 @@ class Refused(ProtocolError, GpuosError):
     it lives in the client, which never imports the daemon.
     """
 
-    def __init__(self, reason: str, detail: str = "", tell: bool = False) -> None:
+    def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(reason, detail)
-        #: Set by admission refusals (too many clients).  Every refused batch is answered
-        #: with an ack naming the reason today, so nothing reads it (see service.py).
-        self.tell = tell

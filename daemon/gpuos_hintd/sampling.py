@@ -47,7 +47,6 @@ class SampleResult:
     tag: str
     t_ns: int
     samples: dict[ProcKey, ProcSample]
-    took_ms: float
 
 
 def sample_all(states: Sequence[SamplerState], targets: Sequence[Target], now: int) -> dict[ProcKey, ProcSample]:
@@ -120,14 +119,13 @@ class SamplingWorker:
             if item is None:
                 return
             tag, targets = item
-            t0 = time.perf_counter()
             now = time.monotonic_ns()
             try:
                 samples = sample_all(self.states, targets, now) if targets else {}
             except Exception as exc:  # never let the worker die
                 log.error("sampling_failed", error=f"{type(exc).__name__}: {exc}")
                 samples = {}
-            self._res.put(SampleResult(tag, now, samples, (time.perf_counter() - t0) * 1000))
+            self._res.put(SampleResult(tag, now, samples))
             try:
                 os.write(self._wake_w, b"x")
             except BlockingIOError:

@@ -282,9 +282,9 @@ class HintService:
             ns_pid = client.ns_pid
         if client is None:
             if len(self.clients) >= self.config.max_clients:
-                raise Rejected("too_many_clients", f"limit {self.config.max_clients}", tell=True)
+                raise Rejected("too_many_clients", f"limit {self.config.max_clients}")
             if uid != 0 and self._uid_clients[uid] >= self.config.max_clients_per_uid:
-                raise Rejected("too_many_clients_for_uid", f"uid {uid} has {self._uid_clients[uid]} clients", tell=True)
+                raise Rejected("too_many_clients_for_uid", f"uid {uid} has {self._uid_clients[uid]} clients")
             client = self._new_client(key, uid, gid, ns_pid)
         elif client.uid != uid:
             raise Rejected("uid_mismatch", f"pid {key.pid} belongs to uid {client.uid}, peer is uid {uid}")
@@ -312,7 +312,6 @@ class HintService:
             cgroup=cgroup,
             unit=unit,
             first_seen_wall_ns=time.time_ns(),
-            first_seen_mono_ns=now,
             last_seen_mono_ns=now,
             bucket=TokenBucket(self.config.rate_events_per_s, self.config.rate_burst_events),
             ns_pid=ns_pid,
@@ -483,7 +482,6 @@ class HintService:
         self._marks.append(MarkRow(self.boot_id, c.key.pid, c.key.start, tid, t, wall, "__class__", {"class": ev[3]}))
 
     def _on_heartbeat(self, c: Client, ev: list[Any], t: int, tid: int) -> None:
-        c.last_heartbeat_mono_ns = time.monotonic_ns()
         if len(ev[3]) > 1 and not c.bucket.take(len(ev[3]) - 1, time.monotonic()):
             raise Rejected("rate_limited", f"pid {c.key.pid}: heartbeat of {len(ev[3])} spans over the rate")
         stats = ev[4]

@@ -116,7 +116,6 @@ class Store:
         self.reopened = 0
         self.last_crash: str | None = None
         self.last_error: str | None = None
-        self.queued = 0
         # Rows submitted (written by the loop only) and taken (by the writer only): two
         # single-writer counters, so their difference needs no lock.
         self._rows_in = 0
@@ -214,7 +213,6 @@ class Store:
             if self.shed_by_kind[kind] == n or self.shed_rows & (self.shed_rows - 1) == 0:
                 log.warning("store_queue_shed", kind=kind, rows=n, queued_rows=queued_rows)
             return
-        self.queued += 1
         self._rows_in += n
         self._q.put((kind, rows))
 
