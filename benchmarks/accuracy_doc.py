@@ -348,6 +348,53 @@ def cupti_checks() -> str:
     return "\n".join(out) + "\n"
 
 
+PLOT = RESULTS / "h200" / "round4" / "accuracy_gpu.png"
+
+
+def gpu_plot(path: Path = PLOT) -> bool:
+    """Energy error per phase against its device time, per span and by the rule, every run; busy time too."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot")
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    markers = ("o", "s", "^")
+    for (label, r), m in zip(runs().items(), markers, strict=False):
+        pts = [per_phase(r, n) | {"name": n} for n in PHASES if n in r["comparison"]]
+        short = label.split(" (")[0]
+        axes[0].scatter([p["dev_ms"] for p in pts], [p["span_err"] for p in pts], marker=m, facecolors="none",
+                        edgecolors="C0", label=f"{short}: per span")  # fmt: skip
+        axes[0].scatter([p["dev_ms"] for p in pts], [p["figure_err"] for p in pts], marker=m, color="C1",
+                        label=f"{short}: per-phase figure")  # fmt: skip
+        for p in pts:
+            axes[0].annotate(p["name"], (p["dev_ms"], p["figure_err"]), fontsize=6, alpha=0.7)
+        busy = [(p["dev_ms"], 100 * (p["busy_ms"] / (p["kernel_ctx_ms"] or p["kernel_ms"]) - 1)) for p in pts
+                if p["busy_ms"] is not None]  # fmt: skip
+        iv = [(p["dev_ms"], 100 * (p["dev_ms"] / (p["kernel_ctx_ms"] or p["kernel_ms"]) - 1)) for p in pts]
+        axes[1].scatter(
+            *zip(*iv, strict=True), marker=m, facecolors="none", edgecolors="C2", label=f"{short}: interval"
+        )
+        if busy:
+            axes[1].scatter(*zip(*busy, strict=True), marker=m, color="C3", label=f"{short}: CUPTI busy")
+    axes[0].axhspan(-10, 10, color="grey", alpha=0.15)
+    axes[0].axvline(TARGET_MIN_MS, color="grey", ls="--", lw=0.8)
+    axes[0].set(xscale="log", xlabel="phase's mean device time (ms)", ylabel="energy error vs isolated truth (%)",
+                title="H200: GPU energy per phase (target +-10 % from 5 ms)", ylim=(-100, 120))  # fmt: skip
+    axes[1].axhspan(-2, 2, color="grey", alpha=0.15)
+    axes[1].set(xscale="log", yscale="symlog", xlabel="phase's mean device time (ms)",
+                ylabel="vs profiler kernel time (%)", title="device time per phase (target +-2 %)")  # fmt: skip
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
 def main() -> int:
     import sys
 
@@ -362,12 +409,15 @@ def main() -> int:
                 "cpu-alternation": cpu_alternation(),
                 "gpu-energy": gpu_energy(),
                 "gpu-device-time": gpu_device_time(),
+                "cupti-checks": cupti_checks(),
             },
         ),
         (ROOT / "docs" / "evaluation.md", {"hinted-vs-truth": three_columns()}),
     ):
         doc.write_text(report.replace_generated(doc.read_text(), blocks))
         print(f"regenerated the blocks of {doc.relative_to(ROOT)}")
+    if gpu_plot():
+        print(f"plotted {PLOT.relative_to(ROOT)}")
     return 0
 
 

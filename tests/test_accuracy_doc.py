@@ -1,0 +1,84 @@
+"""docs/accuracy.md and docs/evaluation.md carry exactly what benchmarks/accuracy_doc.py renders from
+the recorded results: no number in their generated blocks is typed in or stale."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from gpuos_hintd.evaluate import report
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("accuracy_doc", REPO / "benchmarks" / "accuracy_doc.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_generated_accuracy_blocks_match_the_recorded_results() -> None:
+    mod = _module()
+    blocks = {
+        "docs/accuracy.md": {
+            "cpu-by-length": mod.cpu_by_length(),
+            "cpu-alternation": mod.cpu_alternation(),
+            "gpu-energy": mod.gpu_energy(),
+            "gpu-device-time": mod.gpu_device_time(),
+            "cupti-checks": mod.cupti_checks(),
+        },
+        "docs/evaluation.md": {"hinted-vs-truth": mod.three_columns()},
+    }
+    for doc, b in blocks.items():
+        text = (REPO / doc).read_text()
+        assert report.replace_generated(text, b) == text, f"{doc} is stale: run benchmarks/accuracy_doc.py"
+
+
+def test_the_per_phase_rule_prefers_an_identified_fit_below_two_sample_periods() -> None:
+    mod = _module()
+    r = {
+        "comparison": {
+            "short": {
+                "dev_ms": 10.0,
+                "fit_energy_j": 1.0,
+                "span_energy_j": 0.5,
+                "fit_ci_w": [90, 110],
+                "truth_energy_j": 1.0,
+                "truth_power_w": 100,
+                "span_energy_err_pct": -50,
+                "fit_power_w": 100,
+                "fit_energy_err_pct": 0,
+                "profiler_kernel_ms": None,
+            },
+            "unsplit": {
+                "dev_ms": 10.0,
+                "fit_energy_j": 2.0,
+                "span_energy_j": 0.9,
+                "fit_ci_w": [0, 300],
+                "truth_energy_j": 1.0,
+                "truth_power_w": 100,
+                "span_energy_err_pct": -10,
+                "fit_power_w": 200,
+                "fit_energy_err_pct": 100,
+                "profiler_kernel_ms": None,
+            },
+            "long": {
+                "dev_ms": 80.0,
+                "fit_energy_j": 2.0,
+                "span_energy_j": 1.1,
+                "fit_ci_w": [20, 30],
+                "truth_energy_j": 1.0,
+                "truth_power_w": 100,
+                "span_energy_err_pct": 10,
+                "fit_power_w": 25,
+                "fit_energy_err_pct": 100,
+                "profiler_kernel_ms": None,
+            },
+        },
+        "daemon": {"phases": {n: {"host_ms_mean": 1.0} for n in ("short", "unsplit", "long")}},
+        "isolated": {},
+    }
+    assert mod.per_phase(r, "short")["figure"] == "fit"
+    assert mod.per_phase(r, "unsplit")["figure"] == "span"  # its interval reaches 0 W: not separable
+    assert mod.per_phase(r, "long")["figure"] == "span"  # resolved one by one
