@@ -38,6 +38,7 @@ class FakeCupti:
         self.clock = 5_000_000_000  # CUPTI's clock; the test's monotonic is this minus 1 s
         self.flushed: list[int] = []
         self.on_flush: Any = None
+        self.enabled: set[int] = set(cupti.ENABLED_KINDS)
 
     def cuptiActivityGetNextRecord(self, buf: int, valid: int, rec_ref: Any) -> int:
         pos = self.cursor.get(buf, 0)
@@ -55,6 +56,14 @@ class FakeCupti:
 
     def cuptiGetTimestamp(self, ts_ref: Any) -> int:
         ts_ref._obj.value = self.clock
+        return 0
+
+    def cuptiActivityEnable(self, kind: int) -> int:
+        self.enabled.add(kind)
+        return 0
+
+    def cuptiActivityDisable(self, kind: int) -> int:
+        self.enabled.discard(kind)
         return 0
 
     def cuptiActivityFlushAll(self, flag: int) -> int:
@@ -202,6 +211,43 @@ def test_a_cupti_clock_at_another_rate_is_mapped_linearly(monkeypatch):
     assert t.stats()["clock_rate"] == pytest.approx(2.1)
 
 
+def test_stop_disables_tracing_and_resume_traces_again(monkeypatch):
+    fake = FakeCupti()
+    t = _tracer(fake, monkeypatch)
+    t._cbs = ("req", "done")  # registered (the fake needs no real callbacks)
+    t.stop()
+    assert not t.on and fake.enabled == set(), "stopped: no kind left tracing"
+    assert t.resume() and t.on and fake.enabled == set(cupti.ENABLED_KINDS)
+    assert t.intervals.floor_ns == fake.clock - 1_000_000_000, "the stopped gap is not claimed as known"
+
+
+def test_records_nobody_drains_are_bounded(monkeypatch):
+    fake = FakeCupti()
+    t = _tracer(fake, monkeypatch)
+    monkeypatch.setattr(cupti, "MAX_RAW_RECORDS", 8)
+    addr = _hand_buffer(t)
+    recs = [(cupti.KIND_CONCURRENT_KERNEL, 2_000_000_000 + 100 * i, 2_000_000_050 + 100 * i, 192) for i in range(10)]
+    fake.sizes[addr] = _write_records(addr, recs)
+    t._on_complete(None, 0, addr, cupti.BUFFER_BYTES, sum(fake.sizes[addr]))
+    assert len(t._raw) == 4 and t.raw_dropped == 6, "the newest half kept, the rest counted"
+    t.drain()
+    # Busy time before the last dropped record's end is unknown now, not silently short.
+    assert t.intervals.floor_ns == 2_000_000_550 - 1_000_000_000
+    assert t.busy(1_000_000_000, 1_000_001_000) is None and t.beyond_horizon == 1
+
+
+def test_a_failing_drain_turns_tracing_off_for_good(monkeypatch):
+    fake = FakeCupti()
+    t = _tracer(fake, monkeypatch)
+
+    def broken(flag: int) -> int:
+        raise OSError("driver went away")
+
+    fake.cuptiActivityFlushAll = broken  # type: ignore[method-assign]
+    t.drain()
+    assert not t.on and t.why.startswith("device busy time off") and fake.enabled == set()
+
+
 def test_buffer_requests_are_bounded(monkeypatch):
     t = _tracer(FakeCupti(), monkeypatch)
     for _ in range(cupti.MAX_BUFFERS):
@@ -254,6 +300,7 @@ class FakeRt:
     def __init__(self) -> None:
         self._device_pending: collections.deque[Any] = collections.deque()
         self._device_waiting: collections.deque[Any] = collections.deque()
+        self._device_open: dict[int, Any] = {}
         self.device_marks = self.device_anchor_misses = self.device_busy_unresolved = 0
         self.drops: dict[str, int] = {}
         self.last_error: str | None = None
@@ -342,6 +389,37 @@ def test_no_forced_flush_while_later_device_work_is_queued(monkeypatch):
     assert device.collect_device_times(rt) == []  # type: ignore[arg-type]
     assert [w[0] for w in rt._device_waiting] == [1] and len(rt._device_pending) == 1
     assert tr.forced == 0, "span 2 is still queued on the GPU: no forced flush"
+
+
+def test_no_forced_flush_while_a_device_timed_phase_is_still_open(monkeypatch):
+    """A parent around its children, or a long phase in flight: its kernels are queued or running."""
+    now = [10_000_000_000]
+    monkeypatch.setattr(device.time, "monotonic_ns", lambda: now[0])
+    monkeypatch.setattr(device, "_backend", Instant())
+    monkeypatch.setattr(device, "_anchor", (0, 0))
+    monkeypatch.setattr(device, "_anchor_made", 1e18)
+    tr = FakeTracer()
+    monkeypatch.setattr(device, "_tracer", tr)
+    rt = FakeRt()
+    rt._device_open[7] = object()
+    rt._device_pending.append((1, 1_000_000, 5_000_000))
+    assert device.collect_device_times(rt) == []  # type: ignore[arg-type]
+    assert tr.forced == 0 and [w[0] for w in rt._device_waiting] == [1]
+    rt._device_open.clear()
+    assert device.collect_device_times(rt) == [] and tr.forced == 1  # type: ignore[arg-type]
+
+
+def test_a_full_wait_queue_counts_every_pair_it_loses(monkeypatch):
+    monkeypatch.setattr(device, "_backend", Instant())
+    monkeypatch.setattr(device, "_anchor", (0, 0))
+    monkeypatch.setattr(device, "_anchor_made", 1e18)
+    monkeypatch.setattr(device, "_MAX_PENDING", 3)
+    tr = FakeTracer()
+    monkeypatch.setattr(device, "_tracer", tr)
+    rt = FakeRt()
+    rt._device_pending.extend([(i, 10 * i, 10 * i + 5) for i in range(1, 6)])
+    device.collect_device_times(rt)  # type: ignore[arg-type]
+    assert len(rt._device_waiting) == 3 and rt.drops == {"device_pending_full": 2}
 
 
 def test_waiting_pairs_go_without_busy_when_the_tracer_stops(monkeypatch):
@@ -456,8 +534,12 @@ class Tracer:
     @property
     def complete_until_ns(self):
         return time.monotonic_ns() if self.release else 0
-    def drain(self):
+    def drain(self, force=False):
         self.drains += 1
+    def resume(self):
+        return True
+    def stop(self):
+        pass
     def busy(self, a, b):
         return (b - a) * 3 // 10, 1000
     def stats(self):

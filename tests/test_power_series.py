@@ -147,7 +147,7 @@ def test_nvml_sampler_reads_power_samples_and_calibrates(tmp_path, monkeypatch, 
     from gpuos_hintd import power_model
 
     if delay_ms:
-        monkeypatch.setitem(power_model.SAMPLE_DELAY_NS, "synth", (delay_ms * MS, "a test"))
+        monkeypatch.setitem(power_model.SAMPLE_DELAY_NS, "synthetic", (delay_ms * MS, "a test"))
 
     from gpuos_hintd.model import Target
     from gpuos_hintd.samplers.nvml import NVMLSampler

@@ -110,6 +110,7 @@ _RATE_BASELINE_NS = 60_000_000_000  # ... and at most about this far
 _RATE_KEEP_EVERY_NS = 1_000_000_000  # brackets kept for the rate: one a second
 #: How libcupti is loaded: PyDLL keeps the GIL during CUPTI calls (see _start and "Threads").
 #: cupti_check.py runs with both this and ctypes.CDLL, to measure which one CUPTI needs.
+MAX_RAW_RECORDS = 500_000  # delivered but not yet drained (a program with rare device phases)
 FORCED_SETTLE_NS = 20_000_000  # after a forced flush, records are taken as complete up to this long before it
 LOADER: Any = ctypes.CDLL  # PyDLL (keeping the GIL in CUPTI calls) deadlocked a flush on the H200
 _REGISTERED: list[Any] = []  # every callback pair ever handed to CUPTI (never freed)
@@ -199,6 +200,8 @@ class CuptiTracer:
         self._requested = 0
         self._completed = 0
         self.forced_flushes = 0
+        self.raw_dropped = 0  # records dropped because nothing drained them (MAX_RAW_RECORDS)
+        self._raw_floor = 0  # CUPTI time: the latest end among them
         self.log: list[tuple[int, int, int, int]] | None = None  # (flush time, records, forced, gate): diagnostics
         self._start_max = 0  # the latest start among delivered records (CUPTI's clock)
         self._cbs: tuple[Any, Any] | None = None
@@ -244,8 +247,12 @@ class CuptiTracer:
         # fails or this tracer is dropped: freeing them would leave it calling freed memory.
         _REGISTERED.append(self._cbs)
         self._check("cuptiActivityRegisterCallbacks", lib.cuptiActivityRegisterCallbacks(*self._cbs))
-        for kind in ENABLED_KINDS:
-            self._check(f"cuptiActivityEnable({kind})", lib.cuptiActivityEnable(kind))
+        try:
+            for kind in ENABLED_KINDS:
+                self._check(f"cuptiActivityEnable({kind})", lib.cuptiActivityEnable(kind))
+        except Exception:
+            self._disable_kinds()  # a partial start must not leave a kind tracing (and costing) unread
+            raise
         self._map_clock()
         time.sleep(_RATE_MIN_BASELINE_NS / 1e9)  # once, at start: a first rate of CUPTI's clock
         self._map_clock()
@@ -265,16 +272,40 @@ class CuptiTracer:
             raise RuntimeError(f"{what} returned {rc} {name}".rstrip())
 
     def stop(self) -> None:
-        """Disable the activity kinds and deliver what is buffered (tests, the check script)."""
+        """Disable the activity kinds and deliver what is buffered (device_busy(False), tests)."""
         if not self.on:
             return
         self.on = False
+        self._disable_kinds()
         try:
-            for kind in ENABLED_KINDS:
-                self._lib.cuptiActivityDisable(kind)
             self._lib.cuptiActivityFlushAll(1)  # CUPTI_ACTIVITY_FLAG_FLUSH_FORCED
         except Exception:
             self.errors += 1
+        with self._lock:
+            self._raw = []  # nobody drains a stopped tracer: what it delivered is dropped
+
+    def resume(self) -> bool:
+        """Trace again after ``stop()`` (device_busy(True) once more); the callbacks stay registered."""
+        if self.on or self._lib is None or self._cbs is None or self.why is not None:
+            return self.on
+        try:
+            for kind in ENABLED_KINDS:
+                self._check(f"cuptiActivityEnable({kind})", self._lib.cuptiActivityEnable(kind))
+        except Exception as exc:
+            self._disable_kinds()
+            self.why = f"device busy time off: {type(exc).__name__}: {exc}"
+            return False
+        self._map_clock()
+        self.intervals.floor_ns = max(self.intervals.floor_ns, time.monotonic_ns())  # the gap was not traced
+        self.on = True
+        return True
+
+    def _disable_kinds(self) -> None:
+        for kind in ENABLED_KINDS:
+            try:
+                self._lib.cuptiActivityDisable(kind)
+            except Exception:
+                self.errors += 1
 
     # ------------------------------------------------------ CUPTI callbacks
     def _on_request(self, buf: Any, size: Any, max_records: Any) -> None:
@@ -301,6 +332,11 @@ class CuptiTracer:
                 self.dropped += n.value
             with self._lock:
                 self._raw.extend(got)
+                if len(self._raw) > MAX_RAW_RECORDS:  # nobody drained for long: keep the newest half
+                    cut = len(self._raw) - MAX_RAW_RECORDS // 2
+                    self._raw_floor = max(self._raw_floor, max(e for _, e in self._raw[:cut]))
+                    self.raw_dropped += cut
+                    del self._raw[:cut]
         except Exception:
             self.errors += 1
         finally:
@@ -398,7 +434,10 @@ class CuptiTracer:
             self.forced_flushes += bool(force)
             with self._lock:
                 raw, self._raw = self._raw, []
+                raw_floor = self._raw_floor
             self._map_clock()  # a few us: the newest anchor keeps the rate's error small
+            if raw_floor:  # records were dropped undrained: busy time before their end is not known
+                self.intervals.floor_ns = max(self.intervals.floor_ns, self.to_monotonic(raw_floor))
             m_a, t_a, rate = self._anchor_m, self._anchor_t, self.rate
             self.intervals.add([(m_a + round((s - t_a) / rate), m_a + round((e - t_a) / rate)) for s, e in raw])
             until = self.to_monotonic(self._start_max) if self._start_max else 0
@@ -411,6 +450,7 @@ class CuptiTracer:
             self.errors += 1
             self.on = False
             self.why = f"device busy time off: {type(exc).__name__}: {exc}"
+            self._disable_kinds()  # off means off: no kind left tracing (and costing) with nobody reading
 
     def busy(self, begin_ns: int, end_ns: int) -> tuple[int, int] | None:
         """(busy ns, error bound ns) within [begin, end], or None when not known (counted)."""
@@ -440,4 +480,5 @@ class CuptiTracer:
             "clock_rate_err": self.rate_err,
             "flushes": self.flushes,
             "forced_flushes": self.forced_flushes,
+            "raw_dropped": self.raw_dropped,
         }

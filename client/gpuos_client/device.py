@@ -120,14 +120,18 @@ _anchor_made = 0.0
 _busy_wanted: bool | None = None  # None: the environment decides (ENV_BUSY)
 _busy_env: bool | None = None  # ENV_BUSY, once read
 _tracer: Any = None  # a cupti.CuptiTracer once started (or tried: .on says which)
+_tracer_lock = threading.Lock()
 
 
 def set_busy(on: bool) -> None:
     """Ask for (or stop asking for) busy time; takes effect at the next device-timed phase."""
     global _busy_wanted
     _busy_wanted = bool(on)
-    if not on and _tracer is not None:
-        _tracer.stop()
+    if _tracer is not None:
+        if not on:
+            _tracer.stop()
+        else:
+            _tracer.resume()  # a tracer stopped by device_busy(False) traces again
 
 
 def busy_wanted() -> bool:
@@ -182,8 +186,9 @@ def backend() -> _Backend | None:
 
 
 def _reset_after_fork() -> None:
-    global _backend_lock, _backend, _backend_probed, _anchor, _tracer
+    global _backend_lock, _backend, _backend_probed, _anchor, _tracer, _tracer_lock
     _backend_lock = threading.Lock()
+    _tracer_lock = threading.Lock()
     _backend, _backend_probed, _anchor, _tracer = None, False, None, None
 
 
@@ -199,7 +204,9 @@ def begin(rt: _runtime.Runtime, span_id: int) -> None:
         rt.last_error = _backend_why
         return
     if _tracer is None and busy_wanted():
-        _start_tracer(rt)  # before the start event: the span's first kernel is traced
+        with _tracer_lock:  # two threads entering their first device phase build one tracer
+            if _tracer is None:
+                _start_tracer(rt)  # before the start event: the span's first kernel is traced
     try:
         rt._device_open[span_id] = b.record()
     except Exception as exc:
@@ -311,14 +318,16 @@ def _with_busy(
     """Pairs whose records CUPTI has delivered get busy time; the others wait (bounded)."""
     now = time.monotonic_ns()
     waiting = rt._device_waiting
-    for span_id, d0, d1 in resolved:
+    for i, (span_id, d0, d1) in enumerate(resolved):
         if len(waiting) >= _MAX_PENDING:
-            rt.drop("device_pending_full")
+            rt.drop("device_pending_full", len(resolved) - i)  # every pair of this round not kept
             break
         waiting.append((span_id, d0, d1, now))
     tracer.drain()  # after the pairs were seen complete: this flush covers their device ends
     done_until = tracer.complete_until_ns
-    quiet = not rt._device_pending  # no later device-timed work still queued on the GPU
+    # No later device-timed work queued on the GPU: no pair waiting for its end event, and no
+    # device-timed phase still open (a parent around its children, a long phase in flight).
+    quiet = not rt._device_pending and not rt._device_open
     if quiet and waiting and waiting[0][2] > done_until and now - waiting[0][2] > BUSY_FORCE_AFTER_NS:
         # Nothing launched after the oldest pair has been recorded and nothing hinted is queued
         # (the program synchronised and went quiet): a forced flush returns CUPTI's current

@@ -34,12 +34,13 @@ WINDOWS_MS: tuple[float | str, ...] = ("step", 0.0, 10.0, 20.0, 40.0, 60.0, 100.
 
 
 def sample_delay_ns(device_name: str | None) -> tuple[int, str | None]:
-    """(delay, source) for a device: the table's entry whose name the device's starts with."""
-    if device_name:
-        for name, (delay, source) in SAMPLE_DELAY_NS.items():
-            if device_name.startswith(name):
-                return delay, source
-    return 0, None
+    """(delay, source) for a device whose name is in the table exactly; else (0, None).
+
+    Exact, not a prefix: an "NVIDIA H200 NVL" is another board (another power limit, its own
+    sensor path) and is taken at face value until it is measured.
+    """
+    entry = SAMPLE_DELAY_NS.get(device_name) if device_name else None
+    return entry if entry is not None else (0, None)
 
 
 class _Busy:
