@@ -175,9 +175,11 @@ def reintegrate(samples: dict[str, Any] | None, spans: list[list[Any]], window: 
 
     The daemon's own integration (PowerSeries, a step curve) over each span's device interval
     (else its host interval), scaled so the window integrates to the counter's delta (the daemon
-    calibrates the same way over long windows).  ``delay 0`` is what the daemon computed live,
-    up to the calibration window; the other delays show how much the per-phase figures depend
-    on when a sample is taken to describe the GPU (power_lag.py measures that delay).
+    calibrates the same way over long windows).  ``delay 0`` is the samples at face value, not
+    necessarily what the daemon computed live: the daemon applies its table's delay for the GPU
+    model (none before round 4's run 1 added the H200's 3 ms; pass ``--power-delay-ms`` to include
+    it here).  The delays show how much the per-phase figures depend on when a sample is taken to
+    describe the GPU (power_lag.py measures that delay).
     """
     from gpuos_hintd.power_series import PowerSeries
 
