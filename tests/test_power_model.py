@@ -18,13 +18,13 @@ def _square(busy_ms: int, idle_ms: int, n: int, t0: int) -> tuple[list[tuple[int
 
 def _samples(edges, t0, t1, delay_ms, window_ms, period_ms=20, busy_w=650.0, idle_w=120.0, noise=5.0):
     """Samples every period: mean of the true curve over (t - d - w, t - d] (w=None: the period)."""
-    B = power_model._Busy(edges)
+    B = power_model._union(edges)
     rnd = random.Random(7)
     out, t = [], t0
     while t < t1:
         w = (period_ms if window_ms is None else window_ms) * 1e6
         lo, hi = t - delay_ms * 1e6 - w, t - delay_ms * 1e6
-        f = B.fraction(lo, hi)
+        f = power_model._fraction(B, lo, hi)
         out.append((t, 1000.0 * (idle_w + (busy_w - idle_w) * f + rnd.gauss(0, noise))))
         t += int(period_ms * 1e6 + rnd.uniform(-1e6, 1e6))
     return out
@@ -61,13 +61,13 @@ def test_fit_tells_a_longer_averaging_window_from_the_step() -> None:
 def test_busy_fraction_against_brute_force() -> None:
     rnd = random.Random(3)
     edges = sorted((s, s + rnd.randint(1, 50)) for s in rnd.sample(range(0, 2000), 40))
-    B = power_model._Busy(edges)
+    B = power_model._union(edges)
     for _ in range(300):
         lo = rnd.uniform(-10, 2100)
         hi = lo + rnd.uniform(0.5, 300)
         step = (hi - lo) / 4000
         brute = sum(any(s <= lo + (k + 0.5) * step < e for s, e in edges) for k in range(4000)) / 4000
-        assert abs(B.fraction(lo, hi) - brute) < 0.01
+        assert abs(power_model._fraction(B, lo, hi) - brute) < 0.01
 
 
 def test_delay_table_lookup() -> None:

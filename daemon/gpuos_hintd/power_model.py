@@ -17,9 +17,10 @@ way, by device name; a device not in it gets 0 (the samples taken at face value)
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Sequence
+
+from gpuos_client.busy import BusyIntervals
 
 #: Measured sample delay by device name (the fit's best ``d`` for the ``step`` window), with the
 #: recorded result it comes from.  Filled only from recordings under benchmarks/results/.
@@ -43,35 +44,18 @@ def sample_delay_ns(device_name: str | None) -> tuple[int, str | None]:
     return entry if entry is not None else (0, None)
 
 
-class _Busy:
-    """Cumulative busy time B(t) of sorted, disjoint busy intervals (bisect + prefix sums)."""
+def _union(busy: Sequence[tuple[int, int]]) -> BusyIntervals:
+    """The known busy stretches as a merged union (the client's CUPTI busy arithmetic), unbounded."""
+    iv = BusyIntervals(horizon_ns=1 << 62, max_intervals=len(busy) + 1, floor_ns=-(1 << 62))
+    iv.add(busy)
+    return iv
 
-    def __init__(self, edges: Sequence[tuple[int, int]]) -> None:
-        merged: list[list[int]] = []
-        for s, e in sorted(edges):
-            if e <= s:
-                continue
-            if merged and s <= merged[-1][1]:
-                merged[-1][1] = max(merged[-1][1], e)
-            else:
-                merged.append([s, e])
-        self.starts = [s for s, _ in merged]
-        self.ends = [e for _, e in merged]
-        self.cum = [0]
-        for s, e in merged:
-            self.cum.append(self.cum[-1] + e - s)
 
-    def at(self, t: float) -> float:
-        i = bisect.bisect_right(self.starts, t)  # intervals starting at or before t
-        if i == 0:
-            return 0.0
-        return self.cum[i - 1] + min(t, self.ends[i - 1]) - self.starts[i - 1]
-
-    def fraction(self, lo: float, hi: float) -> float:
-        if hi <= lo:  # an instant: busy or not
-            i = bisect.bisect_right(self.starts, lo)
-            return 1.0 if i and lo < self.ends[i - 1] else 0.0
-        return (self.at(hi) - self.at(lo)) / (hi - lo)
+def _fraction(iv: BusyIntervals, lo: float, hi: float) -> float:
+    """The busy share of (lo, hi]; for an instant (hi <= lo), 1 if busy then, else 0."""
+    if hi <= lo:
+        return float(iv.busy_ns(lo, lo + 1) or 0)
+    return (iv.busy_ns(lo, hi) or 0) / (hi - lo)
 
 
 def _fit_line(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
@@ -100,8 +84,9 @@ def fit_sample_model(
     pts = sorted(samples)
     if len(pts) < 10 or not busy:
         raise ValueError("need >= 10 samples and some busy intervals")
-    B = _Busy(busy)
-    lo_t, hi_t = B.starts[0], B.ends[-1]
+    B = _union(busy)
+    kept = B.intervals()
+    lo_t, hi_t = kept[0][0], kept[-1][1]
     ys = [w / 1000.0 for _, w in pts[1:]]  # W
     grid: dict[str, list[tuple[int, float]]] = {}
     best: tuple[float, int, float | str, float, float] | None = None
@@ -115,7 +100,7 @@ def fit_sample_model(
                 w = (pts[i][0] - pts[i - 1][0]) if win == "step" else float(win) * 1e6
                 if t - w < lo_t - 1e9 or t > hi_t + 1e9:
                     continue
-                xs.append(B.fraction(t - w, t))
+                xs.append(_fraction(B, t - w, t))
                 yk.append(ys[i - 1])
             if len(xs) < 10:
                 continue
@@ -141,5 +126,5 @@ def fit_sample_model(
         "per_window_best": {w: {"delay_ms": d, "rms_w": r} for w, (d, r) in per_window.items()},
         "grid": grid,
         "samples": len(pts),
-        "busy_intervals": len(B.starts),
+        "busy_intervals": len(B),
     }
