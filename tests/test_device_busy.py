@@ -322,15 +322,21 @@ class Instant(device._Backend):
         return 0
 
 
-def test_pairs_wait_for_cuptis_records_then_carry_busy_and_give_up_after_the_bound(monkeypatch):
-    now = [10_000_000_000]
-    monkeypatch.setattr(device.time, "monotonic_ns", lambda: now[0])
-    monkeypatch.setattr(device, "_backend", Instant())
+def _collector(monkeypatch: pytest.MonkeyPatch, backend: device._Backend | None = None, now: list[int] | None = None):
+    """collect_device_times' world: a device backend, a settled clock anchor, a fake tracer, a fake runtime."""
+    if now is not None:
+        monkeypatch.setattr(device.time, "monotonic_ns", lambda: now[0])
+    monkeypatch.setattr(device, "_backend", backend or Instant())
     monkeypatch.setattr(device, "_anchor", (0, 0))
     monkeypatch.setattr(device, "_anchor_made", 1e18)
     tr = FakeTracer()
     monkeypatch.setattr(device, "_tracer", tr)
-    rt = FakeRt()
+    return tr, FakeRt()
+
+
+def test_pairs_wait_for_cuptis_records_then_carry_busy_and_give_up_after_the_bound(monkeypatch):
+    now = [10_000_000_000]
+    tr, rt = _collector(monkeypatch, now=now)
     rt._device_pending.extend([(1, 1_000_000, 5_000_000), (2, 6_000_000, 8_000_000)])
     assert device.collect_device_times(rt) == []  # type: ignore[arg-type]
     # Their device ends lie long before "now": nothing later recorded, so a forced flush was asked for too.
@@ -348,13 +354,7 @@ def test_pairs_wait_for_cuptis_records_then_carry_busy_and_give_up_after_the_bou
 
 def test_a_quiet_program_gets_a_forced_flush_for_its_last_pairs(monkeypatch):
     now = [10_000_000_000]
-    monkeypatch.setattr(device.time, "monotonic_ns", lambda: now[0])
-    monkeypatch.setattr(device, "_backend", Instant())
-    monkeypatch.setattr(device, "_anchor", (0, 0))
-    monkeypatch.setattr(device, "_anchor_made", 1e18)
-    tr = FakeTracer()
-    monkeypatch.setattr(device, "_tracer", tr)
-    rt = FakeRt()
+    tr, rt = _collector(monkeypatch, now=now)
     rt._device_pending.append((1, now[0] - 10_000_000, now[0] - 5_000_000))  # ended 5 ms ago
     assert device.collect_device_times(rt) == [] and tr.forced == 0  # type: ignore[arg-type]
     now[0] += device.BUSY_FORCE_AFTER_NS  # nothing later recorded since: force CUPTI's buffers out
@@ -373,18 +373,12 @@ def test_a_quiet_program_gets_a_forced_flush_for_its_last_pairs(monkeypatch):
 def test_no_forced_flush_while_later_device_work_is_queued(monkeypatch):
     """A forced flush returns unfinished records (lost for good): never while hinted work is queued."""
     now = [10_000_000_000]
-    monkeypatch.setattr(device.time, "monotonic_ns", lambda: now[0])
 
     class HalfDone(Instant):
         def done(self, ev: Any) -> bool:
             return ev < 50_000_000  # the later pair's end event has not run yet
 
-    monkeypatch.setattr(device, "_backend", HalfDone())
-    monkeypatch.setattr(device, "_anchor", (0, 0))
-    monkeypatch.setattr(device, "_anchor_made", 1e18)
-    tr = FakeTracer()
-    monkeypatch.setattr(device, "_tracer", tr)
-    rt = FakeRt()
+    tr, rt = _collector(monkeypatch, HalfDone(), now)
     rt._device_pending.extend([(1, 1_000_000, 5_000_000), (2, 6_000_000, 80_000_000)])
     assert device.collect_device_times(rt) == []  # type: ignore[arg-type]
     assert [w[0] for w in rt._device_waiting] == [1] and len(rt._device_pending) == 1
@@ -394,13 +388,7 @@ def test_no_forced_flush_while_later_device_work_is_queued(monkeypatch):
 def test_no_forced_flush_while_a_device_timed_phase_is_still_open(monkeypatch):
     """A parent around its children, or a long phase in flight: its kernels are queued or running."""
     now = [10_000_000_000]
-    monkeypatch.setattr(device.time, "monotonic_ns", lambda: now[0])
-    monkeypatch.setattr(device, "_backend", Instant())
-    monkeypatch.setattr(device, "_anchor", (0, 0))
-    monkeypatch.setattr(device, "_anchor_made", 1e18)
-    tr = FakeTracer()
-    monkeypatch.setattr(device, "_tracer", tr)
-    rt = FakeRt()
+    tr, rt = _collector(monkeypatch, now=now)
     rt._device_open[7] = object()
     rt._device_pending.append((1, 1_000_000, 5_000_000))
     assert device.collect_device_times(rt) == []  # type: ignore[arg-type]
@@ -410,13 +398,8 @@ def test_no_forced_flush_while_a_device_timed_phase_is_still_open(monkeypatch):
 
 
 def test_a_full_wait_queue_counts_every_pair_it_loses(monkeypatch):
-    monkeypatch.setattr(device, "_backend", Instant())
-    monkeypatch.setattr(device, "_anchor", (0, 0))
-    monkeypatch.setattr(device, "_anchor_made", 1e18)
     monkeypatch.setattr(device, "_MAX_PENDING", 3)
-    tr = FakeTracer()
-    monkeypatch.setattr(device, "_tracer", tr)
-    rt = FakeRt()
+    _, rt = _collector(monkeypatch)
     rt._device_pending.extend([(i, 10 * i, 10 * i + 5) for i in range(1, 6)])
     device.collect_device_times(rt)  # type: ignore[arg-type]
     assert len(rt._device_waiting) == 3 and rt.drops == {"device_pending_full": 2}
