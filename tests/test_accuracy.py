@@ -105,3 +105,45 @@ def test_gpu_accuracy_reintegration_moves_energy_by_the_sample_delay():
     assert abs(burst10 - 24.0) < 0.5  # 600 W x 40 ms
     assert burst0 < 20.0  # at face value the burst's energy is smeared into "after"
     assert got["0.0"]["energy_j_mean"]["after"] > got["10.0"]["energy_j_mean"]["after"] + 4
+
+
+def test_gpu_accuracy_in_context_profile_assigns_kernels_by_their_launch():
+    """accuracy_gpu.device_time_by_range: a kernel counts for the phase whose range launched it.
+
+    A synthetic chrome trace in torch.profiler's layout: ``fwd`` launches two kernels that run
+    after its range ended (no sync), ``bwd``'s kernel is launched from another thread inside the
+    main thread's ``bwd`` range, and one memset is launched outside every range.
+    """
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("accuracy_gpu", REPO / "benchmarks" / "gpu" / "accuracy_gpu.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def x(cat, name, ts, dur, corr=None, tid=1):
+        return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur, "tid": tid,
+                "args": {} if corr is None else {"correlation": corr}}  # fmt: skip
+
+    trace = {"traceEvents": [
+        x("user_annotation", "fwd", 0, 10), x("user_annotation", "bwd", 12, 20), x("user_annotation", "fwd", 40, 5),
+        x("cuda_runtime", "cudaLaunchKernel", 1, 1, 1), x("cuda_runtime", "cudaLaunchKernel", 5, 1, 2),
+        x("cuda_driver", "cuLaunchKernel", 15, 1, 3, tid=2), x("cuda_runtime", "cudaMemsetAsync", 35, 1, 4),
+        x("cuda_runtime", "cudaLaunchKernel", 41, 1, 5),
+        x("kernel", "gemm", 11, 300, 1), x("kernel", "relu", 311, 200, 2), x("kernel", "dgrad", 520, 1000, 3),
+        x("gpu_memset", "Memset", 1600, 7, 4), x("kernel", "gemm", 1610, 400, 5),
+        x("gpu_user_annotation", "fwd", 11, 500),  # the profiler's GPU-side range: never counted
+    ]}  # fmt: skip
+    got = mod.device_time_by_range(trace, ("fwd", "bwd"))
+    assert got["unassigned_device_events"] == 1
+    assert got["fwd"]["occurrences"] == 2 and got["fwd"]["kernel_ms_per_occurrence"] == (0.5 + 0.4) / 2
+    assert got["bwd"] == {"occurrences": 1, "kernel_ms_per_occurrence": 1.0, "kernel_ms_median": 1.0,
+                          "union_ms_per_occurrence": 1.0}  # fmt: skip
+    # The second fwd's memset [1600, 1607) and GEMM [1610, 2010) do not overlap; the first fwd's
+    # GEMM [11, 311) and relu [311, 511) touch: union == sum for both.
+    assert got["fwd"]["union_ms_per_occurrence"] == got["fwd"]["kernel_ms_per_occurrence"]
+    overlap = {"traceEvents": [
+        x("user_annotation", "fwd", 0, 10), x("cuda_runtime", "a", 1, 1, 1), x("cuda_runtime", "b", 2, 1, 2),
+        x("kernel", "s1", 20, 100, 1), x("kernel", "s2", 70, 100, 2),  # two streams, 50 us overlap
+    ]}  # fmt: skip
+    got = mod.device_time_by_range(overlap, ("fwd",))["fwd"]
+    assert got["kernel_ms_per_occurrence"] == 0.2 and got["union_ms_per_occurrence"] == 0.15

@@ -14,7 +14,8 @@ Truth the daemon did not produce:
 * energy per phase: each phase repeated alone, back to back, >= 30 times and >= 2 s, between two
   readings of NVML's total-energy counter around a device sync (the counter moves every ~100 ms,
   so >= 2 s keeps its quantisation < 5 %); per-repetition energy and device time;
-* device time per phase: torch.profiler's kernel time inside each phase's record_function range;
+* device time per phase: torch.profiler's kernel time per phase, profiled alone and in the hinted
+  run's own sequences (each device event assigned to the phase whose range launched it);
 * the sum of span energy over the fully hinted window against the counter's delta over it.
 
 The daemon's figures: per-span energy over the device interval from the driver's power samples,
@@ -27,6 +28,7 @@ the per-phase NNLS fit (`gpuos-hintctl phases --json`), device time from the __d
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import statistics
@@ -399,49 +401,136 @@ def _device_events(prof: Any) -> list[tuple[float, float, str]]:
     )
 
 
-def profile_pipeline_in_context(ph: dict[str, Callable[[], Any]], sync: Callable[[], None], w, args) -> dict:
-    """Kernel time of the asynchronous pipeline's two stages under the hinted run's own conditions.
+LAUNCH_CATEGORIES = ("cuda_runtime", "cuda_driver")
+DEVICE_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
 
-    The hinted pipeline runs 300 iterations back to back near the power limit, so its clocks are
-    not those of 5 isolated repetitions.  Here the same loop runs sustained (warm for 100
-    iterations, then 50 profiled), no sync inside; stage_a launches one GEMM per iteration and
-    stage_b the elementwise kernels, so each kernel is assigned by the order it ran in: the first
-    kernel of each iteration is stage_a's, the rest stage_b's (checked: the kernel count must be a
-    multiple of the iteration count).
+
+def device_time_by_range(trace: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """Device time of each ``record_function`` occurrence in a chrome trace, by who launched it.
+
+    Every device event (kernel, memcpy, memset) carries the correlation id of the runtime or
+    driver call that launched it; that call happened on the host, inside the ``user_annotation``
+    range of the phase that launched it, on whichever thread (backward's kernels are launched
+    by the autograd engine's thread while the main thread's ``backward`` range is open).  So
+    each device event is assigned to the named range, of any thread, that contains its launch's
+    timestamp; with no host sync inside a phase, its kernels still run after the range has
+    ended, which is what device time means.  Per occurrence: the sum of its events' durations
+    (``kernel_ms``) and the length of their union (``union_ms``: busy time, what the CUPTI
+    tracer reports; the two differ where records overlap, on two streams or by a few hundred ns
+    between back-to-back kernels).
+    The phases' ranges must follow one another (none nests in another, as in the hinted run);
+    device events whose launch falls in no named range are counted, not guessed.
+    """
+    evs = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X"]
+    launch_ts = {
+        e["args"]["correlation"]: float(e["ts"])
+        for e in evs
+        if e.get("cat") in LAUNCH_CATEGORIES and "correlation" in e.get("args", {})
+    }
+    ranges = sorted(
+        (float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0)), e["name"])
+        for e in evs
+        if e.get("cat") == "user_annotation" and e.get("name") in names
+    )
+    events: list[list[tuple[float, float]]] = [[] for _ in ranges]
+    unassigned = 0
+    starts = [r[0] for r in ranges]
+    for e in evs:
+        if e.get("cat") not in DEVICE_CATEGORIES:
+            continue
+        t = launch_ts.get(e.get("args", {}).get("correlation"))
+        # The phases' ranges follow one another (none nests in another): the range that
+        # contains t is the last one to start at or before t, if it has not ended by then.
+        k = bisect.bisect_right(starts, t) - 1 if t is not None else -1
+        if k < 0 or t > ranges[k][1]:
+            unassigned += 1
+            continue
+        events[k].append((float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0))))
+    out: dict[str, Any] = {"unassigned_device_events": unassigned}
+    for name in names:
+        mine = [ev for ev, r in zip(events, ranges, strict=True) if r[2] == name]
+        if mine:
+            total = [sum(b - a for a, b in ev) / 1e3 for ev in mine]
+            union = [_union_us(ev) / 1e3 for ev in mine]
+            out[name] = {
+                "occurrences": len(mine),
+                "kernel_ms_per_occurrence": round(statistics.fmean(total), 4),
+                "kernel_ms_median": round(statistics.median(total), 4),
+                "union_ms_per_occurrence": round(statistics.fmean(union), 4),
+            }
+    return out
+
+
+def _union_us(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of (start, end) intervals: device busy time, overlaps counted once."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
+
+
+def profile_in_context(ph: dict[str, Callable[[], Any]], sync: Callable[[], None], w, args) -> dict:
+    """Kernel time per phase under the hinted run's own conditions: its sequences, unhinted.
+
+    A phase's kernels run at the clocks of what runs around it: the isolated profile (5 lone
+    repetitions with idle gaps) put stage_a's GEMM 14 % slower than the sustained pipeline and
+    the training phases several per cent off.  Here each workload runs as ``hinted_run`` runs it
+    (prefill then 64 decode steps then a sync; forward, backward, optimizer then a sync; the
+    pipeline with no sync), once unprofiled to warm up and then under torch.profiler with each
+    phase in a ``record_function`` range, and ``device_time_by_range`` assigns the device events.
     """
     torch = w["torch"]
-    from torch.profiler import ProfilerActivity
+    from torch.profiler import ProfilerActivity, record_function
 
     if args.cpu:
         return {}
-    for _ in range(100):
-        ph["stage_a"]()
-        ph["stage_b"]()
-    iters = 50
-    with torch.profiler.profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
-            ph["stage_a"]()
-            ph["stage_b"]()
+
+    def generate(n: int) -> None:
+        for _ in range(n):
+            with record_function("prefill"):
+                ph["prefill"]()
+            for _ in range(64):
+                with record_function("decode"):
+                    ph["decode"]()
+            sync()
+
+    def train(n: int) -> None:
+        for _ in range(n):
+            for name in ("forward", "backward", "optimizer"):
+                with record_function(name):
+                    ph[name]()
+            sync()
+
+    def pipeline(n: int) -> None:
+        for _ in range(n):
+            with record_function("stage_a"):
+                ph["stage_a"]()
+            with record_function("stage_b"):
+                ph["stage_b"]()
         sync()
-    evs = _device_events(prof)
-    if not evs or len(evs) % iters:
-        return {"error": f"{len(evs)} device events for {iters} iterations", "names": sorted({e[2][:60] for e in evs})}
-    per = len(evs) // iters
-    a, b = [], []
-    for i in range(iters):
-        it = evs[i * per : (i + 1) * per]
-        # stage_a's GEMM is the iteration's longest kernel; what runs before it in the iteration
-        # (cuBLAS's workspace memset) is stage_a's too, the elementwise kernels after it stage_b's.
-        g = max(range(per), key=lambda k: it[k][1])
-        a.append(sum(e[1] for e in it[: g + 1]))
-        b.append(sum(e[1] for e in it[g + 1 :]))
-    return {
-        "iterations": iters,
-        "kernels_per_iteration": per,
-        "kernels_of_first_iteration": [e[2][:60] for e in evs[:per]],
-        "stage_a": {"kernel_ms_per_occurrence": round(statistics.fmean(a) / 1e3, 4)},
-        "stage_b": {"kernel_ms_per_occurrence": round(statistics.fmean(b) / 1e3, 4)},
-    }
+
+    out: dict[str, Any] = {}
+    for label, body, warm, reps, names in (
+        ("generate", generate, 1, 2, ("prefill", "decode")),
+        ("train", train, 5, 10, ("forward", "backward", "optimizer")),
+        ("pipeline", pipeline, 100, 50, ("stage_a", "stage_b")),
+    ):
+        try:  # one workload's profile failing must not lose the run's other results
+            body(warm)
+            with torch.profiler.profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                body(reps)
+            with tempfile.NamedTemporaryFile(suffix=".json") as f:
+                prof.export_chrome_trace(f.name)
+                trace = json.loads(Path(f.name).read_text())
+        except Exception as exc:
+            out[f"{label}_error"] = repr(exc)[:300]
+            continue
+        got = device_time_by_range(trace, names)
+        out[f"{label}_unassigned_device_events"] = got.pop("unassigned_device_events")
+        out.update(got)
+    return out
 
 
 def step_cost(ph: dict[str, Callable[[], Any]], sync: Callable[[], None], args) -> dict[str, Any]:
@@ -659,7 +748,7 @@ def main() -> int:
         result["isolated"] = iso
         result["isolated_before"], result["isolated_after"] = iso_a, iso_b
         result["profiler"] = profile(w, ph, sync, args)
-        result["profiler_in_context"] = profile_pipeline_in_context(ph, sync, w, args)
+        result["profiler_in_context"] = profile_in_context(ph, sync, w, args)
         import gpuos_client as h
 
         h.flush(10.0)
@@ -675,6 +764,7 @@ def main() -> int:
         for name, d in fig["phases"].items():
             truth = iso.get(name, {})
             prof = result["profiler"].get(name, {})
+            ctx = result["profiler_in_context"].get(name, {})
             fit = fig["fits"].get(name)
             dev_s = (d["dev_ms_mean"] or d["host_ms_mean"] or 0) / 1e3
             cmp[name] = {
@@ -689,12 +779,11 @@ def main() -> int:
                 "dev_ms": d["dev_ms_mean"],
                 "profiler_kernel_ms": prof.get("kernel_ms_per_occurrence"),
                 "dev_vs_kernel_pct": _err(d["dev_ms_mean"], prof.get("kernel_ms_per_occurrence")),
-                "profiler_in_context_kernel_ms": result["profiler_in_context"]
-                .get(name, {})
-                .get("kernel_ms_per_occurrence"),
-                "dev_vs_in_context_kernel_pct": _err(
-                    d["dev_ms_mean"], result["profiler_in_context"].get(name, {}).get("kernel_ms_per_occurrence")
-                ),
+                "profiler_in_context_kernel_ms": ctx.get("kernel_ms_per_occurrence"),
+                "dev_vs_in_context_kernel_pct": _err(d["dev_ms_mean"], ctx.get("kernel_ms_per_occurrence")),
+                "busy_ms": d.get("dev_busy_ms_mean"),
+                "profiler_in_context_union_ms": ctx.get("union_ms_per_occurrence"),
+                "busy_vs_in_context_union_pct": _err(d.get("dev_busy_ms_mean"), ctx.get("union_ms_per_occurrence")),
                 "profiler_span_ms": prof.get("span_ms_per_occurrence"),
                 "dev_vs_span_pct": _err(d["dev_ms_mean"], prof.get("span_ms_per_occurrence")),
                 "isolated_wall_ms": truth.get("wall_ms_per_rep"),
