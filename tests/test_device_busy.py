@@ -266,6 +266,92 @@ def test_without_libcupti_the_tracer_is_off_with_a_reason_and_never_raises(monke
     assert t.stats()["on"] is False
 
 
+class StartLib:
+    """A libcupti for ``CuptiTracer.start``: plain functions (ctypes sets argtypes on them), a call log.
+
+    ``per_thread`` is the attribute's value, as CUDA 13's CUPTI has it by default (1); ``sticky``
+    makes it ignore the request to turn it off; ``knows_attr`` False answers as CUPTI < 12.3.
+    """
+
+    def __init__(self, per_thread: int = 1, sticky: bool = False, knows_attr: bool = True) -> None:
+        self.calls: list[str] = []
+        self.per_thread = per_thread
+        clock = [9_000_000_000]
+
+        def log(name, rc=0):
+            def f(*args):
+                self.calls.append(name)
+                return rc
+
+            return f
+
+        def set_attr(attr, size_ref, value_ref):
+            self.calls.append("set_attr")
+            if not knows_attr:
+                return cupti.CUPTI_ERROR_INVALID_PARAMETER
+            assert attr.value == cupti.ATTR_PER_THREAD_ACTIVITY_BUFFER and size_ref._obj.value == 1
+            if not sticky:
+                self.per_thread = value_ref._obj.value
+            return 0
+
+        def get_attr(attr, size_ref, value_ref):
+            self.calls.append("get_attr")
+            value_ref._obj.value = self.per_thread
+            return 0
+
+        def timestamp(ts_ref):
+            clock[0] += 1000
+            ts_ref._obj.value = clock[0]
+            return 0
+
+        self.cuptiActivitySetAttribute = set_attr
+        self.cuptiActivityGetAttribute = get_attr
+        self.cuptiGetTimestamp = timestamp
+        self.cuptiActivityRegisterCallbacks = log("register")
+        self.cuptiActivityEnable = log("enable")
+        self.cuptiActivityDisable = log("disable")
+        self.cuptiGetVersion = log("version")
+        self.cuptiActivityGetNextRecord = log("next")
+        self.cuptiActivityGetNumDroppedRecords = log("dropped")
+        self.cuptiActivityFlushAll = log("flush")
+
+
+def _start_with(lib: StartLib, monkeypatch: pytest.MonkeyPatch) -> cupti.CuptiTracer:
+    monkeypatch.setattr(cupti, "candidates", lambda: ["libcupti-fake.so"])
+    monkeypatch.setattr(cupti, "LOADER", lambda path: lib)
+    monkeypatch.setattr(cupti, "_profiler_running", lambda: False)
+    t = cupti.CuptiTracer()
+    t.start()
+    return t
+
+
+def test_start_asks_for_global_buffers_before_it_registers_or_enables_anything(monkeypatch):
+    """CUDA 13's CUPTI keeps per-thread buffers by default; the completeness gate needs one chain.
+
+    With per-thread buffers a buffer of the autograd thread's kernels came back before the main
+    thread's held the end of the forward pass: busy time 1-10 % short on the H200.
+    """
+    lib = StartLib(per_thread=1)
+    t = _start_with(lib, monkeypatch)
+    assert t.on and t.buffers == "global" and lib.per_thread == 0
+    assert lib.calls.index("set_attr") < lib.calls.index("register") < lib.calls.index("enable")
+    assert t.stats()["buffers"] == "global"
+
+
+def test_a_cupti_that_keeps_per_thread_buffers_leaves_busy_time_off_with_the_reason(monkeypatch):
+    lib = StartLib(per_thread=1, sticky=True)
+    t = _start_with(lib, monkeypatch)
+    assert not t.on and t.buffers == "per-thread"
+    assert t.why.startswith("device busy time off: CUPTI keeps per-thread") and "\n" not in t.why
+    assert "register" not in lib.calls and "enable" not in lib.calls, "nothing traced that nobody trusts"
+
+
+def test_a_cupti_before_per_thread_buffers_starts_with_its_global_ones(monkeypatch):
+    lib = StartLib(per_thread=0, knows_attr=False)
+    t = _start_with(lib, monkeypatch)
+    assert t.on and t.buffers == "global (CUPTI < 12.3)" and "get_attr" not in lib.calls
+
+
 def test_library_candidates_honour_the_environment_first(monkeypatch, tmp_path):
     lib = tmp_path / "nvidia" / "cuda_cupti" / "lib"
     lib.mkdir(parents=True)
@@ -329,6 +415,8 @@ def _collector(monkeypatch: pytest.MonkeyPatch, backend: device._Backend | None 
     monkeypatch.setattr(device, "_backend", backend or Instant())
     monkeypatch.setattr(device, "_anchor", (0, 0))
     monkeypatch.setattr(device, "_anchor_made", 1e18)
+    monkeypatch.setattr(device, "_anchor_err_ns", 0)  # an exact anchor: busy_err_ns is the tracer's alone
+    monkeypatch.setattr(device, "_anchor_err_prev_ns", 0)
     tr = FakeTracer()
     monkeypatch.setattr(device, "_tracer", tr)
     return tr, FakeRt()

@@ -50,8 +50,9 @@ busy time (either edge).  The CUDA-event anchor's own error (device.py) adds.  C
 libcupti, on a machine without a GPU, returned CLOCK_REALTIME from cuptiGetTimestamp(): a clock
 NTP can step, which would disturb the rate for up to a minute.
 
-Completeness: CUPTI hands a buffer back only when its records are complete, and since CUDA 6.0
-all records go into one chain of global buffers, in launch order.  A span's busy time is
+Completeness: CUPTI hands a buffer back only when its records are complete, and with global
+buffers (the tracer asks for them: CUDA 13's CUPTI defaults to per-thread ones, see
+``request_global_buffers``) all records go into one chain of buffers, in launch order.  A span's busy time is
 therefore asked for only once ``complete_until_ns`` passed its device end, which advances to the
 latest start among delivered records (work launched after the span's kernels is recorded after
 them), or, after a forced flush (``drain(force=True)``: device.py asks for one when nothing later
@@ -94,7 +95,12 @@ KIND_MEMCPY, KIND_MEMSET, KIND_KERNEL, KIND_CONCURRENT_KERNEL = 1, 2, 3, 10
 ENABLED_KINDS = (KIND_CONCURRENT_KERNEL, KIND_MEMCPY, KIND_MEMSET)
 TAKEN_KINDS = frozenset({KIND_MEMCPY, KIND_MEMSET, KIND_KERNEL, KIND_CONCURRENT_KERNEL})
 CUPTI_SUCCESS = 0
+CUPTI_ERROR_INVALID_PARAMETER = 1
 CUPTI_ERROR_MAX_LIMIT_REACHED = 12
+#: CUpti_ActivityAttribute's CUPTI_ACTIVITY_ATTR_PER_THREAD_ACTIVITY_BUFFER (cupti_activity.h, 12.3
+#: on: the member after MEM_ALLOCATION_TYPE_HOST_PINNED = 8).  Its default is 0 in CUDA 12.x and 1
+#: in 13.x; see request_global_buffers.
+ATTR_PER_THREAD_ACTIVITY_BUFFER = 9
 BUFFER_BYTES = 1 << 17
 # A buffer is closed (and can come back) after this many records (~220 B each).  Small, so that a
 # GPU kept fed returns its buffers within a few hundred launches without a forced flush: a forced
@@ -167,6 +173,44 @@ def _profiler_running() -> bool:
         return False
 
 
+def request_global_buffers(lib: Any) -> str:
+    """Ask CUPTI for one global chain of activity buffers; say what it keeps.
+
+    The completeness gate (``drain``) takes a span's records as delivered once a record that
+    started later has been: true when every record goes into one chain of buffers in launch
+    order.  CUPTI 12.3 added per-thread buffers, and CUDA 13's CUPTI turns them on by default:
+    then a buffer of the autograd thread's backward kernels can come back while the main
+    thread's buffer, holding the end of the forward pass, is still filling.  On the H200 that
+    left ``forward`` 1-10 % short of the profiler's kernel time, varying run to run, while
+    prefill and decode (one thread) stayed within 0.3 % (benchmarks/results/h200/round4/,
+    accuracy_gpu_run3_busy.json to _run6_busy.json).  So the tracer turns them off, before it
+    registers its callbacks and enables any kind (as CUPTI requires), and reads it back.
+
+    Returns ``"global"``; ``"global (CUPTI < 12.3)"`` when CUPTI does not know the attribute (its
+    buffers are global); ``"per-thread"`` when they stay per-thread (the tracer then stays off);
+    ``"unknown (...)"`` when the read-back is unavailable.
+    """
+    off, size = ctypes.c_uint8(0), ctypes.c_size_t(1)
+    try:
+        rc = lib.cuptiActivitySetAttribute(
+            ctypes.c_int(ATTR_PER_THREAD_ACTIVITY_BUFFER), ctypes.byref(size), ctypes.byref(off)
+        )
+    except AttributeError:
+        return "global (CUPTI < 12.3)"
+    if rc == CUPTI_ERROR_INVALID_PARAMETER:
+        return "global (CUPTI < 12.3)"
+    got, size = ctypes.c_uint8(0xFF), ctypes.c_size_t(1)
+    try:
+        rc_get = lib.cuptiActivityGetAttribute(
+            ctypes.c_int(ATTR_PER_THREAD_ACTIVITY_BUFFER), ctypes.byref(size), ctypes.byref(got)
+        )
+    except AttributeError:
+        return f"unknown (set returned {rc}, no read-back)"
+    if rc_get != CUPTI_SUCCESS:
+        return f"unknown (set returned {rc}, read-back {rc_get})"
+    return "global" if got.value == 0 else "per-thread"
+
+
 class CuptiTracer:
     """Kernel/copy/memset activity -> merged busy intervals on CLOCK_MONOTONIC."""
 
@@ -175,6 +219,7 @@ class CuptiTracer:
         self.why: str | None = None  # one line: why tracing is off
         self.lib_path: str | None = None
         self.version: int | None = None
+        self.buffers: str | None = None  # "global", "global (CUPTI < 12.3)", ... (request_global_buffers)
         self.intervals = BusyIntervals(horizon_ns, max_intervals, floor_ns=time.monotonic_ns())
         self.records = 0  # taken records (kernels, copies, memsets)
         self.kinds: dict[int, int] = {}  # every record kind seen, taken or not
@@ -242,6 +287,13 @@ class CuptiTracer:
         v = ctypes.c_uint32()
         if lib.cuptiGetVersion(ctypes.byref(v)) == CUPTI_SUCCESS:
             self.version = v.value
+        self.buffers = request_global_buffers(lib)
+        if self.buffers == "per-thread":
+            self.why = (
+                "device busy time off: CUPTI keeps per-thread activity buffers and would not switch to "
+                "global ones (records of work launched by two threads could complete out of order)"
+            )
+            return False
         self._cbs = (_REQ(self._on_request), _DONE(self._on_complete))
         # CUPTI keeps the callback pointers for the life of the process, even when a later step
         # fails or this tracer is dropped: freeing them would leave it calling freed memory.
@@ -467,6 +519,7 @@ class CuptiTracer:
         return {
             "on": self.on,
             "why": self.why,
+            "buffers": self.buffers,
             "records": self.records,
             "bad_records": self.bad_records,
             "cupti_dropped": self.dropped,
