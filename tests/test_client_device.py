@@ -63,6 +63,8 @@ class FakeRuntime:
 def _setup(monkeypatch, fake: FakeStream, anchor_host_ns: int = 10_000_000_000) -> None:
     monkeypatch.setattr(device, "_backend", fake)
     monkeypatch.setattr(device, "_anchor", None)
+    monkeypatch.setattr(device, "_anchor_err_ns", 0)  # restored after the test (the collector sets them)
+    monkeypatch.setattr(device, "_anchor_err_prev_ns", 0)
     monkeypatch.setattr(device.time, "monotonic_ns", lambda: anchor_host_ns)
 
 
@@ -105,9 +107,11 @@ def test_a_round_stops_at_the_first_pair_not_done_instead_of_querying_every_pair
 def test_an_anchor_that_does_not_complete_keeps_the_pairs_and_is_counted(monkeypatch):
     fake = FakeStream()
     fake.anchor_ok = False
-    clock = iter(range(0, 10**12, 10_000_000))  # 10 ms per call: the 50 ms spin gives up
+    clock = iter(range(0, 10**12, 20_000))  # 20 us per clock read: the 50 ms spin gives up
     monkeypatch.setattr(device, "_backend", fake)
     monkeypatch.setattr(device, "_anchor", None)
+    monkeypatch.setattr(device, "_anchor_err_ns", 0)
+    monkeypatch.setattr(device, "_anchor_err_prev_ns", 0)
     monkeypatch.setattr(device.time, "monotonic_ns", lambda: next(clock))
     slept: list[float] = []
     monkeypatch.setattr(device.time, "sleep", lambda s: slept.append(s))
@@ -117,10 +121,70 @@ def test_an_anchor_that_does_not_complete_keeps_the_pairs_and_is_counted(monkeyp
     assert device.collect_device_times(rt) == []  # type: ignore[arg-type]
     assert [p[0] for p in rt._device_pending] == [1]
     assert rt.device_anchor_misses == 1
-    assert slept and all(s == 0 for s in slept), "the anchor spin yields the GIL between polls"
+    # ~1250 polls in 50 ms: the first _ANCHOR_TIGHT_POLLS back to back, every later one yields.
+    assert all(s == 0 for s in slept) and len(slept) > 1000, "the anchor spin yields the GIL between polls"
     fake.anchor_ok = True
     marks = device.collect_device_times(rt)  # type: ignore[arg-type]
     assert [m[4]["span"] for m in marks] == [1]
+
+
+class TimedAnchor(FakeStream):
+    """Anchor events complete at host time ``done_at_ns``; the host clock is read from ``clock``."""
+
+    def __init__(self, clock: list[int], done_at_ns: list[int], slow_done_poll_ns: list[int]) -> None:
+        super().__init__()
+        self.clock, self.done_at, self.slow = clock, done_at_ns, slow_done_poll_ns
+        self.made = 0
+
+    def anchor_event(self) -> Any:
+        self.made += 1
+        return {"anchor": True, "n": self.made - 1}
+
+    def done(self, ev: Any) -> bool:
+        if not ev.get("anchor"):
+            return super().done(ev)
+        ok = self.clock[0] >= self.done_at[ev["n"]]
+        if ok:  # the poll that sees it done may be slow (the thread lost the GIL inside it)
+            self.clock[0] += self.slow[ev["n"]]
+        return ok
+
+
+def _ticking(monkeypatch, clock: list[int], step: int) -> None:
+    def now() -> int:
+        clock[0] += step
+        return clock[0]
+
+    monkeypatch.setattr(device.time, "monotonic_ns", now)
+
+
+def test_the_anchor_is_the_midpoint_of_its_bracket_and_says_its_error(monkeypatch):
+    """The completion lies between the last poll that saw it pending and the first that saw it done."""
+    clock = [1_000_000]
+    fake = TimedAnchor(clock, done_at_ns=[1_010_000], slow_done_poll_ns=[0])
+    _ticking(monkeypatch, clock, 1_000)  # each clock read 1 us later
+    _ev, host_ns, half = device._fresh_anchor(fake)
+    assert fake.made == 1 and half <= device.ANCHOR_TARGET_NS
+    assert host_ns - half <= 1_010_000 <= host_ns + half, "the true completion is inside the bracket"
+    assert abs(host_ns - 1_010_000) <= 2_000
+
+
+def test_a_wide_anchor_bracket_is_tried_again_and_the_tightest_kept(monkeypatch):
+    """The done-poll of the first try took 80 us (the GIL went to the program): the anchor would
+    be up to 80 us late, every device interval with it.  A second try brackets it within 2 us."""
+    clock = [1_000_000]
+    fake = TimedAnchor(clock, done_at_ns=[1_005_000, 0], slow_done_poll_ns=[80_000, 0])
+    _ticking(monkeypatch, clock, 1_000)
+    ev, _host_ns, half = device._fresh_anchor(fake)
+    assert fake.made == 2 and ev["n"] == 1 and half <= 2_000
+
+
+def test_busy_time_error_includes_the_anchor_error(monkeypatch):
+    """An anchor off by d moves the device window against CUPTI's records by d: the bound says so."""
+    monkeypatch.setattr(device, "_anchor_err_ns", 4_000)
+    monkeypatch.setattr(device, "_anchor_err_prev_ns", 9_000)
+    assert device.anchor_err_ns() == 9_000
+    assert device._plus_anchor((1_000_000, 7)) == (1_000_000, 9_007)
+    assert device._plus_anchor(None) is None
 
 
 def test_every_device_interval_reaches_its_span_when_the_device_finishes_at_once(daemon):

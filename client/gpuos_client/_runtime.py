@@ -602,11 +602,18 @@ class Runtime:
                 "pending": len(self._device_pending),
                 "open": len(self._device_open),
                 "anchor_misses": self.device_anchor_misses,
+                "anchor_err_ns": _device_anchor_err_ns(),
                 "busy_waiting": len(self._device_waiting),
                 "busy_unresolved": self.device_busy_unresolved,
                 "busy": _device_busy_stats(),
             },
         }
+
+
+def _device_anchor_err_ns() -> int | None:
+    """The device clock anchor's error bound (device.py), None before device timing was used."""
+    dev = sys.modules.get(__package__ + ".device")
+    return None if dev is None else dev.anchor_err_ns()
 
 
 def _device_busy_stats() -> dict[str, Any] | None:

@@ -40,6 +40,9 @@ from . import protocol as P
 DEVICE_MARK = P.DEVICE_MARK  # the wire owns the name (protocol.py)
 _ANCHOR_REFRESH_S = 1.0  # cheap (microseconds), so the clocks never drift apart
 _MAX_PENDING = 4096
+ANCHOR_TARGET_NS = 5_000  # an anchor bracketed within +-5 us is taken at once (_fresh_anchor)
+_ANCHOR_TRIES = 4
+_ANCHOR_TIGHT_POLLS = 200  # polls before the anchor spin starts yielding the GIL between them
 BUSY_WAIT_NS = 2_000_000_000  # a resolved pair waits at most this long for CUPTI's records
 BUSY_FORCE_AFTER_NS = 50_000_000  # then a forced flush, when nothing later was recorded this long after its end
 ENV_BUSY = "GPUOS_HINT_DEVICE_BUSY"
@@ -117,6 +120,8 @@ _backend_why: str | None = None
 _backend_probed = False
 _anchor: tuple[Any, int] | None = None  # (event, host monotonic ns when it completed)
 _anchor_made = 0.0
+_anchor_err_ns = 0  # the current anchor's half-bracket (_fresh_anchor)
+_anchor_err_prev_ns = 0  # ... and the one before it's
 _busy_wanted: bool | None = None  # None: the environment decides (ENV_BUSY)
 _busy_env: bool | None = None  # ENV_BUSY, once read
 _tracer: Any = None  # a cupti.CuptiTracer once started (or tried: .on says which)
@@ -232,26 +237,71 @@ def end(rt: _runtime.Runtime, span_id: int) -> None:
     rt._device_pending.append((span_id, start_ev, end_ev))
 
 
-def _fresh_anchor(b: _Backend) -> tuple[Any, int] | None:
-    """Spin (bounded) until an event on the private stream completes: its host time."""
-    ev = b.anchor_event()
+def _fresh_anchor(b: _Backend) -> tuple[Any, int, int] | None:
+    """An event on the private stream and its completion time on the host clock, bracketed.
+
+    Returns (event, host ns, half-width ns) or None when no event completed within 50 ms.
+    The completion lies after the start of the last poll that saw the event pending (or after
+    the record call) and before the end of the first poll that saw it done; the anchor is the
+    bracket's midpoint, its error the half-width.  The first version took "the poll that saw it
+    done" as the time, and polled with ``sleep(0)`` between polls: when the program's thread
+    took the GIL in that yield, the anchor came out tens of microseconds late, every device
+    interval with it, and a phase with queued work before it and idle after it (the optimizer
+    step before a sync) lost that much busy time at its start: -6 % on the H200
+    (benchmarks/results/h200/round4/accuracy_gpu_run6_busy.json).  Now the first
+    ``_ANCHOR_TIGHT_POLLS`` polls run back to back (each a ~1 us driver call, so the GIL is held
+    for at most ~0.2 ms), later ones yield as before so that a slow event cannot stall the
+    program's launching thread, and a bracket wider than ``ANCHOR_TARGET_NS`` is tried again
+    (``_ANCHOR_TRIES`` times at most, the tightest kept).
+    """
     deadline = time.monotonic_ns() + 50_000_000
-    while time.monotonic_ns() < deadline:
-        if b.done(ev):
-            return ev, time.monotonic_ns()
-        # Let the program's threads run between polls: a spin that kept the GIL would stall the
-        # very thread that launches the kernels (the poll itself is a ~1 us driver call).
-        time.sleep(0)
-    return None
+    best: tuple[Any, int, int] | None = None
+    for _ in range(_ANCHOR_TRIES):
+        lo = time.monotonic_ns()  # it cannot complete before it is recorded
+        ev = b.anchor_event()
+        polls = 0
+        got = None
+        while True:
+            t0 = time.monotonic_ns()
+            if t0 > deadline:
+                break
+            done = b.done(ev)
+            t1 = time.monotonic_ns()
+            if done:
+                got = (ev, (lo + t1) // 2, (t1 - lo + 1) // 2)
+                break
+            lo = t0  # pending at some instant of this poll: it completed after t0
+            polls += 1
+            if polls > _ANCHOR_TIGHT_POLLS:
+                # Let the program's threads run between polls: a spin that kept the GIL would
+                # stall the very thread that launches the kernels.
+                time.sleep(0)
+        if got is None:
+            break
+        if best is None or got[2] < best[2]:
+            best = got
+        if best[2] <= ANCHOR_TARGET_NS:
+            break
+    return best
 
 
 def _get_anchor(b: _Backend) -> tuple[Any, int] | None:
-    global _anchor, _anchor_made
+    global _anchor, _anchor_made, _anchor_err_ns, _anchor_err_prev_ns
     if _anchor is None or time.monotonic() - _anchor_made > _ANCHOR_REFRESH_S:
         new = _fresh_anchor(b)
         if new is not None:
-            _anchor, _anchor_made = new, time.monotonic()
+            _anchor, _anchor_made = (new[0], new[1]), time.monotonic()
+            _anchor_err_prev_ns, _anchor_err_ns = _anchor_err_ns, new[2]
     return _anchor
+
+
+def anchor_err_ns() -> int:
+    """The clock anchor's error bound now: the larger of the last two anchors' half-brackets.
+
+    A pair that waits for CUPTI's records (at most ``BUSY_WAIT_NS``) may have been mapped with
+    the anchor before the current one, so both count.
+    """
+    return max(_anchor_err_ns, _anchor_err_prev_ns)
 
 
 def collect_device_times(rt: _runtime.Runtime) -> list[tuple[Any, ...]]:
@@ -340,7 +390,7 @@ def _with_busy(
     for item in waiting:
         span_id, d0, d1, since = item
         if d1 <= done_until:
-            out.append(_mark(span_id, d0, d1, via, tracer.busy(d0, d1)))
+            out.append(_mark(span_id, d0, d1, via, _plus_anchor(tracer.busy(d0, d1))))
         elif now - since > BUSY_WAIT_NS:
             out.append(_mark(span_id, d0, d1, via))
             rt.device_busy_unresolved += 1
@@ -349,6 +399,13 @@ def _with_busy(
     waiting.clear()
     waiting.extend(still)
     return out
+
+
+def _plus_anchor(busy: tuple[int, int] | None) -> tuple[int, int] | None:
+    """Busy time's bound plus the anchor's: the device interval is placed on the host clock by
+    the anchor, CUPTI's records by the tracer's own map, so an anchor off by d moves the window
+    against the records by d (busy time off by at most d)."""
+    return None if busy is None else (busy[0], busy[1] + anchor_err_ns())
 
 
 def tracer_stats() -> dict[str, Any] | None:
