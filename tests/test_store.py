@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -32,15 +33,16 @@ def test_full_disk_counts_errors_keeps_running_and_loses_nothing(tmp_path):
         d = start_daemon(tmp_path, "store_samples = false\n", state_dir=state)
         d.client("import gpuos_client as h\nwith h.phase('before_full'): pass\nh.flush()")
         d.wait_for(lambda: d.query("SELECT * FROM spans WHERE name='before_full'"), what="first span")
-        # Fill the disk completely.
+        # Fill the disk completely (the daemon's own files may have filled it already: then even
+        # creating the filler fails, with the same ENOSPC).
         filler = state / "filler"
-        with open(filler, "wb") as f:
-            try:
+        try:
+            with open(filler, "wb") as f:
                 while True:
                     f.write(b"\0" * 65536)
                     f.flush()
-            except OSError:
-                pass
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
         code = """
             import gpuos_client as h
             for i in range(300):

@@ -79,7 +79,7 @@ class PtyTop:
     def send(self, data: bytes) -> None:
         os.write(self.fd, data)
 
-    def wait_exit(self, timeout: float = 5.0) -> int:
+    def wait_exit(self, timeout: float = 15.0) -> int:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.pump(0.05)
