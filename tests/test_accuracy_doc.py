@@ -26,6 +26,7 @@ def test_generated_accuracy_blocks_match_the_recorded_results() -> None:
             "cpu-alternation": mod.cpu_alternation(),
             "gpu-energy": mod.gpu_energy(),
             "gpu-device-time": mod.gpu_device_time(),
+            "busy-anchor": mod.busy_anchor(),
             "cupti-checks": mod.cupti_checks(),
         },
         "docs/evaluation.md": {"hinted-vs-truth": mod.three_columns()},
@@ -82,3 +83,15 @@ def test_the_per_phase_rule_prefers_an_identified_fit_below_two_sample_periods()
     assert mod.per_phase(r, "short")["figure"] == "fit"
     assert mod.per_phase(r, "unsplit")["figure"] == "span"  # its interval reaches 0 W: not separable
     assert mod.per_phase(r, "long")["figure"] == "span"  # resolved one by one
+
+
+def test_device_time_is_checked_against_the_profile_in_context_when_a_run_has_it() -> None:
+    """The reference is the in-context union, else the in-context sum, else the phase profiled alone."""
+    mod = _module()
+    p = {"kernel_ctx_union_ms": 1.6, "kernel_ctx_ms": 1.61, "kernel_ms": 1.43}
+    assert mod.kernel_reference(p) == (1.6, "in context, union")
+    assert mod.kernel_reference(p | {"kernel_ctx_union_ms": None}) == (1.61, "in context, sum")
+    assert mod.kernel_reference({"kernel_ctx_union_ms": None, "kernel_ctx_ms": None, "kernel_ms": 1.43}) == (
+        1.43,
+        "alone",
+    )

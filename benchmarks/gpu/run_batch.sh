@@ -16,6 +16,12 @@
 #   benchmarks/gpu/run_batch.sh cupti-and-accuracy (~7 min) issue 9: CUPTI busy tracer checks, GPU
 #                                          tests, accuracy run 2
 #   benchmarks/gpu/run_batch.sh accuracy-busy (~5 min) issue 9: accuracy with CUPTI busy time
+#   benchmarks/gpu/run_batch.sh accuracy-in-context (~5 min) issue 9: accuracy with CUPTI busy time,
+#                                          kernel time also profiled in the hinted run's sequences
+#   benchmarks/gpu/run_batch.sh accuracy-global-buffers (~7 min) issue 9: the tracer with CUPTI's
+#                                          global activity buffers: cupti_check, GPU tests, accuracy
+#   benchmarks/gpu/run_batch.sh busy-anchor (~4.5 min; 170 s was too short) issue 9: accuracy (8 requests) with
+#                                          the bracketed clock anchor, busy time vs kernels in context
 #   benchmarks/gpu/run_batch.sh training-overhead (~9 min) issue 11: 8 ABBA pairs of DataLoader
 #                                          training and 8+8 HF Trainer runs, plain vs gpuos-run
 # Results: each part writes into a work dir; the work dir is packed into $OUT/<batch>.tgz (the tool
@@ -128,8 +134,32 @@ accuracy-busy)
   timeout 120 python3 benchmarks/gpu/cupti_check.py --seconds 140 --out "$W/cupti/cupti_check.json" 2>&1 | grep -v '^ *[0-9]*,\?$' | tail -40
   part "GPU-only tests"
   timeout 90 python3 -m pytest -q -rs -p no:cacheprovider tests/test_cupti_gpu.py tests/test_cupti_layout.py 2>&1 | tail -8
-  part "accuracy run 3: the hinted run with CUPTI busy time (device_busy), truth untraced"
+  part "accuracy run 3 (old tracer) / run 4: the hinted run with CUPTI busy time (device_busy), truth untraced"
   timeout 320 python3 benchmarks/gpu/accuracy_gpu.py --budget-s 230 --device-busy --out "$W/accuracy" 2>&1 | tail -6
+  ;;
+accuracy-in-context)
+  part "accuracy runs 5 and 6: CUPTI busy time in the hinted run; the profiler alone and in the hinted sequences"
+  timeout 330 python3 benchmarks/gpu/accuracy_gpu.py --budget-s 230 --device-busy --out "$W/accuracy" 2>&1 | tail -6
+  ;;
+accuracy-global-buffers)
+  part "CUPTI busy tracer with global activity buffers (cupti_check.py, CDLL)"
+  mkdir -p "$W/cupti"
+  timeout 120 python3 benchmarks/gpu/cupti_check.py --seconds 110 --out "$W/cupti/cupti_check.json" 2>&1 | grep -E '"(buffers|within_2pct|max_abs_rel_err|busy_share_median|busy_share_p10|ok)"' | head -12
+  part "GPU-only tests"
+  timeout 60 python3 -m pytest -q -rs -p no:cacheprovider tests/test_cupti_gpu.py tests/test_cupti_layout.py 2>&1 | tail -4
+  part "accuracy run 7: CUPTI busy time (global buffers) in the hinted run; profiler alone and in context"
+  timeout 330 python3 benchmarks/gpu/accuracy_gpu.py --budget-s 225 --device-busy --out "$W/accuracy" 2>&1 | tail -3
+  ;;
+busy-anchor)
+  part "accuracy run 8 (8 requests): busy time with the bracketed device clock anchor"
+  timeout 300 python3 benchmarks/gpu/accuracy_gpu.py --requests 8 --budget-s 30 --device-busy --out "$W/accuracy" 2>&1 | tail -2
+  python3 - "$W/accuracy/accuracy_gpu.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+print("anchor_err_ns", d["client"]["device"].get("anchor_err_ns"), "buffers", (d.get("busy_tracer") or {}).get("buffers"))
+for n, c in d["comparison"].items():
+    print(n, c.get("busy_ms"), c.get("profiler_in_context_union_ms"), c.get("busy_vs_in_context_union_pct"))
+PY
   ;;
 cupti-final)
   part "CUPTI busy tracer: small buffers, no forced flush while work is queued (cupti_check.py)"
