@@ -46,7 +46,7 @@ of five monotonic, cuptiGetTimestamp, monotonic triples) anchors the offset, and
 from the oldest bracket kept (one a second, up to a minute back; 20 ms apart at start).  A
 record maps as ``anchor + (ts - anchor_ts) / rate``; its error is the anchor's half-bracket
 (``map_err_ns``) plus the rate's error times the record's distance from the anchor, twice for a
-busy time (either edge).  The CUDA-event anchor's own error (device.py) adds.  CUDA 13.0's
+busy time (either edge).  device.py adds the CUDA-event anchor's own error to it.  CUDA 13.0's
 libcupti, on a machine without a GPU, returned CLOCK_REALTIME from cuptiGetTimestamp(): a clock
 NTP can step, which would disturb the rate for up to a minute.
 

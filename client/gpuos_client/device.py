@@ -6,8 +6,9 @@ only once the GPU reaches the events, so the sender thread polls the events
 (never synchronises) and, when both have completed, sends a MARK
 ``__device__`` carrying the span's device begin/end on the host's
 CLOCK_MONOTONIC.  The conversion uses an *anchor*: an event recorded on a
-private non-blocking stream, whose completion time on the host clock is known
-to within a few microseconds.
+private non-blocking stream, whose completion time on the host clock is
+bracketed between two polls (``_fresh_anchor``; its half-width is
+``anchor_err_ns``).
 
 Backends: ``torch.cuda.Event`` when the program has imported torch (PyTorch
 programs have no CuPy), else CuPy.  When neither is usable the first
@@ -19,8 +20,8 @@ Busy time (opt-in, cupti.py): with ``GPUOS_HINT_DEVICE_BUSY=1`` or ``device_busy
 first device-timed phase starts a CUPTI kernel-activity tracer, and each resolved pair waits
 (at most ``BUSY_WAIT_NS``) until CUPTI has delivered every record up to its device end; its mark
 then carries ``busy_ns`` (GPU busy time inside the device interval, the union over streams) and
-``busy_err_ns`` (the clock mapping's bound).  A pair that waits longer goes without them
-(``busy_unresolved``).
+``busy_err_ns`` (the bound of the tracer's clock map plus the clock anchor's, below).  A pair
+that waits longer goes without them (``busy_unresolved``).
 
 Why: host and device time diverge by orders of magnitude on a GPU (DESIGN
 section 10: 3 s of host-side enqueueing kept an H100 busy for 24.8 s).
@@ -248,7 +249,7 @@ def _fresh_anchor(b: _Backend) -> tuple[Any, int, int] | None:
     took the GIL in that yield, the anchor came out tens of microseconds late, every device
     interval with it, and a phase with queued work before it and idle after it (the optimizer
     step before a sync) lost that much busy time at its start: -6 % on the H200
-    (benchmarks/results/h200/round4/accuracy_gpu_run6_busy.json).  Now the first
+    (benchmarks/results/h200/round4/accuracy_gpu_run7_busy.json).  Now the first
     ``_ANCHOR_TIGHT_POLLS`` polls run back to back (each a ~1 us driver call, so the GIL is held
     for at most ~0.2 ms), later ones yield as before so that a slow event cannot stall the
     program's launching thread, and a bracket wider than ``ANCHOR_TARGET_NS`` is tried again

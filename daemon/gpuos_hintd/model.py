@@ -112,7 +112,7 @@ class SpanRow:
     dev_start_ns: int | None = None
     dev_end_ns: int | None = None
     dev_busy_ns: int | None = None  # GPU busy time inside the device interval (client CUPTI tracer)
-    dev_busy_err_ns: int | None = None  # its bound (the tracer's clock mapping)
+    dev_busy_err_ns: int | None = None  # its bound (the tracer's clock map and the device clock anchor)
     samples: int = 0
     estimated: bool = False
     signals: dict[str, Any] = dataclasses.field(default_factory=dict)
