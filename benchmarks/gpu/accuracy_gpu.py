@@ -581,11 +581,19 @@ def step_cost(ph: dict[str, Callable[[], Any]], sync: Callable[[], None], args) 
         },
         "phase_vs_unhinted_pct": round(100 * (med["phase"] / med["unhinted"] - 1), 2),
         "device_vs_unhinted_pct": round(100 * (med["phase_device"] / med["unhinted"] - 1), 2),
+        # the spans it made (the warm-up block and the timed ones), for daemon_figures' wait
+        "spans": {"decode_ab": steps * (blocks + 1), "decode_ab_dev": steps * (blocks + 1)},
     }
 
 
 # ----------------------------------------------------------------------------- daemon's figures
-def daemon_figures(env: dict[str, str], window: dict[str, Any], n_spans: int, cpu: bool) -> dict[str, Any]:
+def daemon_figures(env: dict[str, str], window: dict[str, Any], n_spans: int, n_dev: int, cpu: bool) -> dict[str, Any]:
+    """The daemon's spans once all ``n_spans`` are stored and 95 % of the ``n_dev`` device-timed ones
+    have their device interval (or 30 s passed); per-phase means, the phase fits, the tables.
+
+    (The first version counted step_cost's spans by a formula that was wrong - 704 for 576 on the
+    H200 - and counted its untimed spans as device-timed, so every run waited out its 60 s.)
+    """
     from gpuos_hintd.control import request
 
     db = Path(env["GPUOS_HINT_STATE_DIR"]) / "gpuos-hint.db"
@@ -605,7 +613,7 @@ def daemon_figures(env: dict[str, str], window: dict[str, Any], n_spans: int, cp
             ).fetchall()
             conn.close()
             with_dev = [r for r in rows if r[3] is not None]
-            if len(rows) >= n_spans and (cpu or len(with_dev) >= n_spans * 0.95 or time.monotonic() > give_up):
+            if len(rows) >= n_spans and (cpu or len(with_dev) >= n_dev * 0.95 or time.monotonic() > give_up):
                 break
         time.sleep(0.5)
     per: dict[str, dict[str, list[float]]] = {}
@@ -752,9 +760,10 @@ def main() -> int:
         import gpuos_client as h
 
         h.flush(10.0)
-        n_spans = args.requests * (1 + (4 if args.cpu else 64)) + 3 * args.train_steps + 2 * args.pipeline_iters
-        n_spans += 32 * 8 * 2 + 32 * 3 * 2 if not args.cpu else 4 * 2 * 2 + 4 * 3 * 2  # step_cost's spans
-        fig = daemon_figures(env, window, n_spans, args.cpu)
+        n_dev = args.requests * (1 + (4 if args.cpu else 64)) + 3 * args.train_steps + 2 * args.pipeline_iters
+        made = result["step_cost"]["spans"]
+        n_spans = n_dev + made["decode_ab"] + made["decode_ab_dev"]
+        fig = daemon_figures(env, window, n_spans, n_dev + made["decode_ab_dev"], args.cpu)
         result["daemon"] = fig
         result["client"] = h.stats()  # delivery and device-interval accounting (marks made, pending)
         result["counter_window_j"] = round((e1 - e0) / 1000, 3) if e0 is not None and e1 is not None else None

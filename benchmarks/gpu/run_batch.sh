@@ -20,7 +20,7 @@
 #                                          kernel time also profiled in the hinted run's sequences
 #   benchmarks/gpu/run_batch.sh accuracy-global-buffers (~7 min) issue 9: the tracer with CUPTI's
 #                                          global activity buffers: cupti_check, GPU tests, accuracy
-#   benchmarks/gpu/run_batch.sh busy-anchor (~4.5 min; 170 s was too short) issue 9: accuracy (8 requests) with
+#   benchmarks/gpu/run_batch.sh busy-anchor (~3.5 min; 170 s was too short while daemon_figures waited out its 60 s) issue 9: accuracy (8 requests) with
 #                                          the bracketed clock anchor, busy time vs kernels in context
 #   benchmarks/gpu/run_batch.sh training-overhead (~9 min) issue 11: 8 ABBA pairs of DataLoader
 #                                          training and 8+8 HF Trainer runs, plain vs gpuos-run
