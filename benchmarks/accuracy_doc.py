@@ -188,7 +188,7 @@ def busy_anchor() -> str:
         if which == "alone" or p["busy_ms"] is None or not raw.exists():
             continue
         spans = json.loads(lzma.decompress(raw.read_bytes()))["spans"]
-        lag = sorted((d0 - s0) / 1e3 for n, s0, _s1, d0, _d1 in spans if n == "forward" and d0)
+        lag = sorted((d0 - s0) / 1e3 for n, s0, _s1, d0, *_ in spans if n == "forward" and d0)
         out.append(
             f"| {label} | {lag[len(lag) // 2]:.0f} / {lag[len(lag) // 10]:.0f} | {(ref - p['busy_ms']) * 1e3:.1f} |"
         )

@@ -74,7 +74,9 @@ def test_gpu_accuracy_script_cpu_smoke(tmp_path):
     assert set(doc["isolated"]) >= {"prefill", "decode", "forward", "backward", "optimizer", "stage_a"}
     assert "FIT W" in doc["daemon"]["phases_table"]
     assert set(doc["isolated_before"]) == set(doc["isolated_after"]) and doc["isolated"]["decode"]["runs"] == 2
-    assert (tmp_path / "accuracy_gpu_raw.json").exists()
+    raw = json.loads((tmp_path / "accuracy_gpu_raw.json").read_text())
+    assert len(raw["spans"]) == sum(p["spans"] for p in ph.values())
+    assert all(len(r) == 6 and r[5] is None for r in raw["spans"])  # busy ms: none without CUPTI
 
 
 def test_gpu_accuracy_reintegration_moves_energy_by_the_sample_delay():

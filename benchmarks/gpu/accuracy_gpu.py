@@ -198,7 +198,7 @@ def reintegrate(samples: dict[str, Any] | None, spans: list[list[Any]], window: 
             continue
         scale = counter_j * 1000.0 / whole.mj
         per: dict[str, list[float]] = {}
-        for name, s0, s1, d0, d1 in spans:
+        for name, s0, s1, d0, d1, *_ in spans:  # [name, host, host, dev, dev, busy ms or None]
             if not t0 <= s0 <= t1:
                 continue
             a, b = (d0, d1) if d0 is not None else (s0, s1)
@@ -673,7 +673,9 @@ def daemon_figures(env: dict[str, str], window: dict[str, Any], n_spans: int, n_
     table = subprocess.run([sys.executable, "-m", "gpuos_hintd.cli.main", "phases"], env=env,
                            capture_output=True, text=True, timeout=120).stdout  # fmt: skip
     status = request(env["GPUOS_HINT_CONTROL"], "status", timeout_s=10.0)
-    raw = [[n, s0, s1, d0, d1] for n, s0, s1, d0, d1, _ in rows]
+    # Per span: name, host begin/end, device begin/end (ns), and its CUPTI busy ms (None untraced):
+    # enough to relate busy time to where each span's device interval sits (accuracy.md).
+    raw = [[n, s0, s1, d0, d1, json.loads(sig).get("dev_busy_ms")] for n, s0, s1, d0, d1, sig in rows]
     return {"phases": out, "fits": fits, "span_energy_total_j": round(total_j, 3), "phases_table": table,
             "raw_spans": raw,
             "samplers": status.get("samplers"), "counters": status.get("counters"),
