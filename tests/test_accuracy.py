@@ -74,6 +74,9 @@ def test_gpu_accuracy_script_cpu_smoke(tmp_path):
     assert set(doc["isolated"]) >= {"prefill", "decode", "forward", "backward", "optimizer", "stage_a"}
     assert "FIT W" in doc["daemon"]["phases_table"]
     assert set(doc["isolated_before"]) == set(doc["isolated_after"]) and doc["isolated"]["decode"]["runs"] == 2
+    # The span counts the harness waits for are the ones the daemon stored (a miscount made every
+    # run wait out its full minute).
+    assert {n: ph[n]["spans"] for n in ("decode_ab", "decode_ab_dev")} == doc["step_cost"]["spans"]
     raw = json.loads((tmp_path / "accuracy_gpu_raw.json").read_text())
     assert len(raw["spans"]) == sum(p["spans"] for p in ph.values())
     assert all(len(r) == 6 and r[5] is None for r in raw["spans"])  # busy ms: none without CUPTI
