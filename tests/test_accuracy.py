@@ -6,12 +6,25 @@ client; truth read in-process, never from the daemon) and asserts accuracy, not 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
+
+
+def _accuracy_gpu(monkeypatch: pytest.MonkeyPatch):
+    """benchmarks/gpu/accuracy_gpu.py as a module (its directory on the path, as when it runs)."""
+    gpu = REPO / "benchmarks" / "gpu"
+    monkeypatch.syspath_prepend(str(gpu))
+    spec = importlib.util.spec_from_file_location("accuracy_gpu", gpu / "accuracy_gpu.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def test_edge_readings_meet_the_cpu_targets(tmp_path):
@@ -82,13 +95,9 @@ def test_gpu_accuracy_script_cpu_smoke(tmp_path):
     assert all(len(r) == 6 and r[5] is None for r in raw["spans"])  # busy ms: none without CUPTI
 
 
-def test_gpu_accuracy_reintegration_moves_energy_by_the_sample_delay():
+def test_gpu_accuracy_reintegration_moves_energy_by_the_sample_delay(monkeypatch):
     """accuracy_gpu.reintegrate: a sample delay moves a burst's energy back into the span that made it."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("accuracy_gpu", REPO / "benchmarks" / "gpu" / "accuracy_gpu.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _accuracy_gpu(monkeypatch)
     ms = 1_000_000
 
     # 600 W during [90, 130) ms, 100 W otherwise; samples every 20 ms, each the mean of the 20 ms
@@ -112,18 +121,14 @@ def test_gpu_accuracy_reintegration_moves_energy_by_the_sample_delay():
     assert got["0.0"]["energy_j_mean"]["after"] > got["10.0"]["energy_j_mean"]["after"] + 4
 
 
-def test_gpu_accuracy_in_context_profile_assigns_kernels_by_their_launch():
+def test_gpu_accuracy_in_context_profile_assigns_kernels_by_their_launch(monkeypatch):
     """accuracy_gpu.device_time_by_range: a kernel counts for the phase whose range launched it.
 
     A synthetic chrome trace in torch.profiler's layout: ``fwd`` launches two kernels that run
     after its range ended (no sync), ``bwd``'s kernel is launched from another thread inside the
     main thread's ``bwd`` range, and one memset is launched outside every range.
     """
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("accuracy_gpu", REPO / "benchmarks" / "gpu" / "accuracy_gpu.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _accuracy_gpu(monkeypatch)
 
     def x(cat, name, ts, dur, corr=None, tid=1):
         return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur, "tid": tid,
@@ -152,3 +157,13 @@ def test_gpu_accuracy_in_context_profile_assigns_kernels_by_their_launch():
     ]}  # fmt: skip
     got = mod.device_time_by_range(overlap, ("fwd",))["fwd"]
     assert got["kernel_ms_per_occurrence"] == 0.2 and got["union_ms_per_occurrence"] == 0.15
+
+
+def test_profiler_union_counts_overlap_once():
+    """profiler_trace.union_length, the truth side's busy time (not the client's BusyIntervals)."""
+    spec = importlib.util.spec_from_file_location("profiler_trace", REPO / "benchmarks" / "gpu" / "profiler_trace.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.union_length([]) == 0.0
+    assert mod.union_length([(5.0, 9.0), (0.0, 2.0), (1.0, 3.0), (9.0, 10.0)]) == 3.0 + 5.0
+    assert mod.union_length([(0.0, 10.0), (2.0, 3.0)]) == 10.0  # one inside another

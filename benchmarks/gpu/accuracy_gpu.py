@@ -40,6 +40,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from profiler_trace import DEVICE_CATEGORIES, chrome_trace, device_events, union_length
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -363,7 +365,7 @@ def profile(w: dict[str, Any], ph: dict[str, Callable[[], Any]], sync: Callable[
                 fn()
                 sync()
                 time.sleep(0.005)
-        evs = [(ts, dur) for ts, dur, _ in _device_events(prof)]
+        evs = [(ts, dur) for ts, dur, _ in device_events(chrome_trace(prof))]
         clusters: list[list[tuple[float, float]]] = []
         for ts, dur in evs:
             if clusters and ts - max(a + d for a, d in clusters[-1]) < 2500.0:  # us; the gaps are 5 ms
@@ -389,20 +391,7 @@ def profile(w: dict[str, Any], ph: dict[str, Callable[[], Any]], sync: Callable[
     return out
 
 
-def _device_events(prof: Any) -> list[tuple[float, float, str]]:
-    """(start us, duration us, name) of every kernel/memcpy/memset in a profiler's trace."""
-    with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        prof.export_chrome_trace(f.name)
-        trace = json.loads(Path(f.name).read_text())
-    return sorted(
-        (float(e["ts"]), float(e.get("dur", 0.0)), str(e.get("name", "")))
-        for e in trace.get("traceEvents", [])
-        if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")
-    )
-
-
-LAUNCH_CATEGORIES = ("cuda_runtime", "cuda_driver")
-DEVICE_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
+LAUNCH_CATEGORIES = ("cuda_runtime", "cuda_driver")  # the host calls that launch device work
 
 
 def device_time_by_range(trace: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
@@ -451,7 +440,7 @@ def device_time_by_range(trace: dict[str, Any], names: tuple[str, ...]) -> dict[
         mine = [ev for ev, r in zip(events, ranges, strict=True) if r[2] == name]
         if mine:
             total = [sum(b - a for a, b in ev) / 1e3 for ev in mine]
-            union = [_union_us(ev) / 1e3 for ev in mine]
+            union = [union_length(ev) / 1e3 for ev in mine]
             out[name] = {
                 "occurrences": len(mine),
                 "kernel_ms_per_occurrence": round(statistics.fmean(total), 4),
@@ -459,16 +448,6 @@ def device_time_by_range(trace: dict[str, Any], names: tuple[str, ...]) -> dict[
                 "union_ms_per_occurrence": round(statistics.fmean(union), 4),
             }
     return out
-
-
-def _union_us(intervals: list[tuple[float, float]]) -> float:
-    """Length of the union of (start, end) intervals: device busy time, overlaps counted once."""
-    total, end = 0.0, float("-inf")
-    for a, b in sorted(intervals):
-        if b > end:
-            total += b - max(a, end)
-            end = b
-    return total
 
 
 def profile_in_context(ph: dict[str, Callable[[], Any]], sync: Callable[[], None], w, args) -> dict:
@@ -521,9 +500,7 @@ def profile_in_context(ph: dict[str, Callable[[], Any]], sync: Callable[[], None
             body(warm)
             with torch.profiler.profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                 body(reps)
-            with tempfile.NamedTemporaryFile(suffix=".json") as f:
-                prof.export_chrome_trace(f.name)
-                trace = json.loads(Path(f.name).read_text())
+            trace = chrome_trace(prof)
         except Exception as exc:
             out[f"{label}_error"] = repr(exc)[:300]
             continue

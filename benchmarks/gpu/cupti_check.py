@@ -45,12 +45,13 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import types
 from pathlib import Path
 from typing import Any
+
+from profiler_trace import chrome_trace, device_events, union_length
 
 RESULT: dict[str, Any] = {"ok": False, "parts": {}}
 OUT_PATH: Path | None = None
@@ -151,30 +152,9 @@ def calibrate(torch: Any) -> tuple[int, float]:
     return n, e0.elapsed_time(e1) / 10
 
 
-def union_ns(iv: list[tuple[float, float]]) -> float:
-    tot, cur_s, cur_e = 0.0, None, None
-    for s, e in sorted(iv):
-        if cur_e is None or s > cur_e:
-            if cur_e is not None:
-                tot += cur_e - cur_s
-            cur_s, cur_e = s, e
-        else:
-            cur_e = max(cur_e, e)
-    if cur_e is not None:
-        tot += cur_e - cur_s
-    return tot
-
-
 def _kernels(prof: Any) -> list[tuple[float, float]]:
     """(start ns, end ns) of every kernel/memcpy/memset in a profiler's trace."""
-    with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        prof.export_chrome_trace(f.name)
-        trace = json.loads(Path(f.name).read_text())
-    return sorted(
-        (float(e["ts"]) * 1000, (float(e["ts"]) + float(e.get("dur", 0.0))) * 1000)
-        for e in trace.get("traceEvents", [])
-        if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")
-    )
+    return [(ts * 1000, (ts + dur) * 1000) for ts, dur, _ in device_events(chrome_trace(prof))]
 
 
 def profiler_truth(torch: Any, body: Any, spans: int) -> dict[str, Any]:
@@ -197,7 +177,7 @@ def profiler_truth(torch: Any, body: Any, spans: int) -> dict[str, Any]:
     return {
         "kernels": len(evs),
         "clusters": len(clusters),
-        "union_ns": [round(union_ns(c)) for c in clusters],
+        "union_ns": [round(union_length(c)) for c in clusters],
         "sum_ns": [round(sum(e - s for s, e in c)) for c in clusters],
     }
 
