@@ -127,6 +127,17 @@ def make_pattern(torch: Any, n: int) -> Any:
     return span_body
 
 
+def _mm_ms(torch: Any, a: Any, reps: int = 10) -> float:
+    """One ``a @ a``'s device time in ms: ``reps`` back to back between two CUDA events."""
+    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    e0.record()
+    for _ in range(reps):
+        torch.mm(a, a)
+    e1.record()
+    torch.cuda.synchronize()
+    return e0.elapsed_time(e1) / reps
+
+
 def calibrate(torch: Any) -> tuple[int, float]:
     """A square fp16 matmul size that takes about 1 ms here."""
     n = 4096
@@ -134,22 +145,9 @@ def calibrate(torch: Any) -> tuple[int, float]:
         a = torch.randn(n, n, device="cuda", dtype=torch.float16)
         for _ in range(3):
             torch.mm(a, a)
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        for _ in range(10):
-            torch.mm(a, a)
-        e1.record()
-        torch.cuda.synchronize()
-        ms = e0.elapsed_time(e1) / 10
+        ms = _mm_ms(torch, a)
         n = max(1024, min(16384, int(n * (1.0 / ms) ** (1 / 3)) // 256 * 256))
-    a = torch.randn(n, n, device="cuda", dtype=torch.float16)
-    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    e0.record()
-    for _ in range(10):
-        torch.mm(a, a)
-    e1.record()
-    torch.cuda.synchronize()
-    return n, e0.elapsed_time(e1) / 10
+    return n, _mm_ms(torch, torch.randn(n, n, device="cuda", dtype=torch.float16))
 
 
 def _kernels(prof: Any) -> list[tuple[float, float]]:
