@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import collections
 import json
+import textwrap
 from typing import Any
 
 from gpuos_client import device
+from instant_device import CHILD_IMPORT
 
 
 class FakeStream(device._Backend):
@@ -193,21 +195,12 @@ def test_every_device_interval_reaches_its_span_when_the_device_finishes_at_once
     their spans' begin and end; sent ahead of them, the daemon met a mark for a span it did not
     know yet and the interval was lost (60 % of the H200's synchronous spans in issue 9's run)."""
     res = daemon.client(
-        """
+        CHILD_IMPORT
+        + textwrap.dedent(
+            """
         import json, time
         import gpuos_client as h
         from gpuos_client import device
-
-        class Instant(device._Backend):
-            name = "instant"
-            def record(self):
-                return time.monotonic_ns()
-            def done(self, ev):
-                return True
-            def elapsed_ms(self, a, b):
-                return (b - a) / 1e6
-            def anchor_event(self):
-                return time.monotonic_ns()
 
         device._backend, device._backend_probed = Instant(), True
         for i in range(300):
@@ -220,6 +213,7 @@ def test_every_device_interval_reaches_its_span_when_the_device_finishes_at_once
         ok = h.flush(5.0)
         print(json.dumps({"ok": ok, **h.stats()}))
         """
+        )
     )
     s = json.loads(res.stdout.strip().splitlines()[-1])
     assert s["ok"] and s["dropped"] == 0, s

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from gpuos_client import cupti, device
 from gpuos_client import protocol as P
+from instant_device import CHILD_IMPORT, Instant
 from test_service import PID, Harness, _service
 
 # --------------------------------------------------------------- the tracer (fake libcupti)
@@ -395,19 +396,6 @@ class FakeRt:
         self.drops[reason] = self.drops.get(reason, 0) + n
 
 
-class Instant(device._Backend):
-    name = "instant"
-
-    def done(self, ev: Any) -> bool:
-        return True
-
-    def elapsed_ms(self, a: Any, b: Any) -> float:
-        return (b - a) / 1e6
-
-    def anchor_event(self) -> Any:
-        return 0
-
-
 def _collector(monkeypatch: pytest.MonkeyPatch, backend: device._Backend | None = None, now: list[int] | None = None):
     """collect_device_times' world: a device backend, a settled clock anchor, a fake tracer, a fake runtime."""
     if now is not None:
@@ -582,21 +570,12 @@ def test_a_good_busy_time_becomes_the_spans_busy_signals_and_the_phase_aggregate
 
 # ------------------------------------------------------------------ the wire, end to end
 
-CLIENT = """
+CLIENT = (
+    CHILD_IMPORT
+    + """
 import json, sys, time
 import gpuos_client as h
 from gpuos_client import device
-
-class Instant(device._Backend):
-    name = "instant"
-    def record(self):
-        return time.monotonic_ns()
-    def done(self, ev):
-        return True
-    def elapsed_ms(self, a, b):
-        return (b - a) / 1e6
-    def anchor_event(self):
-        return time.monotonic_ns()
 
 class Tracer:
     on = True
@@ -640,6 +619,7 @@ while h.stats()["device"]["busy_waiting"] and time.monotonic() < deadline:
 ok = h.flush(5.0)
 print(json.dumps({"ok": ok, **h.stats()}), flush=True)
 """
+)
 
 
 def test_busy_time_reaches_open_and_already_stored_spans_and_hintctl_shows_it(daemon):
