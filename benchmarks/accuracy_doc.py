@@ -97,6 +97,11 @@ def per_phase(r: dict[str, Any], name: str) -> dict[str, Any]:
     }
 
 
+def phases_of(r: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(name, per_phase) of every phase a run compared, in PHASES order."""
+    return [(name, per_phase(r, name)) for name in PHASES if name in r["comparison"]]
+
+
 def kernel_reference(p: dict[str, Any]) -> tuple[float | None, str]:
     """The profiler figure a phase's device time is checked against, and which one it is.
 
@@ -125,10 +130,7 @@ def gpu_energy() -> str:
             "| span J (error) | span W vs isolated W | fit W (95 % CI) | fit J (error) | per-phase figure (error) |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
-        for name in PHASES:
-            if name not in r["comparison"]:
-                continue
-            p = per_phase(r, name)
+        for name, p in phases_of(r):
             ci = f"{p['fit_ci'][0]:.0f}-{p['fit_ci'][1]:.0f}" if p["fit_ci"] else "-"
             out.append(
                 f"| {name} | {_f(p['iso_ms'])} ({_f(p['iso_ms_drift'], 1, True)}) | {_f(p['truth_j'], 3)} "
@@ -148,10 +150,7 @@ def gpu_device_time() -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for label, r in runs().items():
-        for name in PHASES:
-            if name not in r["comparison"]:
-                continue
-            p = per_phase(r, name)
+        for name, p in phases_of(r):
             ref, which = kernel_reference(p)
             busy = _err(p["busy_ms"], ref)
             out.append(
@@ -247,10 +246,7 @@ def three_columns() -> str:
             "| hinted, per span | hinted, phase fit | hinted, per-phase figure (accuracy.md's rule) | truth (isolated) |",
             "|---|---|---|---|---|---|",
         ]
-        for name in PHASES:
-            if name not in r["comparison"]:
-                continue
-            p = per_phase(r, name)
+        for name, p in phases_of(r):
             if p["dev_ms"] < TARGET_MIN_MS:
                 continue
             os_j = mean_w * p["dev_ms"] / 1e3 if mean_w else None
@@ -424,7 +420,7 @@ def gpu_plot(path: Path = PLOT) -> bool:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     markers = ("o", "s", "^", "v", "D", "P", "X")
     for (label, r), m in zip(runs().items(), markers, strict=False):
-        pts = [per_phase(r, n) | {"name": n} for n in PHASES if n in r["comparison"]]
+        pts = [p | {"name": n} for n, p in phases_of(r)]
         short = label.split(" (")[0]
         if label in ENERGY_RUNS:
             axes[0].scatter([p["dev_ms"] for p in pts], [p["span_err"] for p in pts], marker=m, facecolors="none",
