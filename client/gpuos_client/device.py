@@ -193,9 +193,11 @@ def backend() -> _Backend | None:
 
 def _reset_after_fork() -> None:
     global _backend_lock, _backend, _backend_probed, _anchor, _tracer, _tracer_lock
+    global _anchor_err_ns, _anchor_err_prev_ns
     _backend_lock = threading.Lock()
     _tracer_lock = threading.Lock()
     _backend, _backend_probed, _anchor, _tracer = None, False, None, None
+    _anchor_err_ns = _anchor_err_prev_ns = 0  # the child's anchors are its own
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
