@@ -14,6 +14,11 @@ launch    a launch-bound torch loop: each step enqueues --kernels tiny elementwi
           `contextlib.nullcontext()` when not; blocks of --launch-steps steps, alternating
           AB BA ...
 
+--device on makes the hinted phases device-timed (``phase(name, device=True)``: a CUDA event pair
+per phase and the client's clock anchor); --device busy adds CUPTI busy time, switched on
+(``device_busy(True)``) before each hinted run and off before every other, outside the timed
+region, so the baselines run untraced.
+
 Every figure is median and spread (IQR, min/max) over >= --runs interleaved runs per variant, with
 a bootstrap 95% CI of the median ratio.  A real gpuos-hintd runs on a private socket (started here,
 stopped at the end).  After every hinted run, outside the timed region, the client's stats() (0
@@ -89,6 +94,12 @@ class Delivery:
         return rec
 
 
+def busy_for(h: Any, args: argparse.Namespace, hinted: bool) -> None:
+    """CUPTI tracing on for a hinted run only (--device busy); called outside the timed region."""
+    if args.device == "busy":
+        h.device_busy(hinted)
+
+
 def bench_generate(args: argparse.Namespace, torch: Any, h: Any, dlv: Delivery, deadline: float) -> dict[str, Any]:
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -108,7 +119,8 @@ def bench_generate(args: argparse.Namespace, torch: Any, h: Any, dlv: Delivery, 
     build_s = time.perf_counter() - t0
     ids = torch.randint(0, cfg.vocab_size, (batch, prompt), device=dev)
     mask = torch.ones_like(ids)
-    prefill, decode = h.phase("prefill"), h.phase("decode")
+    dev_timed = args.device != "off"
+    prefill, decode = h.phase("prefill", device=dev_timed), h.phase("decode", device=dev_timed)
     stack: list[Any] = []
     mode = {"v": "none", "phases": 0, "prefill": 0, "decode": 0}
 
@@ -135,6 +147,7 @@ def bench_generate(args: argparse.Namespace, torch: Any, h: Any, dlv: Delivery, 
             hd.remove()
         handles.clear()
         mode["v"] = v
+        busy_for(h, args, v == "hinted")
         if v != "none":
             handles.append(model.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(model.register_forward_hook(post, with_kwargs=True))
@@ -208,12 +221,15 @@ def bench_launch(args: argparse.Namespace, torch: Any, h: Any, dlv: Delivery, de
     kernels = 10 if args.tiny else args.kernels
     phases = {"n": 0}
 
+    dev_timed = args.device != "off"
+
     def block(hinted: bool) -> float:
         nonlocal x
+        busy_for(h, args, hinted)
         sync()
         t = time.perf_counter()
         for _ in range(steps):
-            with h.phase("step") if hinted else null:
+            with h.phase("step", device=dev_timed) if hinted else null:
                 for _ in range(kernels):
                     x = x.add_(1.0)
                 sync()
@@ -254,9 +270,13 @@ def main() -> int:
     ap.add_argument("--launch-steps", type=int, default=500, help="steps per block of the launch-bound loop")
     ap.add_argument("--kernels", type=int, default=40, help="small kernels per step of the launch-bound loop")
     ap.add_argument("--only", choices=["generate", "launch"], help="run one of the two")
+    ap.add_argument("--device", choices=["off", "on", "busy"], default="off",
+                    help="hinted phases device-timed (on), and with CUPTI busy time (busy)")  # fmt: skip
     ap.add_argument("--budget-s", type=float, default=240.0, help="stop adding runs after this many seconds")
     ap.add_argument("--out", help="JSON file (default: $OUT/generate_overhead.json, else benchmarks/results/)")
     args = ap.parse_args()
+    if args.cpu and args.device != "off":
+        ap.error("--device times CUDA work: it needs the GPU (the client counts a no_cuda drop on the CPU)")
     started = time.monotonic()
     deadline = started + args.budget_s
     out_path = Path(

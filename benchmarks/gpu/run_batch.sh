@@ -22,6 +22,9 @@
 #                                          global activity buffers: cupti_check, GPU tests, accuracy
 #   benchmarks/gpu/run_batch.sh busy-anchor (~3.5 min; 170 s was too short while daemon_figures waited out its 60 s) issue 9: accuracy (8 requests) with
 #                                          the bracketed clock anchor, busy time vs kernels in context
+#   benchmarks/gpu/run_batch.sh anchor-and-cost (~8 min) issue 9: busy-anchor's accuracy run, then
+#                                          the program's cost of device timing and of CUPTI busy
+#                                          time (HF generate + launch-bound loop, interleaved)
 #   benchmarks/gpu/run_batch.sh training-overhead (~9 min) issue 11: 8 ABBA pairs of DataLoader
 #                                          training and 8+8 HF Trainer runs, plain vs gpuos-run
 # Results: each part writes into a work dir; the work dir is packed into $OUT/<batch>.tgz (the tool
@@ -150,7 +153,7 @@ accuracy-global-buffers)
   part "accuracy run 7: CUPTI busy time (global buffers) in the hinted run; profiler alone and in context"
   timeout 330 python3 benchmarks/gpu/accuracy_gpu.py --budget-s 225 --device-busy --out "$W/accuracy" 2>&1 | tail -3
   ;;
-busy-anchor)
+busy-anchor | anchor-and-cost)
   part "accuracy run 8 (8 requests): busy time with the bracketed device clock anchor"
   timeout 300 python3 benchmarks/gpu/accuracy_gpu.py --requests 8 --budget-s 30 --device-busy --out "$W/accuracy" 2>&1 | tail -2
   python3 - "$W/accuracy/accuracy_gpu.json" <<'PY'
@@ -160,6 +163,14 @@ print("anchor_err_ns", d["client"]["device"].get("anchor_err_ns"), "buffers", (d
 for n, c in d["comparison"].items():
     print(n, c.get("busy_ms"), c.get("profiler_in_context_union_ms"), c.get("busy_vs_in_context_union_pct"))
 PY
+  ;;&  # anchor-and-cost goes on below
+anchor-and-cost)
+  tar czf "$OUT/$batch-accuracy.tgz" -C "$(dirname "$W")" "$batch"  # kept if a later part runs out of time
+  for dev in on busy; do
+    part "program cost of device timing (--device $dev): HF generate + launch-bound loop, interleaved"
+    timeout 120 python3 benchmarks/gpu/bench_generate_overhead.py --device $dev --budget-s 80 \
+      --out "$W/generate_overhead_device_$dev.json" | tail -4
+  done
   ;;
 cupti-final)
   part "CUPTI busy tracer: small buffers, no forced flush while work is queued (cupti_check.py)"
