@@ -30,8 +30,9 @@ GPU_RUNS = {
     "run 5 (busy; per-thread buffers; profiler in context)": R4 / "accuracy_gpu_run5_busy.json",
     "run 6 (busy; per-thread buffers; profiler in context)": R4 / "accuracy_gpu_run6_busy.json",
     "run 7 (busy; global CUPTI buffers; profiler in context)": R4 / "accuracy_gpu_run7_busy.json",
+    "run 8 (busy; global buffers; bracketed clock anchor; profiler in context)": R4 / "accuracy_gpu_run8_busy.json",
 }
-#: The energy tables show the runs at default settings and the first busy run; runs 4-7 were made for
+#: The energy tables show the runs at default settings and the first busy run; runs 4-8 were made for
 #: device time (CUPTI tracing slows the host-bound phases, so their energy is not a default figure;
 #: it is in their JSON files).
 ENERGY_RUNS = ("run 1", "run 2", "run 3 (CUPTI busy tracing in the hinted run)")
