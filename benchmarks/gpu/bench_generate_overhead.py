@@ -59,6 +59,8 @@ from _harness import (
 
 
 def summarize(hinted: list[float], base: list[float]) -> dict[str, Any]:
+    if not hinted or not base:  # the budget ran out before this part's first pair
+        return {"slowdown_pct": None, "ci95_pct": None, "runs": 0, "why": "no runs within --budget-s"}
     lo, hi = bootstrap_ratio_ci(hinted, base)
     return {
         "slowdown_pct": round((statistics.median(hinted) / statistics.median(base) - 1) * 100, 3),

@@ -25,6 +25,7 @@
 #   benchmarks/gpu/run_batch.sh anchor-and-cost (~8 min) issue 9: busy-anchor's accuracy run, then
 #                                          the program's cost of device timing and of CUPTI busy
 #                                          time (HF generate + launch-bound loop, interleaved)
+#   benchmarks/gpu/run_batch.sh device-cost (~7 min) the cost part of anchor-and-cost alone
 #   benchmarks/gpu/run_batch.sh training-overhead (~9 min) issue 11: 8 ABBA pairs of DataLoader
 #                                          training and 8+8 HF Trainer runs, plain vs gpuos-run
 # Results: each part writes into a work dir; the work dir is packed into $OUT/<batch>.tgz (the tool
@@ -164,12 +165,15 @@ for n, c in d["comparison"].items():
     print(n, c.get("busy_ms"), c.get("profiler_in_context_union_ms"), c.get("busy_vs_in_context_union_pct"))
 PY
   ;;&  # anchor-and-cost goes on below
-anchor-and-cost)
-  tar czf "$OUT/$batch-accuracy.tgz" -C "$(dirname "$W")" "$batch"  # kept if a later part runs out of time
-  for dev in on busy; do
-    part "program cost of device timing (--device $dev): HF generate + launch-bound loop, interleaved"
-    timeout 120 python3 benchmarks/gpu/bench_generate_overhead.py --device $dev --budget-s 80 \
-      --out "$W/generate_overhead_device_$dev.json" | tail -4
+anchor-and-cost | device-cost)
+  [ "$batch" = device-cost ] || tar czf "$OUT/$batch-accuracy.tgz" -C "$(dirname "$W")" "$batch"  # kept if a later part runs out of time
+  for dev in on busy; do  # generate and the launch-bound loop each with a budget of its own
+    part "program cost of device timing (--device $dev): HF generate, interleaved"
+    timeout 150 python3 benchmarks/gpu/bench_generate_overhead.py --device $dev --only generate --budget-s 110 \
+      --out "$W/generate_overhead_device_$dev.json" | tail -3
+    part "program cost of device timing (--device $dev): launch-bound loop, interleaved"
+    timeout 70 python3 benchmarks/gpu/bench_generate_overhead.py --device $dev --only launch --budget-s 40 \
+      --out "$W/launch_overhead_device_$dev.json" | tail -3
   done
   ;;
 cupti-final)
