@@ -45,6 +45,8 @@ CUPTI_RUNS = {
     "the same, again (with accuracy run 4)": R4 / "cupti_final2" / "cupti_check_cdll.json",
     "global activity buffers (with accuracy run 7)": R4 / "cupti_global" / "cupti_check_cdll.json",
 }
+#: The program's cost of device timing and of CUPTI busy time (run_batch.sh device-cost).
+DEVICE_COST = R4 / "device_cost"
 PHASES = ("prefill", "decode", "forward", "backward", "optimizer", "stage_a", "stage_b")
 SAMPLE_PERIOD_MS = 20.0  # the H200's power-sample spacing (status: power_samples_period_ms; recorded)
 TARGET_MIN_MS = 5.0  # issue 9's energy target covers phases >= 5 ms
@@ -405,6 +407,35 @@ def cupti_checks() -> str:
     return "\n".join(out) + "\n"
 
 
+def device_cost() -> str:
+    """bench_generate_overhead.py --device on|busy: the hinted runs' slowdown, interleaved with baselines."""
+    out = [
+        "",
+        "| hinted phases | program | slowdown, median (95 % CI) | hinted / baseline, median | runs | every event delivered "
+        "| anchor half-width at the end (us) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for dev, what in (("on", "device-timed"), ("busy", "device-timed + CUPTI busy time")):
+        for part, key, unit, scale, label in (
+            ("generate", "hinted_vs_none", "s", 1.0, "HF generate (GPT-2-medium shape, 128 tokens)"),
+            ("launch", "hinted_vs_unhinted", "us/step", 1e6, "launch-bound loop (40 tiny kernels + sync a step)"),
+        ):
+            path = DEVICE_COST / f"{part}_overhead_device_{dev}.json"
+            if not path.exists():
+                continue
+            r = json.loads(path.read_text())
+            g = r[part][key]
+            hs, bs = g["hinted_s"]["median"] * scale, g["baseline_s"]["median"] * scale
+            nd = 3 if scale == 1.0 else 0
+            anchor = r["delivery"]["client_stats_end"]["device"]["anchor_err_ns"] / 1000
+            out.append(
+                f"| {what} | {label} (`{path.relative_to(ROOT)}`) | {g['slowdown_pct']:+.1f} % "
+                f"({g['ci95_pct'][0]:+.1f} to {g['ci95_pct'][1]:+.1f} %) | {hs:.{nd}f} / {bs:.{nd}f} {unit} "
+                f"| {g['runs']} | {'yes' if r['summary']['all_delivered'] else 'no'} | {anchor:.1f} |"
+            )
+    return "\n".join(out) + "\n"
+
+
 PLOT = R4 / "accuracy_gpu.png"
 
 
@@ -419,7 +450,7 @@ def gpu_plot(path: Path = PLOT) -> bool:
         print("matplotlib is not installed: no plot")
         return False
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    markers = ("o", "s", "^", "v", "D", "P", "X")
+    markers = ("o", "s", "^", "v", "D", "P", "X", "*")
     for (label, r), m in zip(runs().items(), markers, strict=False):
         pts = [p | {"name": n} for n, p in phases_of(r)]
         short = label.split(" (")[0]
@@ -453,27 +484,30 @@ def gpu_plot(path: Path = PLOT) -> bool:
     return True
 
 
+def blocks() -> dict[Path, dict[str, str]]:
+    """Every generated block, by the document it lives in (main writes them, a test checks them)."""
+    return {
+        ROOT / "docs" / "accuracy.md": {
+            "cpu-by-length": cpu_by_length(),
+            "cpu-alternation": cpu_alternation(),
+            "gpu-energy": gpu_energy(),
+            "gpu-device-time": gpu_device_time(),
+            "busy-anchor": busy_anchor(),
+            "cupti-checks": cupti_checks(),
+            "device-cost": device_cost(),
+        },
+        ROOT / "docs" / "evaluation.md": {"hinted-vs-truth": three_columns()},
+    }
+
+
 def main() -> int:
     import sys
 
     sys.path.insert(0, str(ROOT / "daemon"))
     from gpuos_hintd.evaluate import report
 
-    for doc, blocks in (
-        (
-            ROOT / "docs" / "accuracy.md",
-            {
-                "cpu-by-length": cpu_by_length(),
-                "cpu-alternation": cpu_alternation(),
-                "gpu-energy": gpu_energy(),
-                "gpu-device-time": gpu_device_time(),
-                "busy-anchor": busy_anchor(),
-                "cupti-checks": cupti_checks(),
-            },
-        ),
-        (ROOT / "docs" / "evaluation.md", {"hinted-vs-truth": three_columns()}),
-    ):
-        doc.write_text(report.replace_generated(doc.read_text(), blocks))
+    for doc, b in blocks().items():
+        doc.write_text(report.replace_generated(doc.read_text(), b))
         print(f"regenerated the blocks of {doc.relative_to(ROOT)}")
     if gpu_plot():
         print(f"plotted {PLOT.relative_to(ROOT)}")

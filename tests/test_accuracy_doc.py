@@ -19,21 +19,9 @@ def _module():
 
 
 def test_generated_accuracy_blocks_match_the_recorded_results() -> None:
-    mod = _module()
-    blocks = {
-        "docs/accuracy.md": {
-            "cpu-by-length": mod.cpu_by_length(),
-            "cpu-alternation": mod.cpu_alternation(),
-            "gpu-energy": mod.gpu_energy(),
-            "gpu-device-time": mod.gpu_device_time(),
-            "busy-anchor": mod.busy_anchor(),
-            "cupti-checks": mod.cupti_checks(),
-        },
-        "docs/evaluation.md": {"hinted-vs-truth": mod.three_columns()},
-    }
-    for doc, b in blocks.items():
-        text = (REPO / doc).read_text()
-        assert report.replace_generated(text, b) == text, f"{doc} is stale: run benchmarks/accuracy_doc.py"
+    for doc, b in _module().blocks().items():
+        text = doc.read_text()
+        assert report.replace_generated(text, b) == text, f"{doc.name} is stale: run benchmarks/accuracy_doc.py"
 
 
 def test_the_per_phase_rule_prefers_an_identified_fit_below_two_sample_periods() -> None:
