@@ -41,15 +41,39 @@ class FakeCupti:
         self.on_flush: Any = None
         self.enabled: set[int] = set(cupti.ENABLED_KINDS)
 
-    def cuptiActivityGetNextRecord(self, buf: int, valid: int, rec_ref: Any) -> int:
+        self.fail_at: int | None = None  # return this code instead of the record at fail_at (see next_record)
+        self.fail_code = 17
+
+    def next_record(self, buf: int, valid: int) -> tuple[int, int]:
+        """(result code, record address): the walk both parsers get, through either entry point."""
         pos = self.cursor.get(buf, 0)
         sizes = self.sizes.get(buf, [])
         off = sum(sizes[:pos])
+        if self.fail_at is not None and pos == self.fail_at:
+            return self.fail_code, 0
         if pos >= len(sizes) or off >= valid:
-            return cupti.CUPTI_ERROR_MAX_LIMIT_REACHED
-        rec_ref._obj.value = buf + off
+            return cupti.CUPTI_ERROR_MAX_LIMIT_REACHED, 0
         self.cursor[buf] = pos + 1
-        return cupti.CUPTI_SUCCESS
+        return cupti.CUPTI_SUCCESS, buf + off
+
+    def cuptiActivityGetNextRecord(self, buf: int, valid: int, rec_ref: Any) -> int:
+        rc, addr = self.next_record(buf, valid)
+        if rc == cupti.CUPTI_SUCCESS:
+            rec_ref._obj.value = addr
+        return rc
+
+    def c_next_record(self) -> Any:
+        """The same walk as a C function pointer, for the _cbusy walk (which calls it without the GIL)."""
+
+        def call(buf: int, valid: int, rec: Any) -> int:
+            rc, addr = self.next_record(buf, valid)
+            if rc == cupti.CUPTI_SUCCESS:
+                rec[0] = addr
+            return rc
+
+        fn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p))(call)
+        self._keep = fn  # alive as long as the fake
+        return fn
 
     def cuptiActivityGetNumDroppedRecords(self, ctx: Any, stream: int, n_ref: Any) -> int:
         n_ref._obj.value = 3
@@ -88,9 +112,15 @@ def _write_records(addr: int, records: list[tuple[int, int, int, int]]) -> list[
     return sizes
 
 
-def _tracer(fake: FakeCupti, monkeypatch: pytest.MonkeyPatch) -> cupti.CuptiTracer:
+def _tracer(fake: FakeCupti, monkeypatch: pytest.MonkeyPatch, parser: str = "python") -> cupti.CuptiTracer:
     t = cupti.CuptiTracer()
     t._lib = fake
+    if parser == "c":
+        if cupti._CBUSY is None:
+            pytest.skip("gpuos_client._cbusy is not built (no C compiler at install time) or GPUOS_HINT_PURE=1")
+        t._next_record_addr = cupti._c_function_address(fake.c_next_record())
+        assert t._next_record_addr, "a ctypes function pointer has an address"
+        t.parser = "c"
     monkeypatch.setattr(cupti.time, "monotonic_ns", lambda: fake.clock - 1_000_000_000)
     t._map_clock()
     t.intervals.floor_ns = 0
@@ -106,9 +136,10 @@ def _hand_buffer(t: cupti.CuptiTracer) -> int:
     return buf.value
 
 
-def test_records_are_read_at_the_header_offsets_and_only_device_work_kinds_are_taken(monkeypatch):
+@pytest.mark.parametrize("parser", ["python", "c"])
+def test_records_are_read_at_the_header_offsets_and_only_device_work_kinds_are_taken(monkeypatch, parser):
     fake = FakeCupti()
-    t = _tracer(fake, monkeypatch)
+    t = _tracer(fake, monkeypatch, parser)
     assert t.map_err_ns == 0 and t._offset == -1_000_000_000  # the fake clocks are 1 s apart exactly
     addr = _hand_buffer(t)
     recs = [
@@ -137,6 +168,63 @@ def test_records_are_read_at_the_header_offsets_and_only_device_work_kinds_are_t
     assert addr not in t._buffers and t._pool, "the buffer went back to the pool"
     addr2 = _hand_buffer(t)
     assert addr2 == addr, "and is reused"
+
+
+def test_the_c_walk_and_the_python_walk_take_the_same_records_of_a_long_mixed_buffer(monkeypatch):
+    """_cbusy.parse replaces the Python walk where built: the same pairs, kinds, bad count, gate.
+
+    1000 records (beyond the C walk's first allocation) of every kind the tracer meets and some it
+    does not (a kind above 64, beyond the mask's reach, and one above the C walk's count slots),
+    with bad records of every sort.
+    """
+    import random
+
+    rng = random.Random(9)
+    kinds = [cupti.KIND_CONCURRENT_KERNEL, cupti.KIND_MEMCPY, cupti.KIND_MEMSET, cupti.KIND_KERNEL, 5, 17, 70, 300]
+    recs = []
+    for i in range(1000):
+        s = 2_000_000_000 + i * 1000 + rng.randrange(500)
+        e = s + rng.choice([1, 400, 900, 0, -5, cupti._MAX_RECORD_NS + 1])  # empty, inverted, too long too
+        s = 0 if i % 97 == 0 else s
+        recs.append((rng.choice(kinds), s, max(e, 0), rng.choice([64, 96, 192, 200])))
+    got = {}
+    for parser in ("python", "c"):
+        fake = FakeCupti()
+        t = _tracer(fake, monkeypatch, parser)
+        addr = _hand_buffer(t)
+        size = sum(r[3] for r in recs)
+        big = (ctypes.c_uint8 * (size + cupti.ALIGN))()  # the records do not fit a tracer buffer
+        addr = ctypes.addressof(big) + (-ctypes.addressof(big)) % cupti.ALIGN
+        fake.sizes[addr] = _write_records(addr, recs)
+        pairs = t._parse(addr, size)
+        got[parser] = (pairs, dict(t.kinds), t.records, t.bad_records, t.errors, t._start_max)
+    assert got["c"] == got["python"]
+    pairs, kinds_seen, records, bad, errors, start_max = got["c"]
+    taken = [r for r in recs if r[0] in cupti.TAKEN_KINDS]
+    good = [(s, e) for _, s, e, _ in taken if s != 0 and 0 < e - s <= cupti._MAX_RECORD_NS]
+    assert pairs == good and records == len(good) and bad == len(taken) - len(good) > 0
+    assert kinds_seen[cupti.KIND_OTHER] == sum(r[0] == 300 for r in recs) and kinds_seen[70] > 0 and errors == 0
+    assert start_max == max(s for s, _ in good)
+
+
+@pytest.mark.parametrize("parser", ["python", "c"])
+def test_a_walk_stopped_by_an_error_keeps_the_records_before_it_and_counts_the_error(monkeypatch, parser):
+    fake = FakeCupti()
+    t = _tracer(fake, monkeypatch, parser)
+    addr = _hand_buffer(t)
+    recs = [(cupti.KIND_CONCURRENT_KERNEL, 2_000_000_000 + 10 * i, 2_000_000_005 + 10 * i, 192) for i in range(5)]
+    fake.sizes[addr] = _write_records(addr, recs)
+    fake.fail_at = 3
+    pairs = t._parse(addr, sum(fake.sizes[addr]))
+    assert pairs == [(s, e) for _, s, e, _ in recs[:3]] and t.errors == 1 and t.records == 3
+
+
+def test_the_c_walk_is_what_a_real_libcupti_gets_and_stats_say_which(monkeypatch):
+    """A function loaded by ctypes has an address: the C walk; a stand-in object: the Python one."""
+    libc = ctypes.CDLL(None)
+    assert cupti._c_function_address(libc.strlen) != 0
+    assert cupti._c_function_address(FakeCupti().cuptiActivityGetNextRecord) == 0
+    assert cupti.CuptiTracer().stats()["parser"] == "python"  # until start() finds a C function
 
 
 def test_an_outstanding_full_buffer_holds_completeness_back(monkeypatch):
