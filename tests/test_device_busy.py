@@ -34,7 +34,6 @@ class FakeCupti:
     """libcupti's activity calls, over buffers the tracer handed out; records written by the test."""
 
     def __init__(self) -> None:
-        self.cursor: dict[int, int] = {}
         self.sizes: dict[int, list[int]] = {}  # buffer -> record sizes, in order
         self.clock = 5_000_000_000  # CUPTI's clock; the test's monotonic is this minus 1 s
         self.flushed: list[int] = []
@@ -43,21 +42,27 @@ class FakeCupti:
 
         self.fail_at: int | None = None  # return this code instead of the record at fail_at (see next_record)
         self.fail_code = 17
+        self.walked = 0  # records handed out
 
-    def next_record(self, buf: int, valid: int) -> tuple[int, int]:
-        """(result code, record address): the walk both parsers get, through either entry point."""
-        pos = self.cursor.get(buf, 0)
+    def next_record(self, buf: int, valid: int, prev: int | None) -> tuple[int, int]:
+        """(result code, record address) after ``prev``, as CUPTI walks: the cursor is the record.
+
+        ``prev`` None (a NULL record pointer) asks for the buffer's first record, a record's
+        address for the one after it; a walk that does not pass the last record back starts
+        over (which hung the first C walk on the H200 and is why this fake keeps no cursor).
+        """
         sizes = self.sizes.get(buf, [])
-        off = sum(sizes[:pos])
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        pos = 0 if prev is None else starts.index(prev - buf) + 1
         if self.fail_at is not None and pos == self.fail_at:
             return self.fail_code, 0
-        if pos >= len(sizes) or off >= valid:
+        if pos >= len(sizes) or starts[pos] >= valid:
             return cupti.CUPTI_ERROR_MAX_LIMIT_REACHED, 0
-        self.cursor[buf] = pos + 1
-        return cupti.CUPTI_SUCCESS, buf + off
+        self.walked += 1
+        return cupti.CUPTI_SUCCESS, buf + starts[pos]
 
     def cuptiActivityGetNextRecord(self, buf: int, valid: int, rec_ref: Any) -> int:
-        rc, addr = self.next_record(buf, valid)
+        rc, addr = self.next_record(buf, valid, rec_ref._obj.value)
         if rc == cupti.CUPTI_SUCCESS:
             rec_ref._obj.value = addr
         return rc
@@ -66,7 +71,9 @@ class FakeCupti:
         """The same walk as a C function pointer, for the _cbusy walk (which calls it without the GIL)."""
 
         def call(buf: int, valid: int, rec: Any) -> int:
-            rc, addr = self.next_record(buf, valid)
+            if self.walked > 10 * len(self.sizes.get(buf, [])) + 10:  # a walk that starts over: stop it
+                return self.fail_code
+            rc, addr = self.next_record(buf, valid, rec[0])
             if rc == cupti.CUPTI_SUCCESS:
                 rec[0] = addr
             return rc

@@ -26,9 +26,9 @@
 #                                          the program's cost of device timing and of CUPTI busy
 #                                          time (HF generate + launch-bound loop, interleaved)
 #   benchmarks/gpu/run_batch.sh device-cost (~7 min) the cost part of anchor-and-cost alone
-#   benchmarks/gpu/run_batch.sh busy-walk (~6 min) CUPTI buffers walked in C (_cbusy): cupti_check, GPU
-#                                          tests and accuracy with it, then the program's cost with
-#                                          the C walk and with the Python one (GPUOS_HINT_PURE=1)
+#   benchmarks/gpu/run_batch.sh busy-walk (~4 min) CUPTI buffers walked in C (_cbusy): cupti_check, GPU
+#                                          tests and accuracy with it, then the launch-bound loop's
+#                                          cost with the C walk and with the Python one (GPUOS_HINT_PURE=1)
 #   benchmarks/gpu/run_batch.sh training-overhead (~9 min) issue 11: 8 ABBA pairs of DataLoader
 #                                          training and 8+8 HF Trainer runs, plain vs gpuos-run
 # Results: each part writes into a work dir; the work dir is packed into $OUT/<batch>.tgz (the tool
@@ -52,7 +52,10 @@ gcc -O2 -std=gnu11 -shared -fPIC -I"$inc" client/gpuos_client/_cbusy.c -o "clien
 python3 -c "import gpuos_client as h; from gpuos_client import cupti; print('client fast path:', h.stats()['fast_path'], '- CUPTI walk in C:', cupti._CBUSY is not None)"
 nvidia-smi --query-gpu=name,driver_version,power.limit --format=csv,noheader; nproc; uptime
 t0=$SECONDS
-part() { echo; echo "== $1 (t=$((SECONDS - t0)) s)"; }
+part() {  # the results so far are packed at every part: a call cut off by its limit keeps them
+  tar czf "$OUT/$batch.tgz" -C "$(dirname "$W")" "$batch"
+  echo; echo "== $1 (t=$((SECONDS - t0)) s)"
+}
 case $batch in
 client)
   part "client overhead: generate (none/empty hooks/hinted) + launch-bound loop"
@@ -184,11 +187,17 @@ anchor-and-cost | device-cost)
 busy-walk)
   part "CUPTI busy tracer, buffers walked in C (cupti_check.py)"
   mkdir -p "$W/cupti"
-  timeout 120 python3 benchmarks/gpu/cupti_check.py --seconds 110 --out "$W/cupti/cupti_check.json" 2>&1 | grep -E '"(buffers|parser|within_2pct|max_abs_rel_err|on_over_off|per_kernel_us|ok)"' | head -12
+  timeout 60 python3 benchmarks/gpu/cupti_check.py --seconds 50 --out "$W/cupti/cupti_check.json" 2>&1 | grep -E '"(buffers|parser|within_2pct|max_abs_rel_err|on_over_off|per_kernel_us|ok)"' | head -12
   part "GPU-only tests"
-  timeout 60 python3 -m pytest -q -rs -p no:cacheprovider tests/test_cupti_gpu.py tests/test_cupti_layout.py 2>&1 | tail -4
+  timeout 45 python3 -m pytest -q -rs -p no:cacheprovider tests/test_cupti_gpu.py tests/test_cupti_layout.py 2>&1 | tail -4
+  for walk in c python; do
+    pure=0; [ $walk = python ] && pure=1
+    part "program cost of busy time, launch-bound loop, buffers walked in $walk"
+    GPUOS_HINT_PURE=$pure timeout 70 python3 benchmarks/gpu/bench_generate_overhead.py --device busy --only launch \
+      --budget-s 40 --out "$W/launch_overhead_device_busy_walk_$walk.json" | tail -2
+  done
   part "accuracy run 9 (8 requests): busy time, buffers walked in C"
-  timeout 200 python3 benchmarks/gpu/accuracy_gpu.py --requests 8 --budget-s 30 --device-busy --out "$W/accuracy" 2>&1 | tail -1
+  timeout 120 python3 benchmarks/gpu/accuracy_gpu.py --requests 8 --budget-s 30 --device-busy --out "$W/accuracy" 2>&1 | tail -1
   python3 - "$W/accuracy/accuracy_gpu.json" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
@@ -196,15 +205,6 @@ print("parser", (d.get("busy_tracer") or {}).get("parser"), "anchor_err_ns", d["
 for n, c in d["comparison"].items():
     print(n, c.get("busy_ms"), c.get("profiler_in_context_union_ms"), c.get("busy_vs_in_context_union_pct"))
 PY
-  for walk in c python; do
-    pure=0; [ $walk = python ] && pure=1
-    part "program cost of busy time, launch-bound loop, buffers walked in $walk"
-    GPUOS_HINT_PURE=$pure timeout 70 python3 benchmarks/gpu/bench_generate_overhead.py --device busy --only launch \
-      --budget-s 40 --out "$W/launch_overhead_device_busy_walk_$walk.json" | tail -2
-  done
-  part "program cost of busy time, HF generate, buffers walked in C"
-  timeout 150 python3 benchmarks/gpu/bench_generate_overhead.py --device busy --only generate --budget-s 100 \
-    --out "$W/generate_overhead_device_busy_walk_c.json" | tail -2
   ;;
 cupti-final)
   part "CUPTI busy tracer: small buffers, no forced flush while work is queued (cupti_check.py)"

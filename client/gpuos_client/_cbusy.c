@@ -58,8 +58,11 @@ static PyObject *parse(PyObject *self, PyObject *args) {
     int error = 0;
 
     Py_BEGIN_ALLOW_THREADS
+    /* CUPTI's cursor is the record pointer itself: NULL asks for the first record, a record for
+     * the one after it.  (Reset inside the loop it returns the first record for ever: the first
+     * version of this walk did, and hung the H200 runs, benchmarks/results/h200/round4/busy-walk-hung.log.) */
+    void *rec = NULL;
     for (;;) {
-        void *rec = NULL;
         int rc = next(buf, (size_t)valid, &rec);
         if (rc != CUPTI_SUCCESS) {
             if (rc != CUPTI_ERROR_MAX_LIMIT_REACHED)
