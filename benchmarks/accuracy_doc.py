@@ -31,8 +31,9 @@ GPU_RUNS = {
     "run 6 (busy; per-thread buffers; profiler in context)": R4 / "accuracy_gpu_run6_busy.json",
     "run 7 (busy; global CUPTI buffers; profiler in context)": R4 / "accuracy_gpu_run7_busy.json",
     "run 8 (busy; global buffers; bracketed clock anchor; profiler in context)": R4 / "accuracy_gpu_run8_busy.json",
+    "run 9 (busy; as run 8, CUPTI buffers walked in C)": R4 / "accuracy_gpu_run9_busy.json",
 }
-#: The energy tables show the runs at default settings and the first busy run; runs 4-8 were made for
+#: The energy tables show the runs at default settings and the first busy run; runs 4-9 were made for
 #: device time (CUPTI tracing slows the host-bound phases, so their energy is not a default figure;
 #: it is in their JSON files).
 ENERGY_RUNS = ("run 1", "run 2", "run 3 (CUPTI busy tracing in the hinted run)")
@@ -44,9 +45,18 @@ CUPTI_RUNS = {
     / "cupti_check_cdll.json",
     "the same, again (with accuracy run 4)": R4 / "cupti_final2" / "cupti_check_cdll.json",
     "global activity buffers (with accuracy run 7)": R4 / "cupti_global" / "cupti_check_cdll.json",
+    "buffers walked in C, shorter run (with accuracy run 9)": R4 / "busy_walk" / "cupti_check_cdll.json",
 }
-#: The program's cost of device timing and of CUPTI busy time (run_batch.sh device-cost).
-DEVICE_COST = R4 / "device_cost"
+#: The program's cost of device timing and of CUPTI busy time: run_batch.sh device-cost (the first
+#: four: the Python buffer walk) and busy-walk (the C walk against the Python one, launch-bound).
+DEVICE_COST_RUNS = [
+    R4 / "device_cost" / "generate_overhead_device_on.json",
+    R4 / "device_cost" / "launch_overhead_device_on.json",
+    R4 / "device_cost" / "generate_overhead_device_busy.json",
+    R4 / "device_cost" / "launch_overhead_device_busy.json",
+    R4 / "busy_walk" / "launch_overhead_device_busy_walk_python.json",
+    R4 / "busy_walk" / "launch_overhead_device_busy_walk_c.json",
+]
 PHASES = ("prefill", "decode", "forward", "backward", "optimizer", "stage_a", "stage_b")
 SAMPLE_PERIOD_MS = 20.0  # the H200's power-sample spacing (status: power_samples_period_ms; recorded)
 TARGET_MIN_MS = 5.0  # issue 9's energy target covers phases >= 5 ms
@@ -411,28 +421,31 @@ def device_cost() -> str:
     """bench_generate_overhead.py --device on|busy: the hinted runs' slowdown, interleaved with baselines."""
     out = [
         "",
-        "| hinted phases | program | slowdown, median (95 % CI) | hinted / baseline, median | runs | every event delivered "
-        "| anchor half-width at the end (us) |",
-        "|---|---|---|---|---|---|---|",
+        "| hinted phases | CUPTI buffers walked in | program (file) | slowdown, median (95 % CI) "
+        "| hinted / baseline, median | runs | every event delivered | anchor half-width at the end (us) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for dev, what in (("on", "device-timed"), ("busy", "device-timed + CUPTI busy time")):
-        for part, key, unit, scale, label in (
-            ("generate", "hinted_vs_none", "s", 1.0, "HF generate (GPT-2-medium shape, 128 tokens)"),
-            ("launch", "hinted_vs_unhinted", "us/step", 1e6, "launch-bound loop (40 tiny kernels + sync a step)"),
-        ):
-            path = DEVICE_COST / f"{part}_overhead_device_{dev}.json"
-            if not path.exists():
-                continue
-            r = json.loads(path.read_text())
-            g = r[part][key]
-            hs, bs = g["hinted_s"]["median"] * scale, g["baseline_s"]["median"] * scale
-            nd = 3 if scale == 1.0 else 0
-            anchor = r["delivery"]["client_stats_end"]["device"]["anchor_err_ns"] / 1000
-            out.append(
-                f"| {what} | {label} (`{path.relative_to(ROOT)}`) | {g['slowdown_pct']:+.1f} % "
-                f"({g['ci95_pct'][0]:+.1f} to {g['ci95_pct'][1]:+.1f} %) | {hs:.{nd}f} / {bs:.{nd}f} {unit} "
-                f"| {g['runs']} | {'yes' if r['summary']['all_delivered'] else 'no'} | {anchor:.1f} |"
-            )
+    programs = {
+        "generate": ("hinted_vs_none", "s", 1.0, 3, "HF generate (GPT-2-medium shape, 128 tokens)"),
+        "launch": ("hinted_vs_unhinted", "us/step", 1e6, 0, "launch-bound loop (40 tiny kernels + sync a step)"),
+    }
+    for path in DEVICE_COST_RUNS:
+        if not path.exists():
+            continue
+        r = json.loads(path.read_text())
+        part = "generate" if "generate" in r else "launch"
+        key, unit, scale, nd, label = programs[part]
+        g = r[part][key]
+        hs, bs = g["hinted_s"]["median"] * scale, g["baseline_s"]["median"] * scale
+        dev = r["delivery"]["client_stats_end"]["device"]
+        busy = dev.get("busy")
+        what = "device-timed + CUPTI busy time" if busy else "device-timed"
+        walk = "-" if not busy else {"c": "C (_cbusy)", None: "Python"}.get(busy.get("parser"), "Python")
+        out.append(
+            f"| {what} | {walk} | {label} (`{path.relative_to(ROOT)}`) | {g['slowdown_pct']:+.1f} % "
+            f"({g['ci95_pct'][0]:+.1f} to {g['ci95_pct'][1]:+.1f} %) | {hs:.{nd}f} / {bs:.{nd}f} {unit} "
+            f"| {g['runs']} | {'yes' if r['summary']['all_delivered'] else 'no'} | {dev['anchor_err_ns'] / 1000:.1f} |"
+        )
     return "\n".join(out) + "\n"
 
 
@@ -450,7 +463,7 @@ def gpu_plot(path: Path = PLOT) -> bool:
         print("matplotlib is not installed: no plot")
         return False
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    markers = ("o", "s", "^", "v", "D", "P", "X", "*")
+    markers = ("o", "s", "^", "v", "D", "P", "X", "*", "h")
     for (label, r), m in zip(runs().items(), markers, strict=False):
         pts = [p | {"name": n} for n, p in phases_of(r)]
         short = label.split(" (")[0]

@@ -67,9 +67,12 @@ mark time against the tracer's own complete record set afterwards.
 Threads: CUPTI calls the buffer callbacks from the launching thread (a new buffer), from the
 flushing thread and from its own worker thread; a ctypes callback takes the GIL.  libcupti is
 loaded with ``ctypes.CDLL``, whose calls release the GIL, and the callbacks only hand buffers out
-and parse them.  Measured on the H200 (cupti_check.py runs both loaders under a watchdog):
-with ``ctypes.PyDLL`` (calls keep the GIL) a flush deadlocked - CUPTI's own thread waited for
-the GIL the flushing thread held; with CDLL every part completed.
+and parse them.  A completed buffer is walked by ``_cbusy.parse`` in C, with the GIL released
+once for the whole buffer (the Python walk released and took it back at every record: x2.1 on
+a launch-bound loop against x1.5 with the C walk on the H200, docs/accuracy.md).  Measured
+on the H200 (cupti_check.py runs both loaders under a watchdog): with ``ctypes.PyDLL`` (calls
+keep the GIL) a flush deadlocked - CUPTI's own thread waited for the GIL the flushing thread
+held; with CDLL every part completed.
 
 Interaction with other CUPTI users: CUPTI has one set of activity buffer callbacks per process.
 When torch.profiler (kineto) is running at start, this tracer stays off and says so.  A profiler
