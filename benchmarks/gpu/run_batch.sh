@@ -52,6 +52,16 @@ gcc -O2 -std=gnu11 -shared -fPIC -I"$inc" client/gpuos_client/_cbusy.c -o "clien
 python3 -c "import gpuos_client as h; from gpuos_client import cupti; print('client fast path:', h.stats()['fast_path'], '- CUPTI walk in C:', cupti._CBUSY is not None)"
 nvidia-smi --query-gpu=name,driver_version,power.limit --format=csv,noheader; nproc; uptime
 t0=$SECONDS
+busy_summary() {  # an accuracy run's busy time per phase against the in-context profile
+  python3 - "$W/accuracy/accuracy_gpu.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+t = d.get("busy_tracer") or {}
+print("anchor_err_ns", d["client"]["device"].get("anchor_err_ns"), "buffers", t.get("buffers"), "parser", t.get("parser"))
+for n, c in d["comparison"].items():
+    print(n, c.get("busy_ms"), c.get("profiler_in_context_union_ms"), c.get("busy_vs_in_context_union_pct"))
+PY
+}
 part() {  # the results so far are packed at every part: a call cut off by its limit keeps them
   tar czf "$OUT/$batch.tgz" -C "$(dirname "$W")" "$batch"
   echo; echo "== $1 (t=$((SECONDS - t0)) s)"
@@ -165,13 +175,7 @@ accuracy-global-buffers)
 busy-anchor | anchor-and-cost)
   part "accuracy run 8 (8 requests): busy time with the bracketed device clock anchor"
   timeout 300 python3 benchmarks/gpu/accuracy_gpu.py --requests 8 --budget-s 30 --device-busy --out "$W/accuracy" 2>&1 | tail -2
-  python3 - "$W/accuracy/accuracy_gpu.json" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1]))
-print("anchor_err_ns", d["client"]["device"].get("anchor_err_ns"), "buffers", (d.get("busy_tracer") or {}).get("buffers"))
-for n, c in d["comparison"].items():
-    print(n, c.get("busy_ms"), c.get("profiler_in_context_union_ms"), c.get("busy_vs_in_context_union_pct"))
-PY
+  busy_summary
   ;;&  # anchor-and-cost goes on below
 anchor-and-cost | device-cost)
   [ "$batch" = device-cost ] || tar czf "$OUT/$batch-accuracy.tgz" -C "$(dirname "$W")" "$batch"  # kept if a later part runs out of time
@@ -198,13 +202,7 @@ busy-walk)
   done
   part "accuracy run 9 (8 requests): busy time, buffers walked in C"
   timeout 120 python3 benchmarks/gpu/accuracy_gpu.py --requests 8 --budget-s 30 --device-busy --out "$W/accuracy" 2>&1 | tail -1
-  python3 - "$W/accuracy/accuracy_gpu.json" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1]))
-print("parser", (d.get("busy_tracer") or {}).get("parser"), "anchor_err_ns", d["client"]["device"].get("anchor_err_ns"))
-for n, c in d["comparison"].items():
-    print(n, c.get("busy_ms"), c.get("profiler_in_context_union_ms"), c.get("busy_vs_in_context_union_pct"))
-PY
+  busy_summary
   ;;
 cupti-final)
   part "CUPTI busy tracer: small buffers, no forced flush while work is queued (cupti_check.py)"
