@@ -43,6 +43,7 @@ class FakeCupti:
         self.fail_at: int | None = None  # return this code instead of the record at fail_at (see next_record)
         self.fail_code = 17
         self.walked = 0  # records handed out
+        self.ignores_cursor = False  # a libcupti that hands out the first record at every call
 
     def next_record(self, buf: int, valid: int, prev: int | None) -> tuple[int, int]:
         """(result code, record address) after ``prev``, as CUPTI walks: the cursor is the record.
@@ -53,7 +54,7 @@ class FakeCupti:
         """
         sizes = self.sizes.get(buf, [])
         starts = [sum(sizes[:i]) for i in range(len(sizes))]
-        pos = 0 if prev is None else starts.index(prev - buf) + 1
+        pos = 0 if prev is None or self.ignores_cursor else starts.index(prev - buf) + 1
         if self.fail_at is not None and pos == self.fail_at:
             return self.fail_code, 0
         if pos >= len(sizes) or starts[pos] >= valid:
@@ -71,7 +72,7 @@ class FakeCupti:
         """The same walk as a C function pointer, for the _cbusy walk (which calls it without the GIL)."""
 
         def call(buf: int, valid: int, rec: Any) -> int:
-            if self.walked > 10 * len(self.sizes.get(buf, [])) + 10:  # a walk that starts over: stop it
+            if self.walked > valid + 10:  # beyond any walk's own bound: stop it here, not hang the test
                 return self.fail_code
             rc, addr = self.next_record(buf, valid, rec[0])
             if rc == cupti.CUPTI_SUCCESS:
@@ -224,6 +225,22 @@ def test_a_walk_stopped_by_an_error_keeps_the_records_before_it_and_counts_the_e
     fake.fail_at = 3
     pairs = t._parse(addr, sum(fake.sizes[addr]))
     assert pairs == [(s, e) for _, s, e, _ in recs[:3]] and t.errors == 1 and t.records == 3
+
+
+@pytest.mark.parametrize("parser", ["python", "c"])
+def test_a_walk_that_goes_round_is_stopped_at_what_the_buffer_can_hold_and_counted(monkeypatch, parser):
+    """A libcupti that does not advance (or a walk that drops the cursor, as the first C walk did,
+    hanging the H200 run) must not hold the callback thread for ever."""
+    fake = FakeCupti()
+    t = _tracer(fake, monkeypatch, parser)
+    addr = _hand_buffer(t)
+    recs = [(cupti.KIND_CONCURRENT_KERNEL, 2_000_000_000 + 10 * i, 2_000_000_005 + 10 * i, 192) for i in range(5)]
+    fake.sizes[addr] = _write_records(addr, recs)
+    fake.ignores_cursor = True
+    valid = sum(fake.sizes[addr])
+    pairs = t._parse(addr, valid)
+    most = valid // cupti.ALIGN + 1
+    assert t.errors == 1 and fake.walked == most and pairs == [(recs[0][1], recs[0][2])] * most
 
 
 def test_the_c_walk_is_what_a_real_libcupti_gets_and_stats_say_which(monkeypatch):

@@ -17,7 +17,7 @@
  *   kinds         dict kind -> count, updated for every record seen (taken or not)
  * -> (pairs: list[tuple[int, int]], bad: int, error: int, start_max: int)
  *   error: 0 when the walk ended at CUPTI_ERROR_MAX_LIMIT_REACHED (the buffer's end), else the
- *   result code that stopped it (-1: out of memory).
+ *   result code that stopped it (-1: out of memory; -2: more records than the buffer can hold).
  *
  * The pure-Python walk in cupti.py (CuptiTracer._parse_py) does the same and is what runs where
  * this extension is not built, with GPUOS_HINT_PURE=1, or on a libcupti stand-in that is not a C
@@ -62,7 +62,14 @@ static PyObject *parse(PyObject *self, PyObject *args) {
      * the one after it.  (Reset inside the loop it returns the first record for ever: the first
      * version of this walk did, and hung the H200 runs, benchmarks/results/h200/round4/busy-walk-hung.log.) */
     void *rec = NULL;
+    /* Records are at least 8 bytes apart (ACTIVITY_RECORD_ALIGNMENT): more than valid / 8 of them
+     * means the walk is going round (a libcupti that does not advance), and it stops, counted. */
+    unsigned long long seen = 0, most = valid / 8 + 1;
     for (;;) {
+        if (++seen > most) {
+            error = -2;
+            break;
+        }
         int rc = next(buf, (size_t)valid, &rec);
         if (rc != CUPTI_SUCCESS) {
             if (rc != CUPTI_ERROR_MAX_LIMIT_REACHED)

@@ -441,7 +441,11 @@ class CuptiTracer:
         u32, u64 = ctypes.c_uint32.from_address, ctypes.c_uint64.from_address
         kinds = self.kinds
         out = []
-        while True:
+        most = valid // ALIGN + 1  # more records than that: the walk is going round (as _cbusy.c)
+        for i in range(most + 1):
+            if i == most:
+                self.errors += 1
+                break
             rc = get_next(buf, valid, ctypes.byref(rec))
             if rc != CUPTI_SUCCESS:
                 if rc != CUPTI_ERROR_MAX_LIMIT_REACHED:
