@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import itertools
 import json
 import subprocess
 import sys
@@ -44,6 +45,7 @@ class FakeCupti:
         self.fail_code = 17
         self.walked = 0  # records handed out
         self.ignores_cursor = False  # a libcupti that hands out the first record at every call
+        self._layout: dict[int, tuple[list[int], list[int], dict[int, int]]] = {}
 
     def next_record(self, buf: int, valid: int, prev: int | None) -> tuple[int, int]:
         """(result code, record address) after ``prev``, as CUPTI walks: the cursor is the record.
@@ -53,8 +55,11 @@ class FakeCupti:
         over (which hung the first C walk on the H200 and is why this fake keeps no cursor).
         """
         sizes = self.sizes.get(buf, [])
-        starts = [sum(sizes[:i]) for i in range(len(sizes))]
-        pos = 0 if prev is None or self.ignores_cursor else starts.index(prev - buf) + 1
+        if self._layout.get(buf, (None,))[0] is not sizes:  # offsets of the records, once per layout
+            starts = list(itertools.accumulate(sizes, initial=0))[:-1]
+            self._layout[buf] = (sizes, starts, {off: i for i, off in enumerate(starts)})
+        _, starts, pos_of = self._layout[buf]
+        pos = 0 if prev is None or self.ignores_cursor else pos_of[prev - buf] + 1
         if self.fail_at is not None and pos == self.fail_at:
             return self.fail_code, 0
         if pos >= len(sizes) or starts[pos] >= valid:
@@ -178,41 +183,56 @@ def test_records_are_read_at_the_header_offsets_and_only_device_work_kinds_are_t
     assert addr2 == addr, "and is reused"
 
 
-def test_the_c_walk_and_the_python_walk_take_the_same_records_of_a_long_mixed_buffer(monkeypatch):
+def test_the_c_walk_and_the_python_walk_take_the_same_records_of_long_mixed_buffers(monkeypatch):
     """_cbusy.parse replaces the Python walk where built: the same pairs, kinds, bad count, gate.
 
-    1000 records (beyond the C walk's first allocation) of every kind the tracer meets and some it
-    does not (a kind above 64, beyond the mask's reach, and one above the C walk's count slots),
-    with bad records of every sort.
+    Two buffers of 1500 records each into one tracer (the kind counts add up across buffers; the
+    C walk's pair array, 256 pairs at first, grows twice for each), shuffled so that the latest start is not the last
+    record, of every kind the tracer meets and some it does not: kinds of 64 and above whose
+    shift would wrap onto a taken bit (74 -> 10, 65 -> 1), one above the C walk's count slots,
+    and records that are bad in every way, with one exactly at the length bound (taken).
     """
     import random
 
     rng = random.Random(9)
-    kinds = [cupti.KIND_CONCURRENT_KERNEL, cupti.KIND_MEMCPY, cupti.KIND_MEMSET, cupti.KIND_KERNEL, 5, 17, 70, 300]
-    recs = []
-    for i in range(1000):
-        s = 2_000_000_000 + i * 1000 + rng.randrange(500)
-        e = s + rng.choice([1, 400, 900, 0, -5, cupti._MAX_RECORD_NS + 1])  # empty, inverted, too long too
-        s = 0 if i % 97 == 0 else s
-        recs.append((rng.choice(kinds), s, max(e, 0), rng.choice([64, 96, 192, 200])))
+    kinds = [cupti.KIND_CONCURRENT_KERNEL, cupti.KIND_MEMCPY, cupti.KIND_MEMSET, cupti.KIND_KERNEL, 5, 17, 65, 74, 300]
+    lengths = [1, 400, 900, 0, -5, cupti._MAX_RECORD_NS, cupti._MAX_RECORD_NS + 1]  # empty, inverted, bound
+    buffers = []
+    for b in range(2):
+        recs = []
+        for i in range(1500):
+            s = 2_000_000_000 + (b * 1500 + i) * 1000 + rng.randrange(500)
+            e = s + rng.choice(lengths)
+            s = 0 if i % 97 == 0 else s
+            kind = rng.choices(kinds, weights=[5, 3, 3, 2, 1, 1, 1, 1, 1])[0]  # mostly device work
+            recs.append((kind, s, max(e, 0), rng.choice([64, 96, 192, 200])))
+        rng.shuffle(recs)
+        buffers.append(recs)
     got = {}
     for parser in ("python", "c"):
         fake = FakeCupti()
         t = _tracer(fake, monkeypatch, parser)
-        addr = _hand_buffer(t)
-        size = sum(r[3] for r in recs)
-        big = (ctypes.c_uint8 * (size + cupti.ALIGN))()  # the records do not fit a tracer buffer
-        addr = ctypes.addressof(big) + (-ctypes.addressof(big)) % cupti.ALIGN
-        fake.sizes[addr] = _write_records(addr, recs)
-        pairs = t._parse(addr, size)
+        t.kinds = {cupti.KIND_CONCURRENT_KERNEL: 7}  # counts from earlier buffers are added to
+        pairs = []
+        keep = []
+        for recs in buffers:
+            size = sum(r[3] for r in recs)
+            big = (ctypes.c_uint8 * (size + cupti.ALIGN))()  # the records do not fit a tracer buffer
+            keep.append(big)
+            addr = ctypes.addressof(big) + (-ctypes.addressof(big)) % cupti.ALIGN
+            fake.sizes[addr] = _write_records(addr, recs)
+            pairs += t._parse(addr, size)
         got[parser] = (pairs, dict(t.kinds), t.records, t.bad_records, t.errors, t._start_max)
     assert got["c"] == got["python"]
     pairs, kinds_seen, records, bad, errors, start_max = got["c"]
-    taken = [r for r in recs if r[0] in cupti.TAKEN_KINDS]
+    every = [r for recs in buffers for r in recs]
+    taken = [r for r in every if r[0] in cupti.TAKEN_KINDS]
     good = [(s, e) for _, s, e, _ in taken if s != 0 and 0 < e - s <= cupti._MAX_RECORD_NS]
+    assert len(good) > 2 * 600 and any(e - s == cupti._MAX_RECORD_NS for s, e in good)
     assert pairs == good and records == len(good) and bad == len(taken) - len(good) > 0
-    assert kinds_seen[cupti.KIND_OTHER] == sum(r[0] == 300 for r in recs) and kinds_seen[70] > 0 and errors == 0
-    assert start_max == max(s for s, _ in good)
+    assert kinds_seen[cupti.KIND_CONCURRENT_KERNEL] == 7 + sum(r[0] == cupti.KIND_CONCURRENT_KERNEL for r in every)
+    assert kinds_seen[cupti.KIND_OTHER] == sum(r[0] == 300 for r in every) and kinds_seen[74] > 0 and errors == 0
+    assert start_max == max(s for s, _ in good) and start_max != good[-1][0]
 
 
 @pytest.mark.parametrize("parser", ["python", "c"])
@@ -449,6 +469,20 @@ def test_start_asks_for_global_buffers_before_it_registers_or_enables_anything(m
     assert t.on and t.buffers == "global" and lib.per_thread == 0
     assert lib.calls.index("set_attr") < lib.calls.index("register") < lib.calls.index("enable")
     assert t.stats()["buffers"] == "global"
+
+
+def test_start_walks_a_real_librarys_buffers_in_c_and_a_stand_ins_in_python(monkeypatch):
+    """start() picks the C walk when cuptiActivityGetNextRecord is a C function (as from CDLL)."""
+    lib = StartLib(per_thread=0)
+    assert _start_with(lib, monkeypatch).stats()["parser"] == "python", "a Python stand-in has no address"
+    if cupti._CBUSY is None:
+        pytest.skip("gpuos_client._cbusy is not built (no C compiler at install time) or GPUOS_HINT_PURE=1")
+    lib = StartLib(per_thread=0)
+    proto = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p))
+    lib.cuptiActivityGetNextRecord = proto(lambda buf, valid, rec: cupti.CUPTI_ERROR_MAX_LIMIT_REACHED)
+    t = _start_with(lib, monkeypatch)
+    assert t.on and t.stats()["parser"] == "c" and t._next_record_addr
+    assert t._parse(ctypes.addressof(ctypes.c_uint64()), 8) == [] and t.errors == 0
 
 
 def test_a_cupti_that_keeps_per_thread_buffers_leaves_busy_time_off_with_the_reason(monkeypatch):

@@ -15,6 +15,7 @@
  *   start_offset, end_offset   where those two fields lie in a taken record
  *   max_ns        a record longer than this, empty, inverted or starting at 0 is bad
  *   kinds         dict kind -> count, updated for every record seen (taken or not)
+ *   (every argument comes from cupti.py: "K" wraps rather than range-checks, nothing else calls this)
  * -> (pairs: list[tuple[int, int]], bad: int, error: int, start_max: int)
  *   error: 0 when the walk ended at CUPTI_ERROR_MAX_LIMIT_REACHED (the buffer's end), else the
  *   result code that stopped it (-1: out of memory; -2: more records than the buffer can hold).
@@ -109,10 +110,16 @@ static PyObject *parse(PyObject *self, PyObject *args) {
     if (list == NULL)
         goto fail;
     for (size_t i = 0; i < n; i++) {
-        PyObject *t = Py_BuildValue("(KK)", (unsigned long long)pairs[2 * i], (unsigned long long)pairs[2 * i + 1]);
+        PyObject *t = PyTuple_New(2);
         if (t == NULL)
             goto fail_list;
-        PyList_SET_ITEM(list, (Py_ssize_t)i, t);
+        PyList_SET_ITEM(list, (Py_ssize_t)i, t); /* the list owns it from here, even half-built */
+        for (int j = 0; j < 2; j++) {
+            PyObject *v = PyLong_FromUnsignedLongLong((unsigned long long)pairs[2 * i + j]);
+            if (v == NULL)
+                goto fail_list;
+            PyTuple_SET_ITEM(t, j, v);
+        }
     }
     for (int k = 0; k < KIND_SLOTS; k++) {
         if (counts[k] == 0)
