@@ -711,7 +711,9 @@ def test_a_good_busy_time_becomes_the_spans_busy_signals_and_the_phase_aggregate
     )
     assert by[2]["dev_busy_pct"] == 100.0 and "dev_busy_err_ms" not in by[2]
     (ph,) = [p for p in h.svc.status().phases if p.path == "decode"]
-    assert ph.signals["dev_busy_ms"] == 1.5 and ph.signals["dev_busy_pct"] == 62.5
+    # The live share is total busy over total device time (3 ms of 6), as the store's: not the mean
+    # of the spans' shares (62.5), which would weigh the 2 ms span as much as the 4 ms one.
+    assert ph.signals["dev_busy_ms"] == 1.5 and ph.signals["dev_busy_pct"] == 50.0
 
 
 # ------------------------------------------------------------------ the wire, end to end
@@ -813,5 +815,7 @@ def test_busy_time_reaches_open_and_already_stored_spans_and_hintctl_shows_it(da
     by = {r["name"]: r for r in js}
     assert by["busy_step"]["dev_busy_count"] == 100 and by["late_step"]["dev_busy_count"] == 20
     assert by["busy_step"]["dev_busy_pct"] == pytest.approx(30.0, abs=0.2)
+    live = {p["path"]: p for p in daemon.status()["phases"]}  # top's and Prometheus's figures
+    assert live["busy_step"]["signals"]["dev_busy_pct"] == pytest.approx(by["busy_step"]["dev_busy_pct"], abs=0.01)
     ph = subprocess.run([*ctl, "phases"], env=env, capture_output=True, text=True, timeout=30).stdout
     assert "BUSY MS" in ph

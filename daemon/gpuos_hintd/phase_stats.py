@@ -41,8 +41,10 @@ TRACKED = (
     "gpu_power_mw_mean",
     "gpu_energy_j",
     "dev_busy_ms",  # CUPTI busy time in the device interval (only spans that carry it count)
-    "dev_busy_pct",
 )
+#: Not a mean of the spans' shares: ``dev_busy_pct`` is total busy time over the total device time
+#: of the spans that measured it (PhaseEntry.busy_ms / busy_window_ms), the store's definition
+#: (store/read.py), so ``top`` and ``phases`` agree and a long span weighs what it lasts.
 MAX_KEYS = 4096
 #: Duration buckets (seconds): 100 us .. 100 s, 1-2.5-5 per decade.
 DURATION_BUCKETS: tuple[float, ...] = (
@@ -65,6 +67,8 @@ class PhaseEntry:
     __slots__ = (
         "abandoned",
         "buckets",
+        "busy_ms",
+        "busy_window_ms",
         "count",
         "cpu_ns",
         "energy_uj",
@@ -94,6 +98,8 @@ class PhaseEntry:
         self.last_ns = 0  # end of the latest span (which class a path had last)
         self.cpu_ns = 0
         self.energy_uj = 0
+        self.busy_ms = 0.0  # busy time of the spans that measured it ...
+        self.busy_window_ms = 0.0  # ... and their device intervals' length
         self.buckets = [0] * _NBUCKETS
         self.sig_n = [0] * n_signals
         self.sig_sum = [0.0] * n_signals
@@ -199,6 +205,14 @@ class PhaseStats:
             if e.folded and other is not None:
                 other.cpu_ns += cpu
                 other.energy_uj += uj
+            bw = [
+                (b, w)
+                for s in sigs
+                if (b := s.get("dev_busy_ms")).__class__ in _NUM and (w := s.get("dev_ms")).__class__ in _NUM
+            ]
+            if bw:
+                e.busy_ms += sum(b for b, _ in bw)
+                e.busy_window_ms += sum(w for _, w in bw)
             sn, ss = e.sig_n, e.sig_sum
             for i, name in sig_pairs:
                 vals = [v for s in sigs if (v := s.get(name)).__class__ in _NUM]
@@ -248,6 +262,9 @@ class PhaseStats:
             n = sum(e.sig_n[i] for e in es)
             if n:
                 signals[name] = round(sum(e.sig_sum[i] for e in es) / n, 3)
+        window = sum(e.busy_window_ms for e in es)
+        if window > 0:
+            signals["dev_busy_pct"] = round(100.0 * sum(e.busy_ms for e in es) / window, 3)
         return PhaseStatus(
             path=path,
             workload_class=latest.key[1] if latest is not None else None,
