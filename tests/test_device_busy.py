@@ -136,6 +136,7 @@ def _tracer(fake: FakeCupti, monkeypatch: pytest.MonkeyPatch, parser: str = "pyt
         t.parser = "c"
     monkeypatch.setattr(cupti.time, "monotonic_ns", lambda: fake.clock - 1_000_000_000)
     t._map_clock()
+    t.rated = True  # a tracer past its first 20 ms (the rate's first baseline; the fake clocks agree)
     t.intervals.floor_ns = 0
     t.on = True
     return t
@@ -305,8 +306,13 @@ def test_a_forced_flush_opens_the_gate_to_just_before_it(monkeypatch):
     assert t.stats()["forced_flushes"] == 1
 
 
-def test_a_cupti_clock_at_another_rate_is_mapped_linearly(monkeypatch):
-    """On the H200 VM CUPTI's clock ran 2.1x as fast as CLOCK_MONOTONIC: records map through the rate."""
+def test_a_cupti_clock_at_another_rate_is_mapped_linearly_once_the_rate_is_measured(monkeypatch):
+    """On the H200 VM CUPTI's clock ran 2.1x as fast as CLOCK_MONOTONIC: records map through the rate.
+
+    The rate needs two brackets 20 ms apart; start() takes the first and does not sleep for the
+    second (it runs on the program's thread), so records delivered before then are held, not
+    mapped at a rate of 1 (which would put them milliseconds off), and the gate stays shut.
+    """
     mono = [1_000_000_000_000]
 
     class Fast(FakeCupti):
@@ -318,14 +324,13 @@ def test_a_cupti_clock_at_another_rate_is_mapped_linearly(monkeypatch):
     t = cupti.CuptiTracer()
     t._lib = fake
     monkeypatch.setattr(cupti.time, "monotonic_ns", lambda: mono[0])
-    t._map_clock()
-    mono[0] += 30_000_000  # the start's second bracket, 30 ms on
-    t._map_clock()
+    t._map_clock()  # start()'s bracket
     t.intervals.floor_ns = 0
     t.on = True
-    assert t.rate == pytest.approx(2.1, rel=1e-9)
-    # A 1 ms kernel that ran 5 ms ago, on CUPTI's clock: 2.1 ms of CUPTI time.
-    k0 = mono[0] - 5_000_000
+    assert not t.rated and not t.stats()["rated"]
+    # A 1 ms kernel that ran 5 ms after the start, on CUPTI's clock: 2.1 ms of CUPTI time.
+    mono[0] += 8_000_000
+    k0 = mono[0] - 3_000_000
     addr = _hand_buffer(t)
     recs = [
         (
@@ -337,7 +342,12 @@ def test_a_cupti_clock_at_another_rate_is_mapped_linearly(monkeypatch):
     ]
     fake.sizes[addr] = _write_records(addr, recs)
     fake.on_flush = lambda: t._on_complete(None, 0, addr, cupti.BUFFER_BYTES, sum(fake.sizes[addr]))
+    t.drain()  # 8 ms after start: no rate yet
+    assert t.intervals.intervals() == [] and t.complete_until_ns == 0 and t.records == 1 and not t.rated
+    fake.on_flush = None
+    mono[0] += 22_000_000  # 30 ms after start
     t.drain()
+    assert t.rated and t.rate == pytest.approx(2.1, rel=1e-9)
     ((s0, e0),) = t.intervals.intervals()
     assert abs(s0 - k0) <= 1 and abs(e0 - (k0 + 1_000_000)) <= 1, "the kernel lands where and as long as it ran"
     assert t.complete_until_ns == s0
@@ -453,6 +463,9 @@ def _start_with(lib: StartLib, monkeypatch: pytest.MonkeyPatch) -> cupti.CuptiTr
     monkeypatch.setattr(cupti, "candidates", lambda: ["libcupti-fake.so"])
     monkeypatch.setattr(cupti, "LOADER", lambda path: lib)
     monkeypatch.setattr(cupti, "_profiler_running", lambda: False)
+    # start() runs on the program's thread at its first device-timed phase: it must not sleep
+    # there for the clock rate's baseline (it did, 20 ms; drain() now waits for it instead).
+    monkeypatch.setattr(cupti.time, "sleep", lambda s: pytest.fail(f"start() slept {s} s"))
     t = cupti.CuptiTracer()
     t.start()
     return t

@@ -29,6 +29,9 @@
 #   benchmarks/gpu/run_batch.sh busy-walk (~4 min) CUPTI buffers walked in C (_cbusy): cupti_check, GPU
 #                                          tests and accuracy with it, then the launch-bound loop's
 #                                          cost with the C walk and with the Python one (GPUOS_HINT_PURE=1)
+#   benchmarks/gpu/run_batch.sh rate-hold (~1 min) the tracer without its 20 ms start sleep (records held
+#                                          until CUPTI's clock rate is measured): cupti_check, GPU
+#                                          tests, the launch-bound loop's cost with the C walk again
 #   benchmarks/gpu/run_batch.sh training-overhead (~9 min) issue 11: 8 ABBA pairs of DataLoader
 #                                          training and 8+8 HF Trainer runs, plain vs gpuos-run
 # Results: each part writes into a work dir; the work dir is packed into $OUT/<batch>.tgz (the tool
@@ -203,6 +206,16 @@ busy-walk)
   part "accuracy run 9 (8 requests): busy time, buffers walked in C"
   timeout 120 python3 benchmarks/gpu/accuracy_gpu.py --requests 8 --budget-s 30 --device-busy --out "$W/accuracy" 2>&1 | tail -1
   busy_summary
+  ;;
+rate-hold)
+  part "CUPTI busy tracer, no start sleep: records held until the clock rate is measured (cupti_check.py)"
+  mkdir -p "$W/cupti"
+  timeout 60 python3 benchmarks/gpu/cupti_check.py --seconds 50 --out "$W/cupti/cupti_check.json" 2>&1 | grep -E '"(rated|parser|within_2pct|max_abs_rel_err|ok)"' | head -12
+  part "GPU-only tests"
+  timeout 45 python3 -m pytest -q -rs -p no:cacheprovider tests/test_cupti_gpu.py tests/test_cupti_layout.py 2>&1 | tail -4
+  part "program cost of busy time, launch-bound loop, buffers walked in C (again)"
+  timeout 70 python3 benchmarks/gpu/bench_generate_overhead.py --device busy --only launch --budget-s 40 \
+    --out "$W/launch_overhead_device_busy_walk_c_2.json" | tail -2
   ;;
 cupti-final)
   part "CUPTI busy tracer: small buffers, no forced flush while work is queued (cupti_check.py)"

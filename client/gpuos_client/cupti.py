@@ -254,6 +254,7 @@ class CuptiTracer:
         self._map_at = 0
         self.rate = 1.0  # CUPTI ns per CLOCK_MONOTONIC ns (measured: _map_clock)
         self.rate_err = 0.0
+        self.rated = False  # the rate is measured (brackets _RATE_MIN_BASELINE_NS apart): records can be mapped
         self._anchor_m = self._anchor_t = 0
         self._brackets: collections.deque[tuple[int, int, int]] = collections.deque()  # for the rate
         self._lib: Any = None
@@ -328,8 +329,9 @@ class CuptiTracer:
         except Exception:
             self._disable_kinds()  # a partial start must not leave a kind tracing (and costing) unread
             raise
-        self._map_clock()
-        time.sleep(_RATE_MIN_BASELINE_NS / 1e9)  # once, at start: a first rate of CUPTI's clock
+        # The first bracket of CUPTI's clock.  Its rate needs a second one at least
+        # _RATE_MIN_BASELINE_NS later; drain() holds the records until then instead of this
+        # thread (the program's, at its first device-timed phase) sleeping for it.
         self._map_clock()
         self.intervals.floor_ns = time.monotonic_ns()  # activity before this was not traced
         self.on = True
@@ -500,6 +502,7 @@ class CuptiTracer:
         if m - base[0] >= _RATE_MIN_BASELINE_NS:
             self.rate = (t - base[1]) / (m - base[0])
             self.rate_err = (half + base[2]) / (m - base[0])
+            self.rated = True
         self.map_err_ns = half
         self._anchor_m, self._anchor_t = m, t
         self._offset = m - t  # what a record maps to at rate 1 (kept for the diagnostics)
@@ -515,7 +518,9 @@ class CuptiTracer:
         The records are complete up to the latest start among those delivered (work launched
         after a span's kernels is recorded after them).  A forced flush (``force``: nothing
         later came, e.g. the program synchronised and went quiet) returns every buffer; the
-        records are then taken as complete up to ``FORCED_SETTLE_NS`` before it.  (The first
+        records are then taken as complete up to ``FORCED_SETTLE_NS`` before it.  Until CUPTI's
+        clock rate is measured (``rated``: ~20 ms after start) records are held, not merged, and
+        the gate does not move: the spans wait for them as for any late buffer.  (The first
         version also trusted "no buffer outstanding" and "a partly filled buffer came back":
         on the H200 both opened the gate before CUPTI had the records, busy time came out 0 to
         100 % under; benchmarks/results/h200/round4/cupti/cupti_check_cdll.json.)
@@ -531,6 +536,10 @@ class CuptiTracer:
                 raw, self._raw = self._raw, []
                 raw_floor = self._raw_floor
             self._map_clock()  # a few us: the newest anchor keeps the rate's error small
+            if not self.rated:  # within _RATE_MIN_BASELINE_NS of start: not mappable yet, kept
+                with self._lock:
+                    self._raw[:0] = raw
+                return
             if raw_floor:  # records were dropped undrained: busy time before their end is not known
                 self.intervals.floor_ns = max(self.intervals.floor_ns, self.to_monotonic(raw_floor))
             m_a, t_a, rate = self._anchor_m, self._anchor_t, self.rate
@@ -578,4 +587,5 @@ class CuptiTracer:
             "forced_flushes": self.forced_flushes,
             "raw_dropped": self.raw_dropped,
             "parser": self.parser,
+            "rated": self.rated,
         }
