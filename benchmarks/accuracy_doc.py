@@ -46,9 +46,11 @@ CUPTI_RUNS = {
     "the same, again (with accuracy run 4)": R4 / "cupti_final2" / "cupti_check_cdll.json",
     "global activity buffers (with accuracy run 7)": R4 / "cupti_global" / "cupti_check_cdll.json",
     "buffers walked in C, shorter run (with accuracy run 9)": R4 / "busy_walk" / "cupti_check_cdll.json",
+    "no start sleep: records held until the clock rate is measured": R4 / "rate_hold" / "cupti_check_cdll.json",
 }
 #: The program's cost of device timing and of CUPTI busy time: run_batch.sh device-cost (the first
-#: four: the Python buffer walk) and busy-walk (the C walk against the Python one, launch-bound).
+#: four: the Python buffer walk), busy-walk (the C walk against the Python one, launch-bound) and
+#: rate-hold (the C walk again, with the tracer's start sleep gone).
 DEVICE_COST_RUNS = [
     R4 / "device_cost" / "generate_overhead_device_on.json",
     R4 / "device_cost" / "launch_overhead_device_on.json",
@@ -56,6 +58,7 @@ DEVICE_COST_RUNS = [
     R4 / "device_cost" / "launch_overhead_device_busy.json",
     R4 / "busy_walk" / "launch_overhead_device_busy_walk_python.json",
     R4 / "busy_walk" / "launch_overhead_device_busy_walk_c.json",
+    R4 / "rate_hold" / "launch_overhead_device_busy_walk_c_2.json",
 ]
 PHASES = ("prefill", "decode", "forward", "backward", "optimizer", "stage_a", "stage_b")
 SAMPLE_PERIOD_MS = 20.0  # the H200's power-sample spacing (status: power_samples_period_ms; recorded)
