@@ -55,6 +55,14 @@ gcc -O2 -std=gnu11 -shared -fPIC -I"$inc" client/gpuos_client/_cbusy.c -o "clien
 python3 -c "import gpuos_client as h; from gpuos_client import cupti; print('client fast path:', h.stats()['fast_path'], '- CUPTI walk in C:', cupti._CBUSY is not None)"
 nvidia-smi --query-gpu=name,driver_version,power.limit --format=csv,noheader; nproc; uptime
 t0=$SECONDS
+gpu_tests() {  # the GPU-only tests of the CUPTI tracer: gpu_tests TIMEOUT_S TAIL_LINES
+  part "GPU-only tests"
+  timeout "$1" python3 -m pytest -q -rs -p no:cacheprovider tests/test_cupti_gpu.py tests/test_cupti_layout.py 2>&1 | tail -"$2"
+}
+launch_busy_cost() {  # the launch-bound loop's cost with busy time: launch_busy_cost OUT_NAME (env applies)
+  timeout 70 python3 benchmarks/gpu/bench_generate_overhead.py --device busy --only launch --budget-s 40 \
+    --out "$W/$1.json" | tail -2
+}
 busy_summary() {  # an accuracy run's busy time per phase against the in-context profile
   python3 - "$W/accuracy/accuracy_gpu.json" <<'PY'
 import json, sys
@@ -148,8 +156,7 @@ cupti-and-accuracy)
   part "CUPTI busy tracer on a real GPU: layout, accuracy vs torch.profiler, cost (cupti_check.py)"
   mkdir -p "$W/cupti"
   timeout 170 python3 benchmarks/gpu/cupti_check.py --out "$W/cupti/cupti_check.json" 2>&1 | tail -25
-  part "GPU-only tests"
-  timeout 120 python3 -m pytest -q -rs -p no:cacheprovider tests/test_cupti_gpu.py tests/test_cupti_layout.py 2>&1 | tail -8
+  gpu_tests 120 8
   part "accuracy run 2: the same harness as run 1 (power-and-accuracy), no CUPTI"
   timeout 300 python3 benchmarks/gpu/accuracy_gpu.py --budget-s 220 --out "$W/accuracy" 2>&1 | tail -4
   ;;
@@ -157,8 +164,7 @@ accuracy-busy)
   part "CUPTI busy tracer after the gate fix (cupti_check.py, CDLL)"
   mkdir -p "$W/cupti"
   timeout 120 python3 benchmarks/gpu/cupti_check.py --seconds 140 --out "$W/cupti/cupti_check.json" 2>&1 | grep -v '^ *[0-9]*,\?$' | tail -40
-  part "GPU-only tests"
-  timeout 90 python3 -m pytest -q -rs -p no:cacheprovider tests/test_cupti_gpu.py tests/test_cupti_layout.py 2>&1 | tail -8
+  gpu_tests 90 8
   part "accuracy run 3 (old tracer) / run 4: the hinted run with CUPTI busy time (device_busy), truth untraced"
   timeout 320 python3 benchmarks/gpu/accuracy_gpu.py --budget-s 230 --device-busy --out "$W/accuracy" 2>&1 | tail -6
   ;;
@@ -170,8 +176,7 @@ accuracy-global-buffers)
   part "CUPTI busy tracer with global activity buffers (cupti_check.py, CDLL)"
   mkdir -p "$W/cupti"
   timeout 120 python3 benchmarks/gpu/cupti_check.py --seconds 110 --out "$W/cupti/cupti_check.json" 2>&1 | grep -E '"(buffers|within_2pct|max_abs_rel_err|busy_share_median|busy_share_p10|ok)"' | head -12
-  part "GPU-only tests"
-  timeout 60 python3 -m pytest -q -rs -p no:cacheprovider tests/test_cupti_gpu.py tests/test_cupti_layout.py 2>&1 | tail -4
+  gpu_tests 60 4
   part "accuracy run 7: CUPTI busy time (global buffers) in the hinted run; profiler alone and in context"
   timeout 330 python3 benchmarks/gpu/accuracy_gpu.py --budget-s 225 --device-busy --out "$W/accuracy" 2>&1 | tail -3
   ;;
@@ -195,13 +200,11 @@ busy-walk)
   part "CUPTI busy tracer, buffers walked in C (cupti_check.py)"
   mkdir -p "$W/cupti"
   timeout 60 python3 benchmarks/gpu/cupti_check.py --seconds 50 --out "$W/cupti/cupti_check.json" 2>&1 | grep -E '"(buffers|parser|within_2pct|max_abs_rel_err|on_over_off|per_kernel_us|ok)"' | head -12
-  part "GPU-only tests"
-  timeout 45 python3 -m pytest -q -rs -p no:cacheprovider tests/test_cupti_gpu.py tests/test_cupti_layout.py 2>&1 | tail -4
+  gpu_tests 45 4
   for walk in c python; do
     pure=0; [ $walk = python ] && pure=1
     part "program cost of busy time, launch-bound loop, buffers walked in $walk"
-    GPUOS_HINT_PURE=$pure timeout 70 python3 benchmarks/gpu/bench_generate_overhead.py --device busy --only launch \
-      --budget-s 40 --out "$W/launch_overhead_device_busy_walk_$walk.json" | tail -2
+    GPUOS_HINT_PURE=$pure launch_busy_cost "launch_overhead_device_busy_walk_$walk"
   done
   part "accuracy run 9 (8 requests): busy time, buffers walked in C"
   timeout 120 python3 benchmarks/gpu/accuracy_gpu.py --requests 8 --budget-s 30 --device-busy --out "$W/accuracy" 2>&1 | tail -1
@@ -211,18 +214,15 @@ rate-hold)
   part "CUPTI busy tracer, no start sleep: records held until the clock rate is measured (cupti_check.py)"
   mkdir -p "$W/cupti"
   timeout 60 python3 benchmarks/gpu/cupti_check.py --seconds 50 --out "$W/cupti/cupti_check.json" 2>&1 | grep -E '"(rated|parser|within_2pct|max_abs_rel_err|ok)"' | head -12
-  part "GPU-only tests"
-  timeout 45 python3 -m pytest -q -rs -p no:cacheprovider tests/test_cupti_gpu.py tests/test_cupti_layout.py 2>&1 | tail -4
+  gpu_tests 45 4
   part "program cost of busy time, launch-bound loop, buffers walked in C (again)"
-  timeout 70 python3 benchmarks/gpu/bench_generate_overhead.py --device busy --only launch --budget-s 40 \
-    --out "$W/launch_overhead_device_busy_walk_c_2.json" | tail -2
+  launch_busy_cost launch_overhead_device_busy_walk_c_2
   ;;
 cupti-final)
   part "CUPTI busy tracer: small buffers, no forced flush while work is queued (cupti_check.py)"
   mkdir -p "$W/cupti"
   timeout 120 python3 benchmarks/gpu/cupti_check.py --seconds 140 --out "$W/cupti/cupti_check.json" 2>&1 | grep -v '^ *[0-9]*,\?$' | tail -30
-  part "GPU-only tests"
-  timeout 90 python3 -m pytest -q -rs -p no:cacheprovider tests/test_cupti_gpu.py tests/test_cupti_layout.py 2>&1 | tail -8
+  gpu_tests 90 8
   ;;
 esac
 part "done"
